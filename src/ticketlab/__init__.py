@@ -1,0 +1,1 @@
+"""ticketlab: lottery tickets and sparse training on PyTorch."""

@@ -1,0 +1,76 @@
+"""IMP reports: the exact table and the LTH-style plot of accuracy vs. remaining weights."""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BRANCH_LABELS = {"ticket": "winning ticket", "reinit": "random reinit", "random": "random mask"}
+
+
+def imp_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table, one line per level: remaining %, ticket and baseline accuracies."""
+    by_level: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        by_level[r["level"]][r["branch"]] = r
+    branches = [b for b in ("reinit", "random") if any(b in v for v in by_level.values())]
+    head = ["level", "remaining %", "ticket final acc", "ticket acc @ early stop", "early-stop it", "ticket max acc"]
+    head += [f"{b} final acc" for b in branches] + [f"{b} early-stop it" for b in branches]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for level in sorted(by_level):
+        t = by_level[level].get("ticket")
+        if t is None:
+            continue
+        cells = [str(level), f"{t['remaining_percent']:.2f}", f"{t['final_test_accuracy']:.4f}",
+                 f"{t['test_accuracy_at_early_stop']:.4f}", str(t["early_stop_step"]), f"{t['max_test_accuracy']:.4f}"]
+        for b in branches:
+            r = by_level[level].get(b)
+            cells.append(f"{r['final_test_accuracy']:.4f}" if r else "")
+        for b in branches:
+            r = by_level[level].get(b)
+            cells.append(str(r["early_stop_step"]) if r else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_imp(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path,
+             metric: str = "final_test_accuracy") -> Path:
+    """Accuracy vs. remaining weights (log scale, shrinking to the right) per run and branch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_es) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = {"ticket": "-o", "reinit": "--s", "random": ":^"}
+    for label, rows in runs:
+        dense = [r for r in rows if r["level"] == 0 and r["branch"] == "ticket"]
+        for branch in ("ticket", "reinit", "random"):
+            branch_rows = [r for r in rows if r["branch"] == branch]
+            if not branch_rows:
+                continue
+            if branch != "ticket":
+                branch_rows = dense + branch_rows  # baselines start from the same dense network
+            pts = sorted(((r["remaining_percent"], r[metric], r["early_stop_step"]) for r in branch_rows),
+                         reverse=True)
+            name = f"{label}: {BRANCH_LABELS[branch]}" if len(runs) > 1 else BRANCH_LABELS[branch]
+            ax_acc.plot([p[0] for p in pts], [p[1] for p in pts], styles[branch], label=name, markersize=4)
+            ax_es.plot([p[0] for p in pts], [p[2] for p in pts], styles[branch], label=name, markersize=4)
+    for ax, ylabel in ((ax_acc, metric.replace("_", " ")), (ax_es, "early-stop iteration (min val loss)")):
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.set_xlabel("weights remaining (%)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    ax_acc.set_title("Accuracy vs. remaining weights")
+    ax_es.set_title("Early-stop iteration vs. remaining weights")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,78 @@
+"""Trainer checkpoints as safetensors plus JSON metadata, so a killed run resumes mid-training.
+
+Saved: model state, optimiser state (tensors in the file, scalars in the metadata), the step and
+the evaluation history. Data order needs no saving: the Trainer derives it from (seed, step).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .store import StoreError, load_tensors, save_tensors
+from .training import Trainer
+
+
+def save_checkpoint(trainer: Trainer, step: int, path: Path) -> None:
+    tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+    scalars: dict[str, dict[str, Any]] = {}
+    opt_state = trainer.optimizer.state_dict()["state"]
+    for idx, state in opt_state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    meta = {"step": str(step), "history": json.dumps(trainer.history.records),
+            "optim_scalars": json.dumps(scalars)}
+    from safetensors.torch import save  # local: keeps metadata with the tensors in one atomic file
+
+    from .atomic import atomic_write_bytes
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta))
+
+
+def load_checkpoint(trainer: Trainer, path: Path) -> int:
+    """Restore ``trainer`` from ``path``; return the step to continue from."""
+    tensors = load_tensors(path)
+    try:
+        from .masks import _read_metadata
+
+        meta = _read_metadata(path.read_bytes())
+        step = int(meta["step"])
+        history = json.loads(meta["history"])
+        scalars = json.loads(meta["optim_scalars"])
+    except (KeyError, ValueError) as exc:
+        raise StoreError(f"checkpoint {path} has unreadable metadata ({exc}); delete it to restart that unit") from exc
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        trainer.model.load_state_dict(model_state)
+    except RuntimeError as exc:
+        raise StoreError(f"checkpoint {path} does not fit the model ({exc})") from exc
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value.to(trainer.device)
+    for idx, values in scalars.items():
+        state.setdefault(int(idx), {}).update(values)
+    opt = trainer.optimizer.state_dict()
+    opt["state"] = state
+    trainer.optimizer.load_state_dict(opt)
+    trainer.history.records = history
+    trainer.reapply_mask()
+    return step
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    save_tensors(path, model.state_dict())
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    state = load_tensors(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise StoreError(f"weights in {path} do not fit the model ({exc})") from exc

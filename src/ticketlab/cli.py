@@ -1,0 +1,238 @@
+"""``ticketlab`` command line: imp, ls, report, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import BASELINES, OPTIMIZERS, RESET_MODES, SCHEDULES, SCOPES, DataConfig, IMPConfig, ModelConfig, \
+    PruneConfig, TrainConfig, config_hash, imp_config_from_dict
+
+# Standard settings from the papers (see METHODS.md); any flag given on the command line wins.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lenet_mnist": dict(dataset="mnist", model="lenet_300_100", optimizer="adam", lr=1.2e-3, batch_size=60,
+                        steps="50000it", val_size=5000, eval_every="1000it", output_rate=0.1),
+    "conv2_cifar10": dict(dataset="cifar10", model="conv2", optimizer="adam", lr=2e-4, batch_size=60,
+                          steps="20000it", val_size=5000, eval_every="1000it"),
+    "conv4_cifar10": dict(dataset="cifar10", model="conv4", optimizer="adam", lr=3e-4, batch_size=60,
+                          steps="25000it", val_size=5000, eval_every="1000it"),
+    "conv6_cifar10": dict(dataset="cifar10", model="conv6", optimizer="adam", lr=3e-4, batch_size=60,
+                          steps="30000it", val_size=5000, eval_every="1000it"),
+    "resnet20_cifar10": dict(dataset="cifar10", model="resnet20", optimizer="sgd", lr=0.1, momentum=0.9,
+                             weight_decay=1e-4, batch_size=128, steps="160ep", schedule="multistep",
+                             milestones=["80ep", "120ep"], reset="rewind", rewind_step="2000it", eval_every="1ep"),
+    "vgg16_cifar10": dict(dataset="cifar10", model="vgg16", optimizer="sgd", lr=0.1, momentum=0.9,
+                          weight_decay=1e-4, batch_size=128, steps="160ep", schedule="multistep",
+                          milestones=["80ep", "120ep"], reset="rewind", rewind_step="2000it", eval_every="1ep"),
+}
+
+# Offline demo: scikit-learn's digits, an MLP, IMP to ~3% with both baselines (about a minute).
+DEMO = dict(dataset="digits", model="mlp", model_options={"hidden": [300, 100]}, optimizer="adam", lr=1e-3,
+            batch_size=32, steps="30ep", val_size=200, eval_every="1ep", levels=8, rate=0.35)
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data and model")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="paper settings to start from; flags override them")
+    g.add_argument("--dataset", help="mnist, fashion_mnist, cifar10, cifar100, digits, ... (default mnist)")
+    g.add_argument("--data-root", help="folder holding the data set's files")
+    g.add_argument("--val-size", type=int, help="training samples held out for validation / early stopping")
+    g.add_argument("--data-option", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--model", help="registered model name (default lenet_300_100)")
+    g.add_argument("--model-option", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. hidden=[300,100] or width=0.25 (values are JSON)")
+    g = p.add_argument_group("training")
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--nesterov", action="store_true", default=None)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--steps", help="training length per level: '50000it', '160ep' or '2ep100it'")
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--milestones", nargs="+", help="multistep LR drops, e.g. 80ep 120ep")
+    g.add_argument("--gamma", type=float, help="LR factor at each milestone")
+    g.add_argument("--warmup", help="linear LR warm-up length, e.g. 500it")
+    g.add_argument("--eval-every", help="evaluation (and checkpoint) period, e.g. 1000it or 1ep")
+    g.add_argument("--mask-gradients", action="store_true", default=None,
+                   help="also zero pruned weights' gradients (for optimisers whose update couples entries)")
+    g = p.add_argument_group("pruning")
+    g.add_argument("--levels", type=int, help="pruning levels after the dense run (default 10)")
+    g.add_argument("--rate", type=float, help="fraction of remaining weights removed per level (default 0.2)")
+    g.add_argument("--scope", choices=SCOPES, help="rank weights globally or within each layer")
+    g.add_argument("--output-rate", type=float, help="prune the output layer separately at this rate")
+    g.add_argument("--no-prune-first", action="store_true", help="keep the first layer dense")
+    g.add_argument("--no-prune-output", action="store_true", help="keep the output layer dense")
+    g.add_argument("--reset", choices=RESET_MODES, help="init (LTH), rewind (to step k), lr_rewind, finetune")
+    g.add_argument("--rewind-step", help="k for rewind / lr_rewind / finetune, e.g. 2000it")
+    g.add_argument("--baselines", nargs="*", choices=BASELINES, help="baselines per level (default: both)")
+    g.add_argument("--seed", type=int)
+    _add_common(p)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", default="runs", help="store folder (default ./runs)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: a GPU if present)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def imp_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> IMPConfig:
+    """Defaults <- preset (or ``base``) <- explicit flags."""
+    opts: dict[str, Any] = dict(base or {})
+    if getattr(args, "preset", None):
+        opts.update(PRESETS[args.preset])
+    for key in ("dataset", "data_root", "val_size", "model", "optimizer", "lr", "momentum", "nesterov",
+                "weight_decay", "batch_size", "steps", "schedule", "milestones", "gamma", "warmup", "eval_every",
+                "mask_gradients", "levels", "rate", "scope", "output_rate", "reset", "rewind_step",
+                "baselines", "seed"):
+        value = getattr(args, key, None)
+        if value is not None:
+            opts[key] = value
+    data_options = dict(opts.get("data_options", {}), **dict(args.data_option))
+    model_options = dict(opts.get("model_options", {}), **dict(args.model_option))
+    train_keys = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size", "steps", "schedule",
+                  "milestones", "gamma", "warmup", "eval_every", "mask_gradients")
+    train = TrainConfig(**{k: (tuple(opts[k]) if k == "milestones" else opts[k]) for k in train_keys if k in opts})
+    prune = PruneConfig(rate=opts.get("rate", 0.2), scope=opts.get("scope", "global"),
+                        output_rate=opts.get("output_rate"), include_first=not args.no_prune_first,
+                        include_output=not args.no_prune_output)
+    if args.no_prune_output and prune.output_rate is not None:
+        prune = PruneConfig(rate=prune.rate, scope=prune.scope, include_first=prune.include_first, include_output=False)
+    return IMPConfig(
+        data=DataConfig(name=opts.get("dataset", "mnist"), root=opts.get("data_root"),
+                        val_size=opts.get("val_size", 0), options=data_options),
+        model=ModelConfig(name=opts.get("model", "lenet_300_100"), options=model_options),
+        train=train, prune=prune, levels=opts.get("levels", 10), reset=opts.get("reset", "init"),
+        rewind_step=opts.get("rewind_step", "0it"), baselines=tuple(opts.get("baselines", BASELINES)),
+        seed=opts.get("seed", 0),
+    )
+
+
+def cmd_imp(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
+    from .experiments.imp import run_imp
+    from .store import Store
+
+    config = imp_config_from_args(args, base)
+    store = Store(args.runs_dir)
+    started = time.time()
+    rows = run_imp(config, store, device=args.device, progress=not args.no_progress)
+    run = store.run(config_hash(config))
+    print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
+    _write_report([run.hash], store, run.path)
+    return 0
+
+
+def _write_report(hashes: Sequence[str], store, out: Path) -> None:
+    from .analysis.report import imp_table, plot_imp
+
+    runs = []
+    for h in hashes:
+        run = store.run(h)
+        rows = run.read_jsonl("levels.jsonl")
+        cfg = run.read_json("config.json")["config"]
+        runs.append((f"{run.hash[:8]} {cfg['model']['name']}/{cfg['data']['name']} reset={cfg['reset']}", rows))
+    out = Path(out)
+    png = plot_imp(runs, out / "report.png")
+    text = "\n\n".join(f"### {label}\n\n{imp_table(rows)}" for label, rows in runs)
+    from .atomic import atomic_write_text
+
+    atomic_write_text(out / "report.md", text + "\n")
+    print(text)
+    print(f"\nplot: {png}\ntable: {out / 'report.md'}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    store = Store(args.runs_dir)
+    hashes = [store.run(h).hash for h in args.runs]
+    out = Path(args.out) if args.out else (store.run(hashes[0]).path if len(hashes) == 1
+                                           else store.root / "reports" / "_".join(h[:8] for h in hashes))
+    _write_report(hashes, store, out)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    store = Store(args.runs_dir)
+    if args.reindex:
+        print(f"re-indexed {store.reindex()} runs")
+    filters = dict(f.split("=", 1) for f in args.filters)
+    rows = store.list(**filters)
+    if not rows:
+        print(f"no runs under {store.root}" + (f" matching {filters}" if filters else ""))
+        return 0
+    print(f"{'hash':<13} {'experiment':<10} {'status':<11} {'dataset':<13} {'model':<15} {'reset':<9} "
+          f"{'levels':>6} {'density':>8} {'test acc':>8}  updated")
+    for r in rows:
+        s, c = r["summary"], r["config"]
+        print(f"{r['hash']:<13} {r['experiment'] or '':<10} {r['status'] or '':<11} {r['dataset'] or '':<13} "
+              f"{r['model'] or '':<15} {c.get('reset', ''):<9} {s.get('levels_done', ''):>6} "
+              f"{s.get('density', float('nan')):>8.4f} {s.get('final_test_accuracy', float('nan')):>8.4f}  {r['updated']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print("ticketlab demo: lottery tickets by IMP on scikit-learn's digits (offline, about a minute).\n"
+          "Watch the winning ticket hold its accuracy as weights are removed while the same mask\n"
+          "with a fresh random init falls behind.\n")
+    return cmd_imp(args, base=DEMO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ticketlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("imp", help="iterative magnitude pruning (lottery tickets) with baselines")
+    _add_imp_arguments(p)
+    p.set_defaults(func=cmd_imp)
+    p = sub.add_parser("demo", help="a small offline IMP experiment (digits) with report")
+    _add_imp_arguments(p)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("ls", help="list runs in the store")
+    p.add_argument("filters", nargs="*", metavar="KEY=VALUE", help="e.g. dataset=mnist reset=rewind status=complete")
+    p.add_argument("--reindex", action="store_true", help="rebuild the index from the run folders")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=cmd_ls)
+    p = sub.add_parser("report", help="table and plot of accuracy vs. remaining weights for runs")
+    p.add_argument("runs", nargs="+", help="run hashes (or unique prefixes)")
+    p.add_argument("--out", help="folder for report.png and report.md (default: the run's folder)")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"ticketlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nticketlab: interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "build_parser", "imp_config_from_args", "imp_config_from_dict"]

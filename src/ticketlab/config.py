@@ -1,0 +1,194 @@
+"""Experiment descriptions: small frozen dataclasses, validated on creation, hashed to name runs.
+
+As in OpenLTH, the hash of the description names the run's folder, so the same command finds the
+same results and reruns continue instead of starting over. Fields that do not change results
+(where the data lives, which device runs it, progress display) are left out of the hash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .steps import StepError, parse_step
+
+CONFIG_VERSION = 1
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "multistep", "cosine", "linear")
+RESET_MODES = ("init", "rewind", "lr_rewind", "finetune")
+BASELINES = ("reinit", "random")
+SCOPES = ("global", "layerwise")
+
+
+class ConfigError(ValueError):
+    """An experiment option that is out of range or unknown."""
+
+
+def _check_step(what: str, value: str) -> None:
+    try:
+        parse_step(value)
+    except StepError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, and how much of its training set is held out for validation."""
+
+    name: str = "mnist"
+    root: str | None = field(default=None, metadata={"hash": False})
+    val_size: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.val_size < 0:
+            raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A registered model name and its options (e.g. ``{"hidden": [300, 100]}``)."""
+
+    name: str = "lenet_300_100"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, LR schedule and length of one training run. Steps are step strings."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = 1.2e-3
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    batch_size: int = 60
+    steps: str = "50000it"
+    schedule: Literal["constant", "multistep", "cosine", "linear"] = "constant"
+    milestones: tuple[str, ...] = ()
+    gamma: float = 0.1
+    warmup: str = "0it"
+    eval_every: str = "1ep"
+    mask_gradients: bool = False
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer {self.optimizer!r} is unknown; choose one of {OPTIMIZERS}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule {self.schedule!r} is unknown; choose one of {SCHEDULES}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ConfigError("nesterov needs optimizer 'sgd' with momentum > 0")
+        if self.momentum and self.optimizer != "sgd":
+            raise ConfigError(f"momentum applies to sgd only (Adam has betas); got optimizer {self.optimizer!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
+        object.__setattr__(self, "milestones", tuple(str(m) for m in self.milestones))
+        for what in ("steps", "warmup", "eval_every"):
+            _check_step(what, getattr(self, what))
+        for m in self.milestones:
+            _check_step("milestone", m)
+        if self.schedule == "multistep" and not self.milestones:
+            raise ConfigError("schedule 'multistep' needs milestones, e.g. --milestones 80ep 120ep")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How much to prune per IMP level and how the cut is spread over layers.
+
+    ``rate`` is the fraction of the *remaining* weights removed per level (LTH: 0.2). ``scope``
+    'global' ranks all layers together, 'layerwise' prunes each layer by ``rate``. ``output_rate``
+    (LTH prunes LeNet's output layer at half the rate) prunes the output layer separately at its
+    own rate in either scope.
+    """
+
+    rate: float = 0.2
+    scope: Literal["global", "layerwise"] = "global"
+    output_rate: float | None = None
+    include_first: bool = True
+    include_output: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rate < 1:
+            raise ConfigError(f"prune rate must be in [0, 1) (fraction of remaining weights removed), got {self.rate}")
+        if self.output_rate is not None and not 0 <= self.output_rate < 1:
+            raise ConfigError(f"output_rate must be in [0, 1), got {self.output_rate}")
+        if self.output_rate is not None and not self.include_output:
+            raise ConfigError("output_rate is set but include_output is False: the output layer is not pruned at all")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"scope {self.scope!r} is unknown; choose one of {SCOPES}")
+
+
+@dataclass(frozen=True)
+class IMPConfig:
+    """Iterative magnitude pruning: ``levels`` rounds of train -> prune -> reset."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    levels: int = 10
+    reset: Literal["init", "rewind", "lr_rewind", "finetune"] = "init"
+    rewind_step: str = "0it"
+    baselines: tuple[str, ...] = BASELINES
+    seed: int = 0
+
+    experiment = "imp"
+
+    def __post_init__(self) -> None:
+        if self.levels < 0:
+            raise ConfigError(f"levels must be >= 0, got {self.levels}")
+        if self.reset not in RESET_MODES:
+            raise ConfigError(f"reset {self.reset!r} is unknown; choose one of {RESET_MODES}")
+        _check_step("rewind_step", self.rewind_step)
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ConfigError(f"baselines {unknown} are unknown; choose from {BASELINES}")
+        if self.reset == "init" and parse_step(self.rewind_step) != (0, 0):
+            raise ConfigError("rewind_step is only used with reset 'rewind', 'lr_rewind' or 'finetune'; "
+                              "use --reset rewind to rewind weights to that step")
+
+
+def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:
+    """Plain JSON-able dict of a config; ``for_hash`` leaves out fields marked ``hash: False``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        if for_hash and not f.metadata.get("hash", True):
+            continue
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            value = to_dict(value, for_hash=for_hash)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def config_hash(config: Any) -> str:
+    """Stable 12-hex-digit name for a config: same description, same run folder."""
+    payload = {"experiment": getattr(config, "experiment", type(config).__name__),
+               "version": CONFIG_VERSION, "config": to_dict(config, for_hash=True)}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def imp_config_from_dict(d: dict[str, Any]) -> IMPConfig:
+    """Rebuild an IMPConfig from ``to_dict`` output (as stored in a run's config.json)."""
+    return IMPConfig(
+        data=DataConfig(**d["data"]),
+        model=ModelConfig(**d["model"]),
+        train=TrainConfig(**{**d["train"], "milestones": tuple(d["train"].get("milestones", ()))}),
+        prune=PruneConfig(**d["prune"]),
+        levels=d["levels"], reset=d["reset"], rewind_step=d["rewind_step"],
+        baselines=tuple(d["baselines"]), seed=d["seed"],
+    )

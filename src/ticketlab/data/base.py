@@ -1,0 +1,209 @@
+"""Core data containers, the data-set registry and validation splits.
+
+Data sets are held as whole tensors in memory so a training loop slices batches
+(`x[idx]`) instead of collating samples one at a time through a DataLoader.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DataError",
+    "ArrayData",
+    "DataSplits",
+    "Augment",
+    "DatasetLoader",
+    "DATASETS",
+    "register_dataset",
+    "load_dataset",
+    "split_validation",
+    "require_root",
+    "images_to_tensor",
+]
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+DatasetLoader = Callable[..., "DataSplits"]
+
+
+class DataError(ValueError):
+    """A data set could not be loaded or built; the message says what was wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class ArrayData:
+    """Inputs and labels of one split, held as tensors so batches are plain slices."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
+            raise DataError(
+                f"ArrayData needs tensors, got x={type(self.x).__name__}, y={type(self.y).__name__}; "
+                "convert with torch.as_tensor first"
+            )
+        if self.y.dim() != 1:
+            raise DataError(f"ArrayData labels must be 1-D (N,), got shape {tuple(self.y.shape)}")
+        if self.x.dim() < 1 or self.x.shape[0] != self.y.shape[0]:
+            raise DataError(
+                f"ArrayData x and y disagree on the number of samples: x {tuple(self.x.shape)}, "
+                f"y {tuple(self.y.shape)}"
+            )
+        if not self.x.is_floating_point():
+            raise DataError(f"ArrayData x must be floating point (normalised), got {self.x.dtype}")
+        if self.y.dtype != torch.int64:
+            raise DataError(f"ArrayData y must be int64 class labels, got {self.y.dtype}; use y.long()")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. (1, 28, 28) or (64,)."""
+        return tuple(self.x.shape[1:])
+
+    def to(self, device: torch.device | str) -> ArrayData:
+        """Copy to `device` once, so every batch sliced later is already there."""
+        return ArrayData(self.x.to(device), self.y.to(device))
+
+    def subset(self, index: torch.Tensor) -> ArrayData:
+        """Samples selected by an integer index or a boolean mask (a new ArrayData)."""
+        index = torch.as_tensor(index, device=self.x.device)
+        return ArrayData(self.x[index], self.y[index])
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Train and test data of one data set plus what a model needs to know about it."""
+
+    name: str
+    train: ArrayData
+    test: ArrayData
+    num_classes: int
+    input_shape: tuple[int, ...]
+    augment: Augment | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
+        if self.num_classes < 1:
+            raise DataError(f"data set {self.name!r}: num_classes must be >= 1, got {self.num_classes}")
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            if split.sample_shape != self.input_shape:
+                raise DataError(
+                    f"data set {self.name!r}: {split_name} samples have shape {split.sample_shape}, "
+                    f"but input_shape says {self.input_shape}"
+                )
+
+    def to(self, device: torch.device | str) -> DataSplits:
+        """Move both splits to `device` (augmentation runs on the batch's device anyway)."""
+        return DataSplits(
+            self.name, self.train.to(device), self.test.to(device),
+            self.num_classes, self.input_shape, self.augment,
+        )
+
+
+DATASETS: dict[str, DatasetLoader] = {}
+
+
+def _normalise_name(name: str) -> str:
+    """Accept 'Fashion-MNIST' for 'fashion_mnist' so command lines are forgiving."""
+    return name.strip().lower().replace("-", "_")
+
+
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Decorator adding a loader `f(root, **options) -> DataSplits` to DATASETS under `name`."""
+    key = _normalise_name(name)
+
+    def decorate(loader: DatasetLoader) -> DatasetLoader:
+        old = DATASETS.get(key)
+        if old is not None and (old.__module__, old.__qualname__) != (loader.__module__, loader.__qualname__):
+            raise DataError(
+                f"data set name {key!r} is already registered by {old.__module__}.{old.__qualname__}; "
+                "choose another name"
+            )
+        DATASETS[key] = loader
+        return loader
+
+    return decorate
+
+
+def _check_options(name: str, loader: DatasetLoader, options: dict[str, Any]) -> None:
+    """Reject misspelt options here, with the accepted list, instead of a bare TypeError."""
+    params = inspect.signature(loader).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if n != "root" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise DataError(
+            f"unknown option(s) for data set {name!r}: {', '.join(unknown)}; "
+            f"accepted options: {', '.join(accepted) or '(none)'}"
+        )
+
+
+def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **options: Any) -> DataSplits:
+    """Build the data set registered as `name`, reading files (if any) from `root`."""
+    if not isinstance(name, str):
+        raise DataError(f"data set name must be a string, got {type(name).__name__}")
+    key = _normalise_name(name)
+    loader = DATASETS.get(key)
+    if loader is None:
+        raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(sorted(DATASETS))}")
+    _check_options(key, loader, options)
+    path = None if root is None else Path(root).expanduser()
+    return loader(path, **options)
+
+
+def split_validation(data: ArrayData, size: int, seed: int) -> tuple[ArrayData, ArrayData]:
+    """Hold out `size` random samples as validation: (train_rest, validation), same for the same seed.
+
+    Both parts keep the original sample order so the split itself is the only randomness.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise DataError(f"validation size must be a non-negative integer, got {size!r}")
+    if size == 0:
+        return data, data.subset(torch.arange(0))
+    if size >= len(data):
+        raise DataError(
+            f"validation size {size} leaves no training data ({len(data)} samples); "
+            f"choose a size below {len(data)}"
+        )
+    generator = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(len(data), generator=generator)
+    val_index, rest_index = perm[:size].sort().values, perm[size:].sort().values
+    return data.subset(rest_index), data.subset(val_index)
+
+
+def require_root(root: Path | None, dataset: str, how_to_get: str) -> Path:
+    """Return `root` as an existing directory or say how to provide one."""
+    if root is None:
+        raise DataError(
+            f"data set {dataset!r} is read from files and needs a data root: pass --data-root DIR on "
+            f"the command line (or root=DIR to load_dataset). {how_to_get}"
+        )
+    if not root.is_dir():
+        raise DataError(
+            f"data root {str(root)!r} for {dataset!r} is not an existing directory; "
+            f"create it and put the files there. {how_to_get}"
+        )
+    return root
+
+
+def images_to_tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 images N x C x H x W -> float32 scaled to [0, 1] and normalised per channel."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0)
+    channels = x.shape[1]
+    if len(mean) not in (1, channels) or len(std) not in (1, channels):
+        raise DataError(f"need 1 or {channels} mean/std values, got {len(mean)} and {len(std)}")
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)

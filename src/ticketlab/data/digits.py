@@ -1,0 +1,50 @@
+"""scikit-learn's 8x8 digits: shipped with scikit-learn, so it works offline and in CI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import DataError, ArrayData, DataSplits, register_dataset
+
+__all__ = ["load_digits_splits"]
+
+
+def _split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split so every class keeps its share in train and test."""
+    from sklearn.model_selection import train_test_split  # lazy: keeps `import ticketlab.data` light
+
+    index = np.arange(len(labels))
+    train, test = train_test_split(index, test_size=test_fraction, random_state=seed, stratify=labels)
+    return np.sort(train), np.sort(test)
+
+
+@register_dataset("digits")
+def load_digits_splits(root: Path | None = None, test_fraction: float = 0.2, seed: int = 0,
+                       flatten: bool = True) -> DataSplits:
+    """1797 digits scaled to [0, 1] and standardised with the train split's scalar mean/std.
+
+    Flat N x 64 by default (for MLPs); flatten=False gives N x 1 x 8 x 8 for conv nets.
+    `root` is ignored: the data ships with scikit-learn.
+    """
+    from sklearn.datasets import load_digits
+
+    if not isinstance(test_fraction, (int, float)) or not 0.0 < float(test_fraction) < 1.0:
+        raise DataError(f"digits: test_fraction must be a number strictly between 0 and 1, got {test_fraction!r}")
+    images, labels = load_digits(return_X_y=True)
+    n_test = int(np.ceil(float(test_fraction) * len(labels)))
+    if not 10 <= n_test <= len(labels) - 10:
+        raise DataError(f"digits: test_fraction {test_fraction} leaves a split with fewer samples than the "
+                        "10 classes; use a value between about 0.01 and 0.99")
+    train_idx, test_idx = _split_indices(labels, float(test_fraction), int(seed))
+    x = torch.from_numpy(images.astype(np.float32) / 16.0)
+    mean, std = x[train_idx].mean(), x[train_idx].std()
+    x = (x - mean) / std
+    shape: tuple[int, ...] = (64,) if flatten else (1, 8, 8)
+    x = x.reshape(-1, *shape)
+    y = torch.from_numpy(labels.astype(np.int64))
+    train_t, test_t = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
+    return DataSplits("digits", ArrayData(x[train_t], y[train_t]), ArrayData(x[test_t], y[test_t]),
+                      num_classes=10, input_shape=shape)

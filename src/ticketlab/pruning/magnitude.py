@@ -1,0 +1,69 @@
+"""Magnitude pruning as IMP uses it: remove a fraction of the *remaining* weights by |w|.
+
+Target counts are computed from each group's original size and the level number,
+round(N * (1 - rate) ** level), rather than chained level by level, so rounding never drifts:
+after L levels each group holds (1 - rate)^L of its weights to within one weight.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..masks import Mask
+from .selection import keep_top
+
+
+def magnitude_scores(weights: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:
+    """|w| for every masked parameter."""
+    return {n: weights[n].detach().abs().cpu() for n in mask}
+
+
+def imp_groups(
+    mask: Mask,
+    *,
+    scope: str,
+    rate: float,
+    level: int,
+    output_name: str | None = None,
+    output_rate: float | None = None,
+) -> dict[tuple[str, ...], int]:
+    """Groups and kept counts for IMP level ``level`` (level 1 = first prune).
+
+    'global' ranks all layers together; 'layerwise' each layer alone. With ``output_rate`` the
+    output layer forms its own group pruned at that rate (LTH prunes LeNet's output at half rate).
+    """
+    names = list(mask)
+    separate = output_rate is not None and output_name in mask
+    main = [n for n in names if not (separate and n == output_name)]
+
+    def target(group: list[str], r: float) -> int:
+        total = sum(mask[n].numel() for n in group)
+        return int(round(total * (1.0 - r) ** level))
+
+    groups: dict[tuple[str, ...], int] = {}
+    if scope == "global":
+        groups[tuple(main)] = target(main, rate)
+    else:
+        for n in main:
+            groups[(n,)] = target([n], rate)
+    if separate:
+        assert output_name is not None and output_rate is not None
+        groups[(output_name,)] = target([output_name], output_rate)
+    return groups
+
+
+def imp_prune(
+    weights: Mapping[str, torch.Tensor],
+    mask: Mask,
+    *,
+    level: int,
+    rate: float,
+    scope: str = "global",
+    output_name: str | None = None,
+    output_rate: float | None = None,
+) -> Mask:
+    """The level-``level`` IMP mask: keep the largest |w| among weights ``mask`` still keeps."""
+    groups = imp_groups(mask, scope=scope, rate=rate, level=level,
+                        output_name=output_name, output_rate=output_rate)
+    return keep_top(magnitude_scores(weights, mask), mask, groups)

@@ -1,0 +1,261 @@
+"""Masked training: the whole loop in one file.
+
+Pruned weights are kept at exactly zero by one fused in-place multiply of all masked weights after
+each optimiser step (``torch._foreach_mul_``), not by forward hooks that rebuild every weight on
+every call. Whatever the optimiser does to a pruned weight (momentum, weight decay, Adam moments
+fed by its nonzero gradient), the multiply puts it back to zero before the next forward pass.
+
+Steps are counted in iterations; epochs only decide data order. Data order and augmentation are
+derived from (seed, epoch) and (seed, step), so a run resumed at step s sees exactly the batches
+an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import ArrayData, DataSplits
+from .masks import Mask
+from .steps import to_iterations
+
+
+def default_device() -> torch.device:
+    """A GPU when one is present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, cfg: TrainConfig, total_steps: int, iterations_per_epoch: int) -> float:
+    """Multiplier of the base LR at iteration ``step`` (a pure function, so it can be replayed)."""
+    warmup = to_iterations(cfg.warmup, iterations_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "multistep":
+        passed = sum(step >= to_iterations(m, iterations_per_epoch) for m in cfg.milestones)
+        return cfg.gamma ** passed
+    span = max(1, total_steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress  # linear decay to zero
+
+
+@dataclass
+class Callback:
+    """Call ``fn(trainer, step)`` when ``step`` iterations are done, at given steps or periodically.
+
+    Steps count completed iterations: a callback at 0 sees the weights before any update, at k the
+    weights after k updates (what weight rewinding to step k saves).
+    """
+
+    fn: Callable[["Trainer", int], None]
+    at: Sequence[int] = ()
+    every: int | None = None
+
+    def due(self, step: int) -> bool:
+        return step in self.at or (self.every is not None and self.every > 0 and step % self.every == 0)
+
+
+@dataclass
+class History:
+    """Evaluations over a run: one dict per evaluation (step, losses, accuracies)."""
+
+    records: list[dict[str, float]] = field(default_factory=list)
+
+    def best(self, key: str = "val_loss") -> dict[str, float] | None:
+        rows = [r for r in self.records if key in r]
+        return min(rows, key=lambda r: (r[key], r["step"])) if rows else None
+
+
+def _batch_generator(seed: int, salt: int, index: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + salt * 7_919 + index) % (2**63 - 1))
+    return g
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ArrayData, batch_size: int = 1000) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (already on the device)."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(data), batch_size):
+        x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
+        out = model(x)
+        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        correct += int((out.argmax(1) == y).sum())
+    model.train(was_training)
+    n = max(1, len(data))
+    return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+class Trainer:
+    """Train ``model`` on ``data`` under ``mask``, evaluating on a schedule and running callbacks.
+
+    Works with any ``nn.Module`` classifier. ``start_step`` lets a run begin mid-schedule (weight
+    rewinding trains steps k..T with the LR the full schedule has there). ``lr_override`` fixes a
+    constant LR (fine-tuning).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        cfg: TrainConfig,
+        mask: Mask | None = None,
+        *,
+        validation: ArrayData | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = False,
+        desc: str = "train",
+    ):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device)
+        self.cfg = cfg
+        self.seed = seed
+        self.train_data = data.train.to(self.device)
+        self.test_data = data.test.to(self.device)
+        self.val_data = validation.to(self.device) if validation is not None and len(validation) else None
+        self.augment = data.augment
+        self.iterations_per_epoch = len(self.train_data) // cfg.batch_size
+        if self.iterations_per_epoch == 0:
+            raise ValueError(
+                f"batch_size {cfg.batch_size} is larger than the training set ({len(self.train_data)} samples)"
+            )
+        self.total_steps = to_iterations(cfg.steps, self.iterations_per_epoch)
+        self.eval_every = to_iterations(cfg.eval_every, self.iterations_per_epoch)
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.desc = desc
+        self.history = History()
+        self.set_mask(mask)
+        self.optimizer = make_optimizer(list(self.model.parameters()), cfg)
+
+    # --- masking --------------------------------------------------------------------------------
+    def set_mask(self, mask: Mask | None) -> None:
+        """Install a mask: zero the pruned weights now and after every step from here on."""
+        self.mask = mask
+        if mask is None:
+            self._masked_params: list[torch.Tensor] = []
+            self._mask_values: list[torch.Tensor] = []
+            return
+        params = mask.check_fits(self.model)
+        self._masked_params = list(params.values())
+        self._mask_values = [mask[n].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
+        self.reapply_mask()
+
+    @torch.no_grad()
+    def reapply_mask(self) -> None:
+        if self._masked_params:
+            torch._foreach_mul_(self._masked_params, self._mask_values)
+
+    def _mask_gradients(self) -> None:
+        grads = [p.grad for p in self._masked_params if p.grad is not None]
+        if len(grads) == len(self._masked_params) and grads:
+            torch._foreach_mul_(grads, self._mask_values)
+
+    # --- the loop -------------------------------------------------------------------------------
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch used at iteration ``step``: a slice of this epoch's seeded permutation."""
+        epoch, offset = divmod(step, self.iterations_per_epoch)
+        if getattr(self, "_perm_epoch", None) != epoch:
+            g = _batch_generator(self.seed, 1, epoch)
+            self._perm = torch.randperm(len(self.train_data), generator=g).to(self.device)
+            self._perm_epoch = epoch
+        idx = self._perm[offset * self.cfg.batch_size:(offset + 1) * self.cfg.batch_size]
+        x, y = self.train_data.x.index_select(0, idx), self.train_data.y.index_select(0, idx)
+        if self.augment is not None:
+            x = self.augment(x, _batch_generator(self.seed, 2, step))
+        return x, y
+
+    def set_lr(self, step: int, lr_override: float | None = None) -> float:
+        lr = lr_override if lr_override is not None else self.cfg.lr * lr_factor(
+            step, self.cfg, self.total_steps, self.iterations_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def evaluate_now(self, step: int, train_loss: float | None = None) -> dict[str, float]:
+        record: dict[str, float] = {"step": step}
+        if train_loss is not None:
+            record["train_loss"] = train_loss
+        if self.val_data is not None:
+            v = evaluate(self.model, self.val_data)
+            record["val_loss"], record["val_accuracy"] = v["loss"], v["accuracy"]
+        t = evaluate(self.model, self.test_data)
+        record["test_loss"], record["test_accuracy"] = t["loss"], t["accuracy"]
+        self.history.records.append(record)
+        return record
+
+    def _run_callbacks(self, step: int) -> None:
+        for cb in self.callbacks:
+            if cb.due(step):
+                cb.fn(self, step)
+
+    def train(self, start_step: int = 0, end_step: int | None = None,
+              lr_override: float | None = None, resumed: bool = False) -> History:
+        """Run iterations ``start_step`` .. ``end_step`` (default: the configured length).
+
+        ``resumed`` means the state at ``start_step`` came from a checkpoint whose evaluation and
+        callbacks at that step already ran, so they are not repeated.
+        """
+        end = self.total_steps if end_step is None else end_step
+        if not 0 <= start_step <= end:
+            raise ValueError(f"start step {start_step} must lie in [0, {end}]")
+        self.model.train()
+        self.reapply_mask()
+        bar = _progress(end - start_step, self.desc) if self.progress else None
+        loss_sum = torch.zeros((), device=self.device)
+        loss_count = 0
+        if not resumed:
+            self.evaluate_now(start_step)
+            self._run_callbacks(start_step)
+        for step in range(start_step, end):
+            self.set_lr(step, lr_override)
+            x, y = self.batch(step)
+            loss = F.cross_entropy(self.model(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.mask_gradients:
+                self._mask_gradients()
+            self.optimizer.step()
+            self.reapply_mask()
+            loss_sum += loss.detach()
+            loss_count += 1
+            done = step + 1
+            if done % self.eval_every == 0 or done == end:
+                rec = self.evaluate_now(done, float(loss_sum) / loss_count)
+                loss_sum.zero_()
+                loss_count = 0
+                if bar is not None:
+                    bar.set_postfix(test_acc=f"{rec['test_accuracy']:.4f}", refresh=False)
+            self._run_callbacks(done)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return self.history
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, mininterval=0.5, dynamic_ncols=True)
