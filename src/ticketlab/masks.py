@@ -207,6 +207,9 @@ class Mask(Mapping[str, torch.Tensor]):
             tensors = {}
             for name, shape in shapes.items():
                 numel = int(np.prod(shape)) if shape else 1
+                if packed[name].numel() != (numel + 7) // 8:
+                    raise ValueError(f"{name!r} holds {packed[name].numel()} bytes but its shape {shape} needs "
+                                     f"{(numel + 7) // 8}")
                 bits = np.unpackbits(packed[name].numpy(), count=numel)
                 tensors[name] = torch.from_numpy(bits.astype(bool)).reshape(shape)
         except MaskError:

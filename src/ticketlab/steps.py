@@ -21,7 +21,7 @@ def parse_step(text: str | int) -> tuple[int, int]:
             raise StepError(f"step {text} is negative")
         return 0, text
     s = str(text).strip()
-    if s.isdigit():
+    if s.isdecimal():  # not isdigit: '²' is a digit that int() cannot read
         return 0, int(s)
     m = _STEP_RE.match(s)
     if not s or not m or (m.group(1) is None and m.group(2) is None):
@@ -41,6 +41,10 @@ def to_iterations(text: str | int, iterations_per_epoch: int) -> int:
 
 def format_step(iteration: int, iterations_per_epoch: int) -> str:
     """Inverse of ``to_iterations`` for display: 1500 with 1000/epoch -> '1ep500it'."""
+    if iterations_per_epoch <= 0:
+        raise StepError(f"iterations_per_epoch must be positive, got {iterations_per_epoch}")
+    if iteration < 0:
+        raise StepError(f"iteration {iteration} is negative")
     ep, it = divmod(iteration, iterations_per_epoch)
     if ep and it:
         return f"{ep}ep{it}it"

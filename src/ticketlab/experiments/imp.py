@@ -18,7 +18,6 @@ interrupted one from its last checkpoint.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from ..config import IMPConfig, config_hash
+from ..config import IMPConfig
 from ..data import ArrayData, DataSplits, load_dataset, split_validation
 from ..masks import Mask
 from ..models import build_model
@@ -112,8 +111,12 @@ def train_unit(
         return summary
 
     ckpt = run.file(unit, "checkpoint.safetensors")
-    callbacks = [Callback(lambda t, step: save_checkpoint(t, step, ckpt),
-                          every=to_iterations(s.config.train.eval_every, _ipe(s)))]
+
+    def checkpoint(trainer: Trainer, step: int) -> None:
+        if step > start_step:  # the starting state is already reproducible without one
+            save_checkpoint(trainer, step, ckpt)
+
+    callbacks = [Callback(checkpoint, every=to_iterations(s.config.train.eval_every, _ipe(s)))]
     if save_rewind_point:
         callbacks.append(Callback(lambda t, step: save_weights(t.model, run.file("rewind.safetensors")),
                                   at=(s.rewind_step,)))
@@ -177,16 +180,20 @@ def run_imp(
     if config.data.val_size:
         train_part, validation = split_validation(data.train, config.data.val_size, seed=config.seed)
         data = replace(data, train=train_part)
-    run = store.open_run(config)
+    # Everything that can be wrong with the request is checked before the store is touched.
+    build_seeded_model(config, data, config.seed)
+    ipe = len(data.train) // config.train.batch_size
+    if ipe == 0:
+        raise ValueError(f"batch size {config.train.batch_size} exceeds the {len(data.train)} training samples")
+    total = to_iterations(config.train.steps, ipe)
+    k = to_iterations(config.rewind_step, ipe)
+    if total == 0:
+        raise ValueError(f"training length {config.train.steps!r} is zero iterations")
+    if k >= total:
+        raise ValueError(f"rewind step {config.rewind_step} ({k} it) must be before the end of training ({total} it)")
     dev = torch.device(device) if device is not None else default_device()
+    run = store.open_run(config)
     with store.lock(run):
-        ipe = len(data.train) // config.train.batch_size
-        if ipe == 0:
-            raise ValueError(f"batch size {config.train.batch_size} exceeds the {len(data.train)} training samples")
-        total = to_iterations(config.train.steps, ipe)
-        k = to_iterations(config.rewind_step, ipe)
-        if k >= total:
-            raise ValueError(f"rewind step {config.rewind_step} ({k} it) must be before the end of training ({total} it)")
         s = Setup(config, run, data, validation, dev, progress, log, total, k)
         log(f"IMP run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, reset={config.reset})")
         try:
@@ -284,5 +291,3 @@ def _index_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "final_test_accuracy": last["final_test_accuracy"],
             "dense_test_accuracy": tickets[0]["final_test_accuracy"]}
 
-
-__all__ = ["run_imp", "summarize", "IMPConfig", "config_hash", "dataclasses"]

@@ -33,6 +33,8 @@ def imp_groups(
     'global' ranks all layers together; 'layerwise' each layer alone. With ``output_rate`` the
     output layer forms its own group pruned at that rate (LTH prunes LeNet's output at half rate).
     """
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"scope {scope!r} is unknown; choose 'global' or 'layerwise'")
     names = list(mask)
     separate = output_rate is not None and output_name in mask
     main = [n for n in names if not (separate and n == output_name)]

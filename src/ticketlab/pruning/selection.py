@@ -50,10 +50,12 @@ def keep_top(
                 f"cannot keep {count} weights in {list(names)}: only {available} are still unpruned"
             )
         flat = torch.cat([scores[n].detach().reshape(-1).to("cpu", torch.float64) for n in names])
-        flat = torch.where(torch.cat(eligible), flat, torch.tensor(float("-inf"), dtype=torch.float64))
-        if torch.isnan(flat).any():
+        # Rank only the eligible positions (a -inf sentinel for pruned ones would tie with -inf scores).
+        positions = torch.cat(eligible).nonzero().reshape(-1)
+        ranked = flat[positions]
+        if torch.isnan(ranked).any():
             raise SelectionError(f"scores of {list(names)} contain NaN; cannot rank them")
-        order = torch.sort(flat, descending=True, stable=True).indices[:count]
+        order = positions[torch.sort(ranked, descending=True, stable=True).indices[:count]]
         keep = torch.zeros(flat.numel(), dtype=torch.bool)
         keep[order] = True
         offset = 0

@@ -1,0 +1,383 @@
+#!/usr/bin/env python
+"""How much does keeping pruned weights at zero cost? One epoch of LeNet-300-100 on MNIST, timed
+several ways on identical data, batches, initial weights and mask.
+
+Variants (all: batch 60, same seeded batch order, same optimiser settings):
+
+  dense            plain PyTorch loop (forward, cross-entropy, zero_grad, backward, step): the reference
+  plain+foreach    the same loop plus ticketlab's masking op after each step,
+                   ``torch._foreach_mul_(masked_params, float_masks)`` (exactly Trainer.reapply_mask)
+  trainer          ticketlab.training.Trainer with a Mask (evaluation pushed past the epoch)
+  trainer-nomask   the same Trainer with mask=None: the Trainer's own per-step overhead
+  torch-prune      torch.nn.utils.prune.custom_from_mask on every Linear weight (a forward pre-hook
+                   re-materialises weight = weight_orig * mask on every call), same plain loop
+
+Variants are interleaved inside each repeat (the order rotates from repeat to repeat) and every
+timed epoch starts from a fresh model after the same warm-up, so a noisy machine (another job on a
+core) hits all variants alike. The reported ratio is the median over repeats of
+time(variant) / time(dense) within the same repeat.
+
+Run from the repository root:
+
+    python benchmarks/masking_overhead.py                      # 1 epoch, adam and sgd, 5 repeats
+    python benchmarks/masking_overhead.py --iterations 200 --repeats 3 --optimizer adam
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import prune
+
+import ticketlab
+from ticketlab.config import TrainConfig
+from ticketlab.data import ArrayData, DataError, DataSplits, load_dataset
+from ticketlab.masks import Mask
+from ticketlab.models import build_model
+from ticketlab.pruning.magnitude import imp_prune
+from ticketlab.training import Trainer, make_optimizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data" / "mnist"
+TARGET = 1.03
+PRIMARY = "trainer"  # the variant the TARGET line judges: what a ticketlab user actually runs
+
+# ---------------------------------------------------------------------------------------------
+# setup shared by all variants
+
+
+def load_data(root: Path) -> tuple[DataSplits, str]:
+    try:
+        splits = load_dataset("mnist", root)
+        return splits, f"MNIST from {root}"
+    except DataError as exc:
+        print(f"NOTE: real MNIST not found ({exc.__class__.__name__}: {str(exc)[:120]}...);\n"
+              f"      using synthetic MNIST-shaped random data (60000 x 1 x 28 x 28, 10 classes) instead.\n"
+              f"      Timings do not depend on pixel values, so ratios remain meaningful.")
+        g = torch.Generator().manual_seed(0)
+        train = ArrayData(torch.randn(60_000, 1, 28, 28, generator=g), torch.randint(0, 10, (60_000,), generator=g))
+        test = ArrayData(torch.randn(10_000, 1, 28, 28, generator=g), torch.randint(0, 10, (10_000,), generator=g))
+        return DataSplits("mnist-synthetic", train, test, 10, (1, 28, 28)), "synthetic random data"
+
+
+def fresh_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("lenet_300_100", (1, 28, 28), 10)
+
+
+def make_mask(seed: int, density: float, kind: str) -> Mask:
+    """Layer-wise mask keeping ``density`` of every Linear weight (magnitude of the init, or random)."""
+    model = fresh_model(seed)
+    dense = Mask.dense(model)
+    if kind == "magnitude":
+        weights = dict(model.named_parameters())
+        return imp_prune(weights, dense, level=1, rate=1.0 - density, scope="layerwise")
+    g = torch.Generator().manual_seed(seed + 1)
+    return Mask({n: torch.rand(t.shape, generator=g) < density for n, t in dense.items()})
+
+
+def batch_permutation(n: int, seed: int) -> torch.Tensor:
+    """The permutation the Trainer uses for epoch 0, so every variant sees the very same batches."""
+    try:
+        from ticketlab.training import _batch_generator  # private, but it *is* the Trainer's order
+        g = _batch_generator(seed, 1, 0)
+    except ImportError:  # pragma: no cover - keeps the benchmark alive if the helper is renamed
+        g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=g)
+
+
+@dataclass
+class Setup:
+    splits: DataSplits          # train split + an empty test split (evaluation costs nothing)
+    perm: torch.Tensor
+    mask: Mask
+    cfg: TrainConfig
+    seed: int
+    warmup: int
+    iterations: int
+
+
+def plain_batches(s: Setup, steps: int):
+    """Batches exactly as Trainer.batch builds them: index_select with a slice of the permutation."""
+    x_all, y_all, b = s.splits.train.x, s.splits.train.y, s.cfg.batch_size
+    for step in range(steps):
+        idx = s.perm[step * b:(step + 1) * b]
+        yield x_all.index_select(0, idx), y_all.index_select(0, idx)
+
+
+# ---------------------------------------------------------------------------------------------
+# variants: each builds its state untimed, runs ``warmup`` steps, then returns the timed epoch's
+# seconds and the trained model (for the zero check)
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    finally:
+        gc.enable()
+
+
+def _plain_loop(s: Setup, model: nn.Module, after_step: Callable[[], None] | None) -> float:
+    opt = make_optimizer(list(model.parameters()), s.cfg)  # == torch.optim.Adam/SGD(params, ...)
+    model.train()
+
+    def run(steps: int) -> None:
+        for x, y in plain_batches(s, steps):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if after_step is not None:
+                after_step()
+
+    run(s.warmup)
+    return _timed(lambda: run(s.iterations))
+
+
+def v_dense(s: Setup) -> tuple[float, nn.Module]:
+    model = fresh_model(s.seed)
+    return _plain_loop(s, model, None), model
+
+
+def v_plain_foreach(s: Setup) -> tuple[float, nn.Module]:
+    model = fresh_model(s.seed)
+    params = s.mask.check_fits(model)
+    masked = list(params.values())
+    values = [s.mask[n].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
+    with torch.no_grad():
+        torch._foreach_mul_(masked, values)
+
+    @torch.no_grad()
+    def reapply() -> None:
+        torch._foreach_mul_(masked, values)
+
+    return _plain_loop(s, model, reapply), model
+
+
+def _trainer(s: Setup, mask: Mask | None) -> tuple[float, nn.Module]:
+    model = fresh_model(s.seed)
+    trainer = Trainer(model, s.splits, s.cfg, mask, device="cpu", seed=s.seed)
+    trainer.train(0, s.warmup, resumed=True)  # resumed: no evaluation/callbacks at the start step
+    t = _timed(lambda: trainer.train(0, s.iterations, resumed=True))
+    return t, trainer.model
+
+
+def v_trainer(s: Setup) -> tuple[float, nn.Module]:
+    return _trainer(s, s.mask)
+
+
+def v_trainer_nomask(s: Setup) -> tuple[float, nn.Module]:
+    return _trainer(s, None)
+
+
+def v_torch_prune(s: Setup) -> tuple[float, nn.Module]:
+    model = fresh_model(s.seed)
+    modules = dict(model.named_modules())
+    for name in s.mask:
+        module_name, _, attr = name.rpartition(".")
+        prune.custom_from_mask(modules[module_name], attr, s.mask[name])
+    return _plain_loop(s, model, None), model
+
+
+VARIANTS: dict[str, Callable[[Setup], tuple[float, nn.Module]]] = {
+    "dense": v_dense,
+    "plain+foreach": v_plain_foreach,
+    "trainer": v_trainer,
+    "trainer-nomask": v_trainer_nomask,
+    "torch-prune": v_torch_prune,
+}
+MASKED = ("plain+foreach", "trainer", "torch-prune")
+DESCRIPTION = {
+    "dense": "plain loop, no mask (reference)",
+    "plain+foreach": "plain loop + torch._foreach_mul_(params, masks)",
+    "trainer": "ticketlab Trainer with Mask",
+    "trainer-nomask": "ticketlab Trainer, mask=None",
+    "torch-prune": "plain loop + prune.custom_from_mask hooks",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+@torch.no_grad()
+def effective_weights(model: nn.Module, mask: Mask, probe: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The weights the next forward pass uses (for torch-prune: weight_orig * mask, re-materialised)."""
+    model(probe)  # lets prune's pre-hook recompute module.weight from the final weight_orig
+    modules = dict(model.named_modules())
+    out = {}
+    for name in mask:
+        module_name, _, attr = name.rpartition(".")
+        out[name] = getattr(modules[module_name], attr).detach()
+    return out
+
+
+def check_zero(variant: str, model: nn.Module, s: Setup, probe: torch.Tensor) -> int:
+    weights = effective_weights(model, s.mask, probe)
+    pruned = 0
+    for name, m in s.mask.items():
+        w = weights[name]
+        nonzero = int(torch.count_nonzero(w[~m]))
+        assert nonzero == 0, f"{variant}: {nonzero} pruned weights of {name} are nonzero after the epoch"
+        assert torch.count_nonzero(w[m]) > 0, f"{variant}: kept weights of {name} are all zero"
+        pruned += int((~m).sum())
+    return pruned
+
+
+def check_same_batches(s: Setup) -> None:
+    """The plain loops must see exactly the Trainer's batches."""
+    trainer = Trainer(fresh_model(s.seed), s.splits, s.cfg, None, device="cpu", seed=s.seed)
+    plain = list(plain_batches(s, s.iterations))
+    for step in (0, s.iterations // 2, s.iterations - 1):
+        tx, ty = trainer.batch(step)
+        px, py = plain[step]
+        assert torch.equal(tx, px) and torch.equal(ty, py), f"batch {step} differs between Trainer and plain loop"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def train_config(opt: str, args: argparse.Namespace) -> TrainConfig:
+    common = dict(batch_size=args.batch_size, steps=f"{args.iterations}it",
+                  eval_every=f"{10 * (args.iterations + args.warmup) + 1}it")  # never inside the run
+    if opt == "adam":
+        return TrainConfig(optimizer="adam", lr=args.adam_lr, **common)
+    return TrainConfig(optimizer="sgd", lr=args.sgd_lr, momentum=0.9, weight_decay=args.sgd_weight_decay, **common)
+
+
+def bench_optimizer(opt: str, args: argparse.Namespace, splits: DataSplits, mask: Mask) -> bool:
+    cfg = train_config(opt, args)
+    s = Setup(splits, batch_permutation(len(splits.train), args.seed), mask, cfg, args.seed,
+              args.warmup, args.iterations)
+    check_same_batches(s)
+    probe = splits.train.x[:8]
+    names = [v for v in VARIANTS if v in args.variants]
+    times: dict[str, list[float]] = {v: [] for v in names}
+    desc = (f"adam lr={cfg.lr}" if opt == "adam"
+            else f"sgd lr={cfg.lr} momentum={cfg.momentum} weight_decay={cfg.weight_decay}")
+    print(f"\n=== optimizer: {desc}; {args.iterations} iterations x batch {cfg.batch_size} "
+          f"(+{args.warmup} warm-up), {args.repeats} interleaved repeats ===", flush=True)
+    zero_checked: dict[str, int] = {}
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate: no variant always first
+        for v in order:
+            t, model = VARIANTS[v](s)
+            times[v].append(t)
+            if v in MASKED:
+                zero_checked[v] = check_zero(v, model, s, probe)
+            del model
+        print(f"  repeat {r + 1}/{args.repeats}: " + "  ".join(f"{v}={times[v][-1]:.3f}s" for v in names),
+              flush=True)
+
+    scale = 1000 / args.iterations  # report seconds per full 1000-iteration epoch
+    print(f"\n{'variant':<16} {'what':<50} {'s/epoch (median)':>17} {'ratio to dense':>15} {'ratio min..max':>16}")
+    ratios: dict[str, float] = {}
+    for v in names:
+        med = statistics.median(times[v]) * scale
+        if "dense" in times:
+            per = [t / d for t, d in zip(times[v], times["dense"])]
+            ratios[v] = statistics.median(per)
+            rr = f"{ratios[v]:>15.3f} {min(per):>7.3f}..{max(per):<7.3f}"
+        else:
+            rr = f"{'n/a':>15}"
+        print(f"{v:<16} {DESCRIPTION[v]:<50} {med:>17.3f} {rr}")
+    if args.iterations != 1000:
+        print(f"  (s/epoch extrapolated x{scale:g} from {args.iterations} iterations)")
+    if "trainer" in ratios and "trainer-nomask" in ratios:
+        per = [a / b for a, b in zip(times["trainer"], times["trainer-nomask"])]
+        print(f"  masking inside the Trainer (trainer / trainer-nomask): {statistics.median(per):.3f}")
+    if "trainer-nomask" in ratios:
+        print(f"  Trainer bookkeeping without a mask (trainer-nomask / dense): {ratios['trainer-nomask']:.3f}")
+    for v, n in zero_checked.items():
+        print(f"  verified {v}: all {n} pruned weights exactly zero after every timed epoch")
+    passed = True
+    if PRIMARY in ratios:
+        passed = ratios[PRIMARY] <= TARGET
+        print(f"TARGET masked/dense <= {TARGET:.2f}: {'PASS' if passed else 'FAIL'} "
+              f"({opt}: {PRIMARY}/dense = {ratios[PRIMARY]:.3f})")
+    if "plain+foreach" in ratios:
+        print(f"  (masking op alone, plain+foreach/dense = {ratios['plain+foreach']:.3f}: "
+              f"{'PASS' if ratios['plain+foreach'] <= TARGET else 'FAIL'})")
+    return passed
+
+
+def warn_if_oversubscribed() -> None:
+    """Intra-op threads that outnumber the idle cores make every op wait at OpenMP barriers."""
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on every platform
+        return
+    threads = torch.get_num_threads()
+    print(f"machine: {cores} cores, 1-min load average {load:.2f} before the benchmark")
+    if threads > 1 and load + threads > cores + 0.5:
+        print(f"WARNING: {threads} torch threads on {cores} cores with load {load:.2f}: other processes hold "
+              f"cores, and multi-threaded ops stall at OpenMP barriers (can be 10x slower and very noisy).\n"
+              f"         Prefer --threads 1 on a busy machine; ratios are then still comparable.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT,
+                   help="MNIST folder (default: ../shared/data/mnist from the repo root); "
+                        "synthetic data if missing")
+    p.add_argument("--iterations", type=int, default=1000, help="timed iterations (1000 = one epoch)")
+    p.add_argument("--warmup", type=int, default=50, help="untimed iterations before each timed epoch")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--optimizer", choices=("adam", "sgd", "both"), default="both")
+    p.add_argument("--batch-size", type=int, default=60)
+    p.add_argument("--density", type=float, default=0.2, help="fraction of each Linear weight kept")
+    p.add_argument("--mask", choices=("magnitude", "random"), default="magnitude")
+    p.add_argument("--adam-lr", type=float, default=1.2e-3)
+    p.add_argument("--sgd-lr", type=float, default=0.01)
+    p.add_argument("--sgd-weight-decay", type=float, default=1e-4)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.iterations < 1 or args.repeats < 1 or args.warmup < 0:
+        p.error("--iterations and --repeats must be >= 1, --warmup >= 0")
+    if "dense" not in args.variants:
+        args.variants = ["dense", *args.variants]  # ratios need the reference
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    splits, source = load_data(args.data_root)
+    need = (max(args.iterations, args.warmup)) * args.batch_size
+    if need > len(splits.train):
+        p.error(f"{args.iterations} iterations x batch {args.batch_size} exceed one epoch of "
+                f"{len(splits.train)} samples")
+    # Empty test split: the Trainer's one unavoidable evaluation (at the end of train()) costs ~nothing.
+    empty = ArrayData(splits.test.x[:0], splits.test.y[:0])
+    splits = DataSplits(splits.name, splits.train, empty, splits.num_classes, splits.input_shape)
+    mask = make_mask(args.seed, args.density, args.mask)
+
+    print(f"ticketlab {getattr(ticketlab, '__version__', '?')}, torch {torch.__version__}, "
+          f"python {platform.python_version()}, {platform.machine()}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"data: {source}; model: lenet_300_100; mask: {args.mask}, layer-wise, "
+          f"density {mask.density:.4f} ({mask.num_kept}/{mask.num_total} weights kept)")
+    warn_if_oversubscribed()
+    results = [bench_optimizer(opt, args, splits, mask)
+               for opt in (("adam", "sgd") if args.optimizer == "both" else (args.optimizer,))]
+    return 0 if all(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
