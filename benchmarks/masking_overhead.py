@@ -9,8 +9,15 @@ Variants (all: batch 60, same seeded batch order, same optimiser settings):
                    ``torch._foreach_mul_(masked_params, float_masks)`` (exactly Trainer.reapply_mask)
   trainer          ticketlab.training.Trainer with a Mask (evaluation pushed past the epoch)
   trainer-nomask   the same Trainer with mask=None: the Trainer's own per-step overhead
+  trainer-maskgrad the Trainer with TrainConfig(mask_gradients=True) (gradients masked too)
   torch-prune      torch.nn.utils.prune.custom_from_mask on every Linear weight (a forward pre-hook
                    re-materialises weight = weight_orig * mask on every call), same plain loop
+  dense-fused      the dense loop with the optimiser built with fused=True
+  trainer-fused    what-if: the masked Trainer if make_optimizer passed fused=True (patched in here)
+  dense-foreach, trainer-foreach   the same with foreach=True (not run unless named in --variants)
+
+The TARGET line judges ``trainer`` against ``dense``. ``--breakdown`` adds a per-phase timing of a
+masked step (batch, forward, zero_grad, backward, optimiser step, mask multiply).
 
 Variants are interleaved inside each repeat (the order rotates from repeat to repeat) and every
 timed epoch starts from a fresh model after the same warm-up, so a noisy machine (another job on a
@@ -21,10 +28,14 @@ Run from the repository root:
 
     python benchmarks/masking_overhead.py                      # 1 epoch, adam and sgd, 5 repeats
     python benchmarks/masking_overhead.py --iterations 200 --repeats 3 --optimizer adam
+    python benchmarks/masking_overhead.py --threads 1 --breakdown   # on a busy machine
+
+Exit status 1 when the TARGET fails (for any optimiser), 0 otherwise.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import os
 import platform
@@ -41,6 +52,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import ticketlab
+import ticketlab.training as tl_training
 from ticketlab.config import TrainConfig
 from ticketlab.data import ArrayData, DataError, DataSplits, load_dataset
 from ticketlab.masks import Mask
@@ -132,8 +144,18 @@ def _timed(fn: Callable[[], None]) -> float:
         gc.enable()
 
 
-def _plain_loop(s: Setup, model: nn.Module, after_step: Callable[[], None] | None) -> float:
-    opt = make_optimizer(list(model.parameters()), s.cfg)  # == torch.optim.Adam/SGD(params, ...)
+def optimizer_for(params: list[nn.Parameter], cfg: TrainConfig, impl: str) -> torch.optim.Optimizer:
+    """ticketlab's make_optimizer (== torch.optim.Adam/SGD(params, ...)), optionally with
+    ``fused=True`` or ``foreach=True``."""
+    opt = make_optimizer(params, cfg)
+    if impl == "default":
+        return opt
+    return type(opt)(params, **{**opt.defaults, impl: True})
+
+
+def _plain_loop(s: Setup, model: nn.Module, after_step: Callable[[], None] | None,
+                impl: str = "default") -> float:
+    opt = optimizer_for(list(model.parameters()), s.cfg, impl)
     model.train()
 
     def run(steps: int) -> None:
@@ -169,9 +191,17 @@ def v_plain_foreach(s: Setup) -> tuple[float, nn.Module]:
     return _plain_loop(s, model, reapply), model
 
 
-def _trainer(s: Setup, mask: Mask | None) -> tuple[float, nn.Module]:
+def _trainer(s: Setup, mask: Mask | None, impl: str = "default") -> tuple[float, nn.Module]:
     model = fresh_model(s.seed)
-    trainer = Trainer(model, s.splits, s.cfg, mask, device="cpu", seed=s.seed)
+    if impl == "default":
+        trainer = Trainer(model, s.splits, s.cfg, mask, device="cpu", seed=s.seed)
+    else:  # what-if: the Trainer if make_optimizer passed fused=True / foreach=True
+        original = tl_training.make_optimizer
+        tl_training.make_optimizer = lambda params, cfg: optimizer_for(list(params), cfg, impl)
+        try:
+            trainer = Trainer(model, s.splits, s.cfg, mask, device="cpu", seed=s.seed)
+        finally:
+            tl_training.make_optimizer = original
     trainer.train(0, s.warmup, resumed=True)  # resumed: no evaluation/callbacks at the start step
     t = _timed(lambda: trainer.train(0, s.iterations, resumed=True))
     return t, trainer.model
@@ -194,20 +224,54 @@ def v_torch_prune(s: Setup) -> tuple[float, nn.Module]:
     return _plain_loop(s, model, None), model
 
 
+def v_dense_fused(s: Setup) -> tuple[float, nn.Module]:
+    model = fresh_model(s.seed)
+    return _plain_loop(s, model, None, impl="fused"), model
+
+
+def v_dense_foreach(s: Setup) -> tuple[float, nn.Module]:
+    model = fresh_model(s.seed)
+    return _plain_loop(s, model, None, impl="foreach"), model
+
+
+def v_trainer_foreach(s: Setup) -> tuple[float, nn.Module]:
+    return _trainer(s, s.mask, impl="foreach")
+
+
+def v_trainer_maskgrad(s: Setup) -> tuple[float, nn.Module]:
+    return _trainer(dataclasses.replace(s, cfg=dataclasses.replace(s.cfg, mask_gradients=True)), s.mask)
+
+
+def v_trainer_fused(s: Setup) -> tuple[float, nn.Module]:
+    return _trainer(s, s.mask, impl="fused")
+
+
 VARIANTS: dict[str, Callable[[Setup], tuple[float, nn.Module]]] = {
     "dense": v_dense,
     "plain+foreach": v_plain_foreach,
     "trainer": v_trainer,
     "trainer-nomask": v_trainer_nomask,
+    "trainer-maskgrad": v_trainer_maskgrad,
     "torch-prune": v_torch_prune,
+    "dense-fused": v_dense_fused,
+    "trainer-fused": v_trainer_fused,
+    "dense-foreach": v_dense_foreach,
+    "trainer-foreach": v_trainer_foreach,
 }
-MASKED = ("plain+foreach", "trainer", "torch-prune")
+DEFAULT_VARIANTS = [v for v in VARIANTS if not v.endswith("-foreach")]
+MASKED = ("plain+foreach", "trainer", "trainer-maskgrad", "torch-prune", "trainer-fused", "trainer-foreach")
+FUSED = ("dense-fused", "trainer-fused")
 DESCRIPTION = {
     "dense": "plain loop, no mask (reference)",
     "plain+foreach": "plain loop + torch._foreach_mul_(params, masks)",
     "trainer": "ticketlab Trainer with Mask",
     "trainer-nomask": "ticketlab Trainer, mask=None",
+    "trainer-maskgrad": "ticketlab Trainer with Mask, mask_gradients=True",
     "torch-prune": "plain loop + prune.custom_from_mask hooks",
+    "dense-fused": "plain loop, no mask, optimizer fused=True",
+    "trainer-fused": "what-if: Trainer with Mask, optimizer fused=True",
+    "dense-foreach": "plain loop, no mask, optimizer foreach=True",
+    "trainer-foreach": "what-if: Trainer with Mask, optimizer foreach=True",
 }
 
 
@@ -242,14 +306,92 @@ def check_zero(variant: str, model: nn.Module, s: Setup, probe: torch.Tensor) ->
 def check_same_batches(s: Setup) -> None:
     """The plain loops must see exactly the Trainer's batches."""
     trainer = Trainer(fresh_model(s.seed), s.splits, s.cfg, None, device="cpu", seed=s.seed)
-    plain = list(plain_batches(s, s.iterations))
-    for step in (0, s.iterations // 2, s.iterations - 1):
+    steps = {0, s.iterations // 2, s.iterations - 1}
+    plain = {i: b for i, b in enumerate(plain_batches(s, s.iterations)) if i in steps}
+    for step in sorted(steps):
         tx, ty = trainer.batch(step)
         px, py = plain[step]
         assert torch.equal(tx, px) and torch.equal(ty, py), f"batch {step} differs between Trainer and plain loop"
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def breakdown(opt: str, args: argparse.Namespace, splits: DataSplits, mask: Mask) -> None:
+    """Per-step cost of each phase of the masked plain loop, timed inside the loop (cache state as
+    in training), for the default and the fused optimizer; plus the masking op alone, cache-hot."""
+    cfg = train_config(opt, args)
+    s = Setup(splits, batch_permutation(len(splits.train), args.seed), mask, cfg, args.seed,
+              args.warmup, args.iterations)
+    phases = ("batch", "forward+loss", "zero_grad", "backward", "optimizer.step", "mask _foreach_mul_")
+    impls = ["default"] + (["fused"] if fused_available(cfg) else [])
+    print(f"\n--- per-step breakdown, {opt}, batch {cfg.batch_size}, {args.iterations} it x {args.repeats} "
+          f"repeats (microseconds per step, median over repeats) ---")
+    print(f"{'phase':<22}" + "".join(f"{i:>14}" for i in impls))
+    acc = {i: {ph: [] for ph in phases} for i in impls}
+    hot = []
+    for _ in range(args.repeats):
+        for impl in impls:
+            model = fresh_model(s.seed)
+            params = mask.check_fits(model)
+            masked = list(params.values())
+            values = [mask[n].to(dtype=p.dtype) for n, p in params.items()]
+            optim = optimizer_for(list(model.parameters()), cfg, impl)
+            tot = dict.fromkeys(phases, 0.0)
+            clock = time.perf_counter
+            with torch.no_grad():
+                torch._foreach_mul_(masked, values)
+            x_all, y_all, b = splits.train.x, splits.train.y, cfg.batch_size
+            for i in range(s.warmup + s.iterations):
+                if i == s.warmup:
+                    tot = dict.fromkeys(phases, 0.0)
+                step = i - s.warmup if i >= s.warmup else i
+                tb = clock()
+                idx = s.perm[step * b:(step + 1) * b]
+                x, y = x_all.index_select(0, idx), y_all.index_select(0, idx)
+                t0 = clock()
+                loss = F.cross_entropy(model(x), y)
+                t1 = clock()
+                optim.zero_grad(set_to_none=True)
+                t2 = clock()
+                loss.backward()
+                t3 = clock()
+                optim.step()
+                t4 = clock()
+                with torch.no_grad():
+                    torch._foreach_mul_(masked, values)
+                t5 = clock()
+                tot["batch"] += t0 - tb
+                tot["forward+loss"] += t1 - t0
+                tot["zero_grad"] += t2 - t1
+                tot["backward"] += t3 - t2
+                tot["optimizer.step"] += t4 - t3
+                tot["mask _foreach_mul_"] += t5 - t4
+            for ph in phases:
+                acc[impl][ph].append(tot[ph] / s.iterations * 1e6)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(s.iterations):
+                torch._foreach_mul_(masked, values)
+            hot.append((time.perf_counter() - t0) / s.iterations * 1e6)
+    for ph in phases:
+        print(f"{ph:<22}" + "".join(f"{statistics.median(acc[i][ph]):>14.1f}" for i in impls))
+    total = {i: sum(statistics.median(acc[i][ph]) for ph in phases) for i in impls}
+    print(f"{'total':<22}" + "".join(f"{total[i]:>14.1f}" for i in impls))
+    print(f"{'mask / unmasked step':<22}" + "".join(
+        f"{statistics.median(acc[i]['mask _foreach_mul_']) / (total[i] - statistics.median(acc[i]['mask _foreach_mul_'])):>14.1%}"
+        for i in impls))
+    print(f"mask _foreach_mul_ alone in a tight loop (cache-hot): {statistics.median(hot):.1f} us/step")
+
+
+def fused_available(cfg: TrainConfig) -> bool:
+    try:
+        p = nn.Parameter(torch.zeros(2))
+        p.grad = torch.ones(2)
+        optimizer_for([p], cfg, "fused").step()
+        return True
+    except (RuntimeError, TypeError, ValueError):
+        return False
 
 
 def train_config(opt: str, args: argparse.Namespace) -> TrainConfig:
@@ -267,6 +409,9 @@ def bench_optimizer(opt: str, args: argparse.Namespace, splits: DataSplits, mask
     check_same_batches(s)
     probe = splits.train.x[:8]
     names = [v for v in VARIANTS if v in args.variants]
+    if any(v in FUSED for v in names) and not fused_available(cfg):
+        print(f"NOTE: torch {torch.__version__} has no fused {cfg.optimizer} on the CPU; skipping {FUSED}")
+        names = [v for v in names if v not in FUSED]
     times: dict[str, list[float]] = {v: [] for v in names}
     desc = (f"adam lr={cfg.lr}" if opt == "adam"
             else f"sgd lr={cfg.lr} momentum={cfg.momentum} weight_decay={cfg.weight_decay}")
@@ -303,6 +448,11 @@ def bench_optimizer(opt: str, args: argparse.Namespace, splits: DataSplits, mask
         print(f"  masking inside the Trainer (trainer / trainer-nomask): {statistics.median(per):.3f}")
     if "trainer-nomask" in ratios:
         print(f"  Trainer bookkeeping without a mask (trainer-nomask / dense): {ratios['trainer-nomask']:.3f}")
+    for impl in ("fused", "foreach"):
+        if f"trainer-{impl}" in ratios and f"dense-{impl}" in ratios:
+            per = [a / b for a, b in zip(times[f"trainer-{impl}"], times[f"dense-{impl}"])]
+            print(f"  masking cost with a {impl} optimizer (trainer-{impl} / dense-{impl}): "
+                  f"{statistics.median(per):.3f}")
     for v, n in zero_checked.items():
         print(f"  verified {v}: all {n} pruned weights exactly zero after every timed epoch")
     passed = True
@@ -348,8 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sgd-lr", type=float, default=0.01)
     p.add_argument("--sgd-weight-decay", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=DEFAULT_VARIANTS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time each phase of a masked step (forward, backward, optimizer, mask)")
     args = p.parse_args(argv)
     if args.iterations < 1 or args.repeats < 1 or args.warmup < 0:
         p.error("--iterations and --repeats must be >= 1, --warmup >= 0")
@@ -374,8 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {source}; model: lenet_300_100; mask: {args.mask}, layer-wise, "
           f"density {mask.density:.4f} ({mask.num_kept}/{mask.num_total} weights kept)")
     warn_if_oversubscribed()
-    results = [bench_optimizer(opt, args, splits, mask)
-               for opt in (("adam", "sgd") if args.optimizer == "both" else (args.optimizer,))]
+    optimizers = ("adam", "sgd") if args.optimizer == "both" else (args.optimizer,)
+    results = [bench_optimizer(opt, args, splits, mask) for opt in optimizers]
+    if args.breakdown:
+        for opt in optimizers:
+            breakdown(opt, args, splits, mask)
     return 0 if all(results) else 1
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from .steps import StepError, parse_step
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "cosine", "linear")
 RESET_MODES = ("init", "rewind", "lr_rewind", "finetune")
@@ -72,6 +72,7 @@ class TrainConfig:
     warmup: str = "0it"
     eval_every: str = "1ep"
     mask_gradients: bool = False
+    fused_optimizer: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
