@@ -203,6 +203,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("ticketlab demo: lottery tickets by IMP on scikit-learn's digits (offline, about a minute).\n"
           "Watch the winning ticket hold its accuracy as weights are removed while the same mask\n"
           "with a fresh random init falls behind.\n")
+    if args.threads is None:
+        args.threads = 1  # the model is tiny: one thread is as fast, and never stalls on a busy machine
     return cmd_imp(args, base=DEMO)
 
 

@@ -225,8 +225,9 @@ class Mask(Mapping[str, torch.Tensor]):
     @classmethod
     def load(cls, path: str | Path) -> "Mask":
         path = Path(path)
-        if not path.exists():
-            raise MaskError(f"mask file {path} does not exist")
+        if not path.is_file():
+            raise MaskError(f"mask file {path} does not exist" if not path.exists()
+                            else f"{path} is not a file; give the path of a saved mask")
         return cls.from_bytes(path.read_bytes(), source=str(path))
 
 
