@@ -6,6 +6,7 @@ number of iterations per epoch) is known.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _STEP_RE = re.compile(r"^\s*(?:(\d+)\s*ep)?\s*(?:(\d+)\s*it)?\s*$")
 
@@ -14,6 +15,7 @@ class StepError(ValueError):
     """A step string that cannot be read."""
 
 
+@lru_cache(maxsize=4096)  # called for warm-up and milestones at every training step
 def parse_step(text: str | int) -> tuple[int, int]:
     """``"2ep100it"`` -> (2, 100). A bare integer means iterations."""
     if isinstance(text, int):
