@@ -31,7 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Offline demo: scikit-learn's digits, an MLP, IMP down to 1% of the weights with both baselines
-# (about a minute on 2 cores). Below ~3% the random re-init falls behind the ticket.
+# (about 20 seconds on 2 cores). Below ~3% the random re-init falls behind the ticket.
 DEMO = dict(dataset="digits", model="mlp", model_options={"hidden": [300, 100]}, optimizer="adam", lr=1e-3,
             batch_size=32, steps="20ep", val_size=200, eval_every="1ep", levels=9, rate=0.4)
 
@@ -200,7 +200,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print("ticketlab demo: lottery tickets by IMP on scikit-learn's digits (offline, about a minute).\n"
+    print("ticketlab demo: lottery tickets by IMP on scikit-learn's digits (offline, about 20 seconds).\n"
           "Watch the winning ticket hold its accuracy as weights are removed while the same mask\n"
           "with a fresh random init falls behind.\n")
     if args.threads is None:
