@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .masks import _read_metadata
 from .store import StoreError, load_tensors, save_tensors
 from .training import Trainer
 
@@ -27,19 +28,13 @@ def save_checkpoint(trainer: Trainer, step: int, path: Path) -> None:
                 scalars.setdefault(str(idx), {})[key] = value
     meta = {"step": str(step), "history": json.dumps(trainer.history.records),
             "optim_scalars": json.dumps(scalars)}
-    from safetensors.torch import save  # local: keeps metadata with the tensors in one atomic file
-
-    from .atomic import atomic_write_bytes
-
-    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=meta))
+    save_tensors(path, tensors, metadata=meta)  # one atomic file: tensors and metadata together
 
 
 def load_checkpoint(trainer: Trainer, path: Path) -> int:
     """Restore ``trainer`` from ``path``; return the step to continue from."""
     tensors = load_tensors(path)
     try:
-        from .masks import _read_metadata
-
         meta = _read_metadata(path.read_bytes())
         step = int(meta["step"])
         history = json.loads(meta["history"])
