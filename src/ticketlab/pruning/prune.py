@@ -1,0 +1,87 @@
+"""Prune to a density: score -> select, once or over n rounds (SynFlow's iterative schedule).
+
+Any score composes with any distribution and any number of rounds. Round k of n prunes to density
+rho^(k/n) (exponential, the SynFlow schedule) or 1 - (1 - rho) k / n (linear), rescoring with the
+current mask each round; the last round lands exactly on the requested count(s).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import nn
+
+from ..masks import Mask
+from .distributions import DISTRIBUTIONS, DistributionError, layer_counts, layer_densities, shapes_of
+from .scores import ScoreSource, compute_scores
+from .selection import keep_top
+
+SCHEDULES = ("exponential", "linear")
+
+
+def round_density(density: float, k: int, rounds: int, schedule: str) -> float:
+    """Target density after round k of ``rounds``."""
+    if schedule == "exponential":
+        return density ** (k / rounds)
+    if schedule == "linear":
+        return 1.0 - (1.0 - density) * k / rounds
+    raise DistributionError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+
+
+def round_targets(mask: Mask, density: float, distribution: str, k: int, rounds: int,
+                  schedule: str) -> dict[tuple[str, ...], int]:
+    """Kept counts per group after round k; non-increasing in k and exact at k = rounds."""
+    names = tuple(mask)
+    if distribution == "global":
+        return {names: int(round(mask.num_total * round_density(density, k, rounds, schedule)))}
+    shapes = shapes_of(mask)
+    final = layer_counts(distribution, shapes, density)
+    if k == rounds:
+        return {(n,): final[n] for n in names}
+    fractional = layer_densities(distribution, shapes, density)
+    out = {}
+    for n in names:
+        size = math.prod(shapes[n])
+        layer_target = round(size * round_density(fractional[n], k, rounds, schedule))
+        out[(n,)] = max(final[n], min(size, layer_target))
+    return out
+
+
+def prune(
+    method: str,
+    model: nn.Module,
+    mask: Mask,
+    source: ScoreSource,
+    density: float,
+    *,
+    distribution: str = "global",
+    rounds: int = 1,
+    schedule: str = "exponential",
+    invert: bool = False,
+    progress: Callable[[int, Mask], None] | None = None,
+    **score_options,
+) -> Mask:
+    """Prune ``mask`` down to ``density`` (fraction of all masked weights kept) with ``method``.
+
+    ``distribution`` 'global' ranks all layers together; 'uniform', 'erk', 'smart', 'smart_vgg' fix
+    each layer's count first. ``invert`` keeps the *lowest* scores (a sanity check). The model is
+    not modified.
+    """
+    if not 0.0 < density <= 1.0:
+        raise DistributionError(f"density (fraction kept) must be in (0, 1], got {density}")
+    if distribution != "global" and distribution not in DISTRIBUTIONS:
+        raise DistributionError(f"unknown distribution {distribution!r}; choose 'global' or one of {DISTRIBUTIONS}")
+    if rounds < 1:
+        raise DistributionError(f"rounds must be >= 1, got {rounds}")
+    if round(density * mask.num_total) > mask.num_kept:
+        raise DistributionError(
+            f"density {density} keeps {round(density * mask.num_total)} weights but the mask keeps only {mask.num_kept}"
+        )
+    for k in range(1, rounds + 1):
+        scores = compute_scores(method, model, mask, source, **score_options)
+        if invert:
+            scores = {n: -s for n, s in scores.items()}
+        mask = keep_top(scores, mask, round_targets(mask, density, distribution, k, rounds, schedule))
+        if progress is not None:
+            progress(k, mask)
+    return mask

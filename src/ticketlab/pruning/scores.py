@@ -1,0 +1,162 @@
+"""Pruning scores: how much each weight matters, higher = keep. One registry for every method.
+
+A score function takes the model, the current mask and a ScoreSource and returns a tensor per
+masked parameter. It never changes the caller's model: every method scores a copy with the mask
+applied, so iterative pruning and the sanity checks see the model exactly as it was.
+Selection (how many to keep, where) is separate: see ``selection.py`` and ``distributions.py``.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..masks import Mask
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class ScoreError(ValueError):
+    """Unknown scoring method or unusable options."""
+
+
+@dataclass
+class ScoreSource:
+    """What a score may look at. ``batches()`` yields the same (x, y) batches on every call.
+
+    SynFlow is data-free and never calls ``batches``; it needs only ``input_shape``.
+    """
+
+    batches: Callable[[], Iterable[Batch]]
+    input_shape: tuple[int, ...]
+    generator: torch.Generator
+    device: torch.device = torch.device("cpu")
+
+
+ScoreFn = Callable[..., dict[str, torch.Tensor]]
+SCORES: dict[str, ScoreFn] = {}
+
+
+def register_score(name: str) -> Callable[[ScoreFn], ScoreFn]:
+    def decorate(fn: ScoreFn) -> ScoreFn:
+        SCORES[name] = fn
+        return fn
+    return decorate
+
+
+def compute_scores(method: str, model: nn.Module, mask: Mask, source: ScoreSource, **options) -> dict[str, torch.Tensor]:
+    """Scores of ``method`` (a name in SCORES) for every parameter of ``mask``, on the CPU."""
+    if method not in SCORES:
+        raise ScoreError(f"unknown pruning method {method!r}; choose one of {sorted(SCORES)}")
+    mask.check_fits(model)
+    scores = SCORES[method](model, mask, source, **options)
+    return {n: scores[n].detach().to("cpu", torch.float64) for n in mask}
+
+
+def masked_copy(model: nn.Module, mask: Mask, device: torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of ``model`` with pruned weights zeroed (the caller's model is never touched)."""
+    clone = copy.deepcopy(model).to(device)
+    if dtype is not None:
+        clone = clone.to(dtype)
+    mask.apply_(clone)
+    return clone
+
+
+def _weights(model: nn.Module, mask: Mask) -> dict[str, nn.Parameter]:
+    params = dict(model.named_parameters())
+    return {n: params[n] for n in mask}
+
+
+def _batches(source: ScoreSource) -> Iterator[Batch]:
+    any_batch = False
+    for x, y in source.batches():
+        any_batch = True
+        yield x.to(source.device), y.to(source.device)
+    if not any_batch:
+        raise ScoreError("the score's data source yielded no batches")
+
+
+@register_score("magnitude")
+def magnitude(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torch.Tensor]:
+    """|w| (pruned weights score 0)."""
+    params = dict(model.named_parameters())
+    return {n: (params[n].detach() * mask[n].to(params[n].device)).abs() for n in mask}
+
+
+@register_score("random")
+def random(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torch.Tensor]:
+    """Uniform random scores from the source's generator (random pruning)."""
+    return {n: torch.rand(mask[n].shape, generator=source.generator, dtype=torch.float64) for n in mask}
+
+
+@register_score("snip")
+def snip(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torch.Tensor]:
+    """SNIP (Lee et al. 2019): |dL/dc| = |g * w| with c the mask, g summed over the source's batches.
+
+    The paper's normalisation to sum 1 does not change the ranking and is left out.
+    """
+    net = masked_copy(model, mask, source.device)
+    net.train()
+    weights = _weights(net, mask)
+    grads = {n: torch.zeros_like(w) for n, w in weights.items()}
+    for x, y in _batches(source):
+        loss = F.cross_entropy(net(x), y)
+        for n, g in zip(weights, torch.autograd.grad(loss, list(weights.values()))):
+            grads[n] += g
+    return {n: (grads[n] * weights[n].detach()).abs() for n in weights}
+
+
+@register_score("grasp")
+def grasp(model: nn.Module, mask: Mask, source: ScoreSource, temperature: float = 200.0) -> dict[str, torch.Tensor]:
+    """GraSP (Wang et al. 2020): score = w * Hg, higher = keep.
+
+    The paper scores S(-w) = -w * Hg and removes the weights with the *largest* S, i.e. keeps the
+    smallest -w * Hg. We return w * Hg = -S so that, like every other score here, the highest scores
+    are kept; the mask is the paper's. Hg is the Hessian-gradient product, the gradient of
+    g^T stop_grad(g) (g summed over the source's batches), with logits divided by ``temperature``.
+    """
+    if temperature <= 0:
+        raise ScoreError(f"GraSP temperature must be > 0, got {temperature}")
+    net = masked_copy(model, mask, source.device)
+    net.train()
+    weights = _weights(net, mask)
+    params = list(weights.values())
+    batches = list(_batches(source))
+    g_fixed = [torch.zeros_like(p) for p in params]
+    for x, y in batches:
+        loss = F.cross_entropy(net(x) / temperature, y)
+        for acc, g in zip(g_fixed, torch.autograd.grad(loss, params)):
+            acc += g
+    hg = [torch.zeros_like(p) for p in params]
+    for x, y in batches:
+        loss = F.cross_entropy(net(x) / temperature, y)
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        z = sum((gi * gf).sum() for gi, gf in zip(g, g_fixed))
+        for acc, h in zip(hg, torch.autograd.grad(z, params)):
+            acc += h
+    return {n: p.detach() * h for (n, p), h in zip(weights.items(), hg)}
+
+
+@register_score("synflow")
+def synflow(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torch.Tensor]:
+    """SynFlow (Tanaka et al. 2020): |w * dR/dw| with R = sum of the output of the network whose
+    parameters are all replaced by their absolute values, on one all-ones input. Data-free: the
+    source's batches are never read.
+
+    Computed in float64 on a copy (so deep networks do not overflow and the caller's weights and
+    signs are untouched), BatchNorm in eval mode as the paper specifies.
+    """
+    net = masked_copy(model, mask, source.device, dtype=torch.float64)
+    net.eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    weights = _weights(net, mask)
+    x = torch.ones((1, *source.input_shape), dtype=torch.float64, device=source.device)
+    R = net(x).sum()
+    grads = torch.autograd.grad(R, list(weights.values()))
+    return {n: (w.detach() * g).abs() for (n, w), g in zip(weights.items(), grads)}
