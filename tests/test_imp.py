@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import ticketlab.experiments.common as common_module
 import ticketlab.experiments.imp as imp_module
+from ticketlab.training import Trainer
 from ticketlab.config import ConfigError, DataConfig, IMPConfig, ModelConfig, PruneConfig, TrainConfig, config_hash
 from ticketlab.data import DataError
 from ticketlab.experiments.imp import run_imp
@@ -114,7 +116,7 @@ def test_rerun_after_kill_mid_training_resumes_from_checkpoint(tmp_path, monkeyp
     cfg = config(levels=1, baselines=())
     rows_full, _ = run(cfg, tmp_path / "full")
 
-    original = imp_module.save_checkpoint
+    original = common_module.save_checkpoint
     calls = {"n": 0}
 
     def dies_after_second_checkpoint(trainer, step, path):
@@ -124,10 +126,10 @@ def test_rerun_after_kill_mid_training_resumes_from_checkpoint(tmp_path, monkeyp
             if calls["n"] == 2:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(imp_module, "save_checkpoint", dies_after_second_checkpoint)
+    monkeypatch.setattr(common_module, "save_checkpoint", dies_after_second_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "killed")
-    monkeypatch.setattr(imp_module, "save_checkpoint", original)
+    monkeypatch.setattr(common_module, "save_checkpoint", original)
     ckpt = tmp_path / "killed" / config_hash(cfg) / "level_01" / "ticket" / "checkpoint.safetensors"
     assert ckpt.exists()
     logs = []
@@ -140,7 +142,7 @@ def test_rerun_after_kill_mid_training_resumes_from_checkpoint(tmp_path, monkeyp
 def test_complete_run_is_not_retrained(tmp_path, monkeypatch):
     cfg = config(levels=1, baselines=())
     rows, _ = run(cfg, tmp_path)
-    monkeypatch.setattr(imp_module.Trainer, "train", lambda *a, **k: pytest.fail("retrained a complete unit"))
+    monkeypatch.setattr(Trainer, "train", lambda *a, **k: pytest.fail("retrained a complete unit"))
     assert run(cfg, tmp_path)[0] == rows
 
 

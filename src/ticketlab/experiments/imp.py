@@ -18,26 +18,22 @@ interrupted one from its last checkpoint.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from ..checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from ..checkpoint import save_weights
 from ..config import IMPConfig
-from ..data import ArrayData, DataSplits, load_dataset, split_validation
 from ..masks import Mask
-from ..models import build_model
 from ..prunable import output_parameter_name
 from ..pruning.magnitude import imp_prune
 from ..pruning.selection import random_mask_like
 from ..steps import to_iterations
-from ..store import Run, Store, StoreError
-from ..training import Callback, History, Trainer, default_device, lr_factor
-
-Log = Callable[[str], None]
+from ..store import Store, StoreError
+from ..training import Callback, default_device, lr_factor
+from .common import (Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit,
+                     training_length)
 
 
 @dataclass
@@ -45,21 +41,13 @@ class Setup:
     """What every unit of one IMP run shares."""
 
     config: IMPConfig
-    run: Run
-    data: DataSplits
-    validation: ArrayData | None
-    device: torch.device
-    progress: bool
-    log: Log
+    ctx: UnitContext
     total_steps: int
     rewind_step: int
 
-
-def build_seeded_model(config: IMPConfig, data: DataSplits, seed: int) -> nn.Module:
-    """The model of ``config`` initialised from ``seed`` without touching the global RNG state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(config.model.name, data.input_shape, data.num_classes, **config.model.options)
+    @property
+    def run(self):
+        return self.ctx.run
 
 
 def derived_seed(seed: int, purpose: str, level: int) -> int:
@@ -72,86 +60,8 @@ def unit_name(level: int, branch: str) -> str:
     return f"level_{level:02d}/{branch}"
 
 
-def summarize(history: History, mask: Mask, start_step: int) -> dict[str, Any]:
-    """Per-unit result: final and best test accuracy, early-stop iteration (min validation loss)."""
-    records = [r for r in history.records if r["step"] > start_step] or history.records
-    key = "val_loss" if "val_loss" in records[-1] else "test_loss"
-    early = min(records, key=lambda r: (r[key], r["step"]))
-    return {
-        "density": mask.density,
-        "remaining_percent": 100.0 * mask.density,
-        "kept": mask.num_kept,
-        "total": mask.num_total,
-        "layer_density": mask.densities(),
-        "final_test_accuracy": records[-1]["test_accuracy"],
-        "max_test_accuracy": max(r["test_accuracy"] for r in records),
-        "early_stop_step": early["step"],
-        "early_stop_on": key,
-        "test_accuracy_at_early_stop": early["test_accuracy"],
-        "final_step": records[-1]["step"],
-    }
-
-
-def train_unit(
-    s: Setup,
-    unit: str,
-    model: nn.Module,
-    mask: Mask,
-    *,
-    start_step: int,
-    lr_override: float | None = None,
-    save_rewind_point: bool = False,
-) -> dict[str, Any]:
-    """Train one unit, or load it when complete; checkpoints so a kill resumes mid-training."""
-    run = s.run
-    if run.is_complete(unit):
-        load_weights(model, run.file(unit, "final.safetensors"))
-        summary = run.read_json(unit, "summary.json")
-        s.log(f"  {unit}: done earlier (test acc {summary['final_test_accuracy']:.4f})")
-        return summary
-
-    ckpt = run.file(unit, "checkpoint.safetensors")
-
-    def checkpoint(trainer: Trainer, step: int) -> None:
-        if step > start_step:  # the starting state is already reproducible without one
-            save_checkpoint(trainer, step, ckpt)
-
-    callbacks = [Callback(checkpoint, every=to_iterations(s.config.train.eval_every, _ipe(s)))]
-    if save_rewind_point:
-        callbacks.append(Callback(lambda t, step: save_weights(t.model, run.file("rewind.safetensors")),
-                                  at=(s.rewind_step,)))
-    trainer = Trainer(model, s.data, s.config.train, mask, validation=s.validation, seed=s.config.seed,
-                      device=s.device, callbacks=callbacks, progress=s.progress, desc=unit)
-    resumed = False
-    begin = start_step
-    if ckpt.exists():
-        begin = load_checkpoint(trainer, ckpt)
-        resumed = True
-        s.log(f"  {unit}: resuming from step {begin}")
-    trainer.train(begin, s.total_steps, lr_override=lr_override, resumed=resumed)
-    if save_rewind_point and not run.file("rewind.safetensors").exists():
-        raise StoreError(f"rewind point at step {s.rewind_step} was not saved in {run.path}")
-    summary = summarize(trainer.history, mask, start_step)
-    save_weights(model, run.file(unit, "final.safetensors"))
-    run.write_jsonl(trainer.history.records, unit, "metrics.jsonl")
-    run.write_json(summary, unit, "summary.json")  # written last: marks the unit complete
-    ckpt.unlink(missing_ok=True)
-    s.log(f"  {unit}: density {mask.density:.4f}  test acc final {summary['final_test_accuracy']:.4f}"
-          f"  max {summary['max_test_accuracy']:.4f}  early-stop it {summary['early_stop_step']}")
-    return summary
-
-
-def _ipe(s: Setup) -> int:
-    return len(s.data.train) // s.config.train.batch_size
-
-
-def load_or_save_init(s: Setup, model: nn.Module) -> None:
-    """theta_0 is saved once; a rerun loads it, so every level resets to the very same init."""
-    path = s.run.file("init.safetensors")
-    if path.exists():
-        load_weights(model, path)
-    else:
-        save_weights(model, path)
+def _rewind_callback(s: Setup) -> Callback:
+    return Callback(lambda t, step: save_weights(t.model, s.run.file("rewind.safetensors")), at=(s.rewind_step,))
 
 
 def level_mask(s: Setup, level: int, previous: Mask, previous_weights: dict[str, torch.Tensor],
@@ -175,26 +85,18 @@ def run_imp(
     log: Log = print,
 ) -> list[dict[str, Any]]:
     """Run (or continue) IMP and return one row per (level, branch)."""
-    data = load_dataset(config.data.name, config.data.root, **config.data.options)
-    validation = None
-    if config.data.val_size:
-        train_part, validation = split_validation(data.train, config.data.val_size, seed=config.seed)
-        data = replace(data, train=train_part)
+    data, validation = prepare_data(config.data, config.seed)
     # Everything that can be wrong with the request is checked before the store is touched.
-    build_seeded_model(config, data, config.seed)
-    ipe = len(data.train) // config.train.batch_size
-    if ipe == 0:
-        raise ValueError(f"batch size {config.train.batch_size} exceeds the {len(data.train)} training samples")
-    total = to_iterations(config.train.steps, ipe)
-    k = to_iterations(config.rewind_step, ipe)
-    if total == 0:
-        raise ValueError(f"training length {config.train.steps!r} is zero iterations")
+    build_seeded_model(config.model, data, config.seed)
+    _, total = training_length(config.train, data)
+    k = to_iterations(config.rewind_step, len(data.train) // config.train.batch_size)
     if k >= total:
         raise ValueError(f"rewind step {config.rewind_step} ({k} it) must be before the end of training ({total} it)")
     dev = torch.device(device) if device is not None else default_device()
     run = store.open_run(config)
     with store.lock(run):
-        s = Setup(config, run, data, validation, dev, progress, log, total, k)
+        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+        s = Setup(config, ctx, total, k)
         log(f"IMP run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, reset={config.reset})")
         try:
             rows = _levels(s)
@@ -209,8 +111,8 @@ def run_imp(
 
 def _levels(s: Setup) -> list[dict[str, Any]]:
     config, run = s.config, s.run
-    model = build_seeded_model(config, s.data, config.seed)
-    load_or_save_init(s, model)
+    model = build_seeded_model(config.model, s.ctx.data, config.seed)
+    load_or_save_init(run, model)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     prunable = dict(
         include_first=config.prune.include_first, include_output=config.prune.include_output
@@ -220,18 +122,22 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
     needs_rewind = config.reset != "init"
     rows: list[dict[str, Any]] = []
 
-    summary = train_unit(s, unit_name(0, "ticket"), model, mask, start_step=0, save_rewind_point=needs_rewind)
+    summary = train_unit(s.ctx, unit_name(0, "ticket"), model, mask, start_step=0,
+                         callbacks=[_rewind_callback(s)] if needs_rewind else ())
+    if needs_rewind and not run.file("rewind.safetensors").exists():
+        raise StoreError(f"rewind point at step {s.rewind_step} was not saved in {run.path}")
     rows.append({"level": 0, "branch": "ticket", **summary})
     run.write_jsonl(rows, "levels.jsonl")
 
     for level in range(1, config.levels + 1):
         final_weights = {k: v.clone() for k, v in model.state_dict().items()}
         mask = level_mask(s, level, mask, final_weights, output_name)
-        s.log(f"level {level}: pruned to density {mask.density:.4f}\n{mask.table()}")
+        s.ctx.log(f"level {level}: pruned to density {mask.density:.4f}\n{mask.table()}")
         reset_state = _reset_state(s, init_state, final_weights)
         start, lr_override = _segment(s)
         model.load_state_dict(reset_state)
-        summary = train_unit(s, unit_name(level, "ticket"), model, mask, start_step=start, lr_override=lr_override)
+        summary = train_unit(s.ctx, unit_name(level, "ticket"), model, mask, start_step=start,
+                             lr_override=lr_override)
         rows.append({"level": level, "branch": "ticket", **summary})
         ticket_final = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -239,13 +145,13 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
         baseline_lr = lr_override if config.reset in ("init", "rewind") else None
         for branch in config.baselines:
             if branch == "reinit":
-                b_model = build_seeded_model(config, s.data, derived_seed(config.seed, "reinit", level))
+                b_model = build_seeded_model(config.model, s.ctx.data, derived_seed(config.seed, "reinit", level))
                 b_mask = mask
             else:
-                b_model = build_seeded_model(config, s.data, config.seed)
+                b_model = build_seeded_model(config.model, s.ctx.data, config.seed)
                 b_model.load_state_dict(reset_state if config.reset in ("init", "rewind") else init_state)
                 b_mask = _random_mask(s, level, mask)
-            summary = train_unit(s, unit_name(level, branch), b_model, b_mask,
+            summary = train_unit(s.ctx, unit_name(level, branch), b_model, b_mask,
                                  start_step=baseline_start, lr_override=baseline_lr)
             rows.append({"level": level, "branch": branch, **summary})
         model.load_state_dict(ticket_final)
@@ -269,7 +175,8 @@ def _segment(s: Setup) -> tuple[int, float | None]:
     if mode == "init":
         return 0, None
     if mode == "finetune":
-        final_lr = s.config.train.lr * lr_factor(s.total_steps - 1, s.config.train, s.total_steps, _ipe(s))
+        final_lr = s.config.train.lr * lr_factor(s.total_steps - 1, s.config.train, s.total_steps,
+                                                 s.ctx.iterations_per_epoch)
         return s.rewind_step, final_lr
     return s.rewind_step, None
 
