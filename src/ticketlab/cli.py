@@ -1,4 +1,4 @@
-"""``ticketlab`` command line: imp, ls, report, demo."""
+"""``ticketlab`` command line: imp, prune, ls, report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import BASELINES, OPTIMIZERS, RESET_MODES, SCHEDULES, SCOPES, DataConfig, IMPConfig, ModelConfig, \
-    PruneConfig, TrainConfig, config_hash, imp_config_from_dict
+from .config import BASELINES, DISTRIBUTION_CHOICES, OPTIMIZERS, PAI_METHODS, PRUNE_SCHEDULES, RESET_MODES, \
+    SANITY_CHECKS, SCHEDULES, SCOPES, ConfigError, DataConfig, IMPConfig, ModelConfig, PruneAtInitConfig, \
+    PruneConfig, TrainConfig, config_hash
 
 # Standard settings from the papers (see METHODS.md); any flag given on the command line wins.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -46,7 +47,8 @@ def _kv(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
+def _add_data_model_training(p: argparse.ArgumentParser) -> None:
+    """Flags every training experiment shares."""
     g = p.add_argument_group("data and model")
     g.add_argument("--preset", choices=sorted(PRESETS), help="paper settings to start from; flags override them")
     g.add_argument("--dataset", help="mnist, fashion_mnist, cifar10, cifar100, digits, ... (default mnist)")
@@ -63,7 +65,7 @@ def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nesterov", action="store_true", default=None)
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--batch-size", type=int)
-    g.add_argument("--steps", help="training length per level: '50000it', '160ep' or '2ep100it'")
+    g.add_argument("--steps", help="training length (per level for IMP): '50000it', '160ep' or '2ep100it'")
     g.add_argument("--schedule", choices=SCHEDULES)
     g.add_argument("--milestones", nargs="+", help="multistep LR drops, e.g. 80ep 120ep")
     g.add_argument("--gamma", type=float, help="LR factor at each milestone")
@@ -73,6 +75,12 @@ def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
                    help="also zero pruned weights' gradients (for optimisers whose update couples entries)")
     g.add_argument("--no-fused-optimizer", dest="fused_optimizer", action="store_false", default=None,
                    help="use PyTorch's default (non-fused) optimiser implementation")
+    g.add_argument("--seed", type=int)
+    _add_common(p)
+
+
+def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_model_training(p)
     g = p.add_argument_group("pruning")
     g.add_argument("--levels", type=int, help="pruning levels after the dense run (default 10)")
     g.add_argument("--rate", type=float, help="fraction of remaining weights removed per level (default 0.2)")
@@ -83,8 +91,27 @@ def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reset", choices=RESET_MODES, help="init (LTH), rewind (to step k), lr_rewind, finetune")
     g.add_argument("--rewind-step", help="k for rewind / lr_rewind / finetune, e.g. 2000it")
     g.add_argument("--baselines", nargs="*", choices=BASELINES, help="baselines per level (default: both)")
-    g.add_argument("--seed", type=int)
-    _add_common(p)
+
+
+def _add_prune_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_model_training(p)
+    g = p.add_argument_group("pruning at initialisation")
+    g.add_argument("--method", choices=PAI_METHODS, required=True)
+    amount = g.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--density", type=float, help="fraction of prunable weights kept, e.g. 0.02")
+    amount.add_argument("--sparsity", type=float, help="fraction removed (1 - density), e.g. 0.98")
+    g.add_argument("--distribution", choices=DISTRIBUTION_CHOICES, default="global",
+                   help="global ranking, or fixed layer-wise densities (uniform, ERK, smart ratios)")
+    g.add_argument("--rounds", type=int, help="iterative pruning rounds (default: 100 for synflow, else 1)")
+    g.add_argument("--prune-schedule", choices=PRUNE_SCHEDULES, default="exponential",
+                   help="density after round k of n: d^(k/n) (exponential) or linear")
+    g.add_argument("--score-batches", type=int, default=1, help="mini-batches the data-driven scores read")
+    g.add_argument("--score-batch-size", type=int, default=256)
+    g.add_argument("--grasp-temperature", type=float, default=200.0)
+    g.add_argument("--sanity", choices=SANITY_CHECKS, default="none",
+                   help="shuffle the mask within layers, re-initialise kept weights, or invert the scores")
+    g.add_argument("--no-prune-first", action="store_true", help="keep the first layer dense")
+    g.add_argument("--no-prune-output", action="store_true", help="keep the output layer dense")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -96,36 +123,69 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "models and always on a machine whose cores are busy with other work")
 
 
-def imp_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> IMPConfig:
+_SHARED_KEYS = ("dataset", "data_root", "val_size", "model", "optimizer", "lr", "momentum", "nesterov",
+                "weight_decay", "batch_size", "steps", "schedule", "milestones", "gamma", "warmup", "eval_every",
+                "mask_gradients", "fused_optimizer", "seed")
+_TRAIN_KEYS = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size", "steps", "schedule",
+               "milestones", "gamma", "warmup", "eval_every", "mask_gradients", "fused_optimizer")
+
+
+def _options(args: argparse.Namespace, base: dict[str, Any] | None, keys: Sequence[str]) -> dict[str, Any]:
     """Defaults <- preset (or ``base``) <- explicit flags."""
     opts: dict[str, Any] = dict(base or {})
     if getattr(args, "preset", None):
         opts.update(PRESETS[args.preset])
-    for key in ("dataset", "data_root", "val_size", "model", "optimizer", "lr", "momentum", "nesterov",
-                "weight_decay", "batch_size", "steps", "schedule", "milestones", "gamma", "warmup", "eval_every",
-                "mask_gradients", "fused_optimizer", "levels", "rate", "scope", "output_rate", "reset", "rewind_step",
-                "baselines", "seed"):
+    for key in (*_SHARED_KEYS, *keys):
         value = getattr(args, key, None)
         if value is not None:
             opts[key] = value
-    data_options = dict(opts.get("data_options", {}), **dict(args.data_option))
-    model_options = dict(opts.get("model_options", {}), **dict(args.model_option))
-    train_keys = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "batch_size", "steps", "schedule",
-                  "milestones", "gamma", "warmup", "eval_every", "mask_gradients", "fused_optimizer")
-    train = TrainConfig(**{k: (tuple(opts[k]) if k == "milestones" else opts[k]) for k in train_keys if k in opts})
-    prune = PruneConfig(rate=opts.get("rate", 0.2), scope=opts.get("scope", "global"),
-                        output_rate=opts.get("output_rate"), include_first=not args.no_prune_first,
-                        include_output=not args.no_prune_output)
-    if args.no_prune_output and prune.output_rate is not None:
-        prune = PruneConfig(rate=prune.rate, scope=prune.scope, include_first=prune.include_first, include_output=False)
-    return IMPConfig(
+    return opts
+
+
+def _data_model_train(opts: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
         data=DataConfig(name=opts.get("dataset", "mnist"), root=opts.get("data_root"),
-                        val_size=opts.get("val_size", 0), options=data_options),
-        model=ModelConfig(name=opts.get("model", "lenet_300_100"), options=model_options),
-        train=train, prune=prune, levels=opts.get("levels", 10), reset=opts.get("reset", "init"),
+                        val_size=opts.get("val_size", 0),
+                        options=dict(opts.get("data_options", {}), **dict(args.data_option))),
+        model=ModelConfig(name=opts.get("model", "lenet_300_100"),
+                          options=dict(opts.get("model_options", {}), **dict(args.model_option))),
+        train=TrainConfig(**{k: (tuple(opts[k]) if k == "milestones" else opts[k]) for k in _TRAIN_KEYS if k in opts}),
+    )
+
+
+def imp_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> IMPConfig:
+    opts = _options(args, base, ("levels", "rate", "scope", "output_rate", "reset", "rewind_step", "baselines"))
+    prune = PruneConfig(rate=opts.get("rate", 0.2), scope=opts.get("scope", "global"),
+                        output_rate=None if args.no_prune_output else opts.get("output_rate"),
+                        include_first=not args.no_prune_first, include_output=not args.no_prune_output)
+    return IMPConfig(
+        **_data_model_train(opts, args), prune=prune, levels=opts.get("levels", 10), reset=opts.get("reset", "init"),
         rewind_step=opts.get("rewind_step", "0it"), baselines=tuple(opts.get("baselines", BASELINES)),
         seed=opts.get("seed", 0),
     )
+
+
+def prune_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> PruneAtInitConfig:
+    opts = _options(args, base, ())
+    if args.sparsity is not None and not 0 <= args.sparsity < 1:
+        raise ConfigError(f"sparsity (fraction removed) must be in [0, 1), got {args.sparsity}")
+    density = args.density if args.density is not None else 1.0 - args.sparsity
+    return PruneAtInitConfig(
+        **_data_model_train(opts, args), method=args.method, density=round(density, 12),
+        distribution=args.distribution, rounds=args.rounds, schedule=args.prune_schedule,
+        score_batches=args.score_batches, score_batch_size=args.score_batch_size,
+        grasp_temperature=args.grasp_temperature, sanity=args.sanity,
+        include_first=not args.no_prune_first, include_output=not args.no_prune_output, seed=opts.get("seed", 0),
+    )
+
+
+def _set_threads(args: argparse.Namespace) -> None:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
 
 def cmd_imp(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
@@ -133,12 +193,7 @@ def cmd_imp(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int
     from .store import Store
 
     config = imp_config_from_args(args, base)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    _set_threads(args)
     store = Store(args.runs_dir)
     started = time.time()
     rows = run_imp(config, store, device=args.device, progress=not args.no_progress)
@@ -148,23 +203,53 @@ def cmd_imp(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int
     return 0
 
 
-def _write_report(hashes: Sequence[str], store, out: Path) -> None:
-    from .analysis.report import imp_table, plot_imp
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .experiments.prune_at_init import run_prune_at_init
+    from .store import Store
 
-    runs = []
-    for h in hashes:
-        run = store.run(h)
-        rows = run.read_jsonl("levels.jsonl")
-        cfg = run.read_json("config.json")["config"]
-        runs.append((f"{run.hash[:8]} {cfg['model']['name']}/{cfg['data']['name']} reset={cfg['reset']}", rows))
-    out = Path(out)
-    png = plot_imp(runs, out / "report.png")
-    text = "\n\n".join(f"### {label}\n\n{imp_table(rows)}" for label, rows in runs)
+    config = prune_config_from_args(args)
+    _set_threads(args)
+    store = Store(args.runs_dir)
+    started = time.time()
+    run_prune_at_init(config, store, device=args.device, progress=not args.no_progress)
+    run = store.run(config_hash(config))
+    print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
+    _write_report([run.hash], store, run.path)
+    return 0
+
+
+def _write_report(hashes: Sequence[str], store, out: Path) -> None:
+    """report.md (+ report.png) for IMP runs and prune-at-init runs, whichever were given."""
+    from .analysis.report import imp_table, plot_imp, plot_prune, prune_table
     from .atomic import atomic_write_text
 
+    imp_runs, prune_rows = [], []
+    for h in hashes:
+        run = store.run(h)
+        described = run.read_json("config.json")
+        cfg = described["config"]
+        if described["experiment"] == "imp":
+            label = f"{run.hash[:8]} {cfg['model']['name']}/{cfg['data']['name']} reset={cfg['reset']}"
+            imp_runs.append((label, run.read_jsonl("levels.jsonl")))
+        else:
+            summary = run.read_json("train", "summary.json")
+            prune_rows.append({"run": run.hash[:8], "model": cfg["model"]["name"], "dataset": cfg["data"]["name"],
+                               "seed": cfg["seed"], **summary})
+    out = Path(out)
+    parts, plots = [], []
+    if imp_runs:
+        plots.append(plot_imp(imp_runs, out / "report.png"))
+        parts += [f"### {label}\n\n{imp_table(rows)}" for label, rows in imp_runs]
+    if prune_rows:
+        parts.append(f"### pruning at initialisation\n\n{prune_table(prune_rows)}")
+        if len(prune_rows) > 1:
+            plots.append(plot_prune(prune_rows, out / ("report_prune.png" if imp_runs else "report.png")))
+    text = "\n\n".join(parts)
     atomic_write_text(out / "report.md", text + "\n")
     print(text)
-    print(f"\nplot: {png}\ntable: {out / 'report.md'}")
+    for png in plots:
+        print(f"\nplot: {png}")
+    print(f"table: {out / 'report.md'}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -189,12 +274,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs under {store.root}" + (f" matching {filters}" if filters else ""))
         return 0
-    print(f"{'hash':<13} {'experiment':<10} {'status':<11} {'dataset':<13} {'model':<15} {'reset':<9} "
+    print(f"{'hash':<13} {'experiment':<10} {'status':<11} {'dataset':<13} {'model':<15} {'method':<9} "
           f"{'levels':>6} {'density':>8} {'test acc':>8}  updated")
     for r in rows:
         s, c = r["summary"], r["config"]
         print(f"{r['hash']:<13} {r['experiment'] or '':<10} {r['status'] or '':<11} {r['dataset'] or '':<13} "
-              f"{r['model'] or '':<15} {c.get('reset', ''):<9} {s.get('levels_done', ''):>6} "
+              f"{r['model'] or '':<15} {c.get('reset') or c.get('method', ''):<9} {s.get('levels_done', ''):>6} "
               f"{s.get('density', float('nan')):>8.4f} {s.get('final_test_accuracy', float('nan')):>8.4f}  {r['updated']}")
     return 0
 
@@ -214,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("imp", help="iterative magnitude pruning (lottery tickets) with baselines")
     _add_imp_arguments(p)
     p.set_defaults(func=cmd_imp)
+    p = sub.add_parser("prune", help="prune at initialisation (SNIP, GraSP, SynFlow, magnitude, random), then train")
+    _add_prune_arguments(p)
+    p.set_defaults(func=cmd_prune)
     p = sub.add_parser("demo", help="a small offline IMP experiment (digits) with report")
     _add_imp_arguments(p)
     p.set_defaults(func=cmd_demo)
@@ -249,4 +337,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["main", "build_parser", "imp_config_from_args", "imp_config_from_dict"]
+__all__ = ["main", "build_parser", "imp_config_from_args", "prune_config_from_args"]

@@ -160,6 +160,64 @@ class IMPConfig:
                               "use --reset rewind to rewind weights to that step")
 
 
+PAI_METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
+DISTRIBUTION_CHOICES = ("global", "uniform", "erk", "smart", "smart_vgg")
+SANITY_CHECKS = ("none", "shuffle", "reinit", "invert")
+PRUNE_SCHEDULES = ("exponential", "linear")
+
+
+@dataclass(frozen=True)
+class PruneAtInitConfig:
+    """Prune once before training (SNIP, GraSP, SynFlow, magnitude, random), then train.
+
+    ``density`` is the fraction of prunable weights kept. ``rounds`` None means the method's
+    default (100 for SynFlow, as in the paper; 1 otherwise). ``sanity`` applies one check of Su et
+    al. / Frankle et al. 2021: ``shuffle`` the mask within each layer, ``reinit`` the kept weights,
+    or ``invert`` the scores (keep the lowest).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: str = "snip"
+    density: float = 0.1
+    distribution: str = "global"
+    rounds: int | None = None
+    schedule: str = "exponential"
+    score_batches: int = 1
+    score_batch_size: int = 256
+    grasp_temperature: float = 200.0
+    sanity: str = "none"
+    include_first: bool = True
+    include_output: bool = True
+    seed: int = 0
+
+    experiment = "prune"
+
+    def __post_init__(self) -> None:
+        if self.method not in PAI_METHODS:
+            raise ConfigError(f"method {self.method!r} is unknown; choose one of {PAI_METHODS}")
+        if not 0 < self.density <= 1:
+            raise ConfigError(f"density (fraction kept) must be in (0, 1], got {self.density}; "
+                              f"sparsity 0.98 is density 0.02")
+        if self.distribution not in DISTRIBUTION_CHOICES:
+            raise ConfigError(f"distribution {self.distribution!r} is unknown; choose one of {DISTRIBUTION_CHOICES}")
+        if self.rounds is not None and self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.schedule not in PRUNE_SCHEDULES:
+            raise ConfigError(f"schedule {self.schedule!r} is unknown; choose one of {PRUNE_SCHEDULES}")
+        if self.score_batches < 1 or self.score_batch_size < 1:
+            raise ConfigError("score_batches and score_batch_size must be >= 1")
+        if self.grasp_temperature <= 0:
+            raise ConfigError(f"grasp_temperature must be > 0, got {self.grasp_temperature}")
+        if self.sanity not in SANITY_CHECKS:
+            raise ConfigError(f"sanity check {self.sanity!r} is unknown; choose one of {SANITY_CHECKS}")
+
+    @property
+    def effective_rounds(self) -> int:
+        return self.rounds if self.rounds is not None else (100 if self.method == "synflow" else 1)
+
+
 def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:
     """Plain JSON-able dict of a config; ``for_hash`` leaves out fields marked ``hash: False``."""
     out: dict[str, Any] = {}

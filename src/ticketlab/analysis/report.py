@@ -74,3 +74,66 @@ def plot_imp(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path,
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _prune_groups(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
+    """Runs that differ only in their seed, grouped."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        key = (r.get("model", ""), r.get("dataset", ""), r["method"], r["distribution"], r["sanity"],
+               round(r["requested_density"], 10))
+        groups[key].append(r)
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][5], kv[0][2], kv[0][3], kv[0][4])))
+
+
+def prune_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of prune-at-init runs: mean and [min, max] over seeds of the test accuracy."""
+    head = ["model", "data", "method", "distribution", "sanity", "density", "seeds", "test acc mean",
+            "test acc [min, max]", "effective density", "collapsed layers"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (model, data, method, dist, sanity, density), rs in _prune_groups(rows).items():
+        accs = [r["final_test_accuracy"] for r in rs]
+        eff = sum(r["effective_density"] for r in rs) / len(rs)
+        collapsed = sorted({n for r in rs for n in r["collapsed_layers"]})
+        lines.append("| " + " | ".join([
+            model, data, method, dist, sanity, f"{density:g}", str(len(rs)), f"{sum(accs) / len(accs):.4f}",
+            f"[{min(accs):.4f}, {max(accs):.4f}]", f"{eff:.4g}", ", ".join(collapsed) or "none",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def plot_prune(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Test accuracy vs. density (log scale) per method and sanity check: mean, min-max bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[tuple, list[tuple[float, list[float]]]] = defaultdict(list)
+    for (model, data, method, dist, sanity, density), rs in _prune_groups(rows).items():
+        series[(method, dist, sanity)].append((density, [r["final_test_accuracy"] for r in rs]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (method, dist, sanity), pts in sorted(series.items()):
+        pts.sort()
+        xs = [p[0] for p in pts]
+        means = [sum(a) / len(a) for _, a in pts]
+        lo = [m - min(a) for m, (_, a) in zip(means, pts)]
+        hi = [max(a) - m for m, (_, a) in zip(means, pts)]
+        label = method + ("" if dist == "global" else f" ({dist})") + ("" if sanity == "none" else f", {sanity}")
+        ax.errorbar(xs, means, yerr=[lo, hi], fmt="--o" if sanity != "none" else "-o", capsize=3,
+                    markersize=4, label=label)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("density (fraction of weights kept)")
+    ax.set_ylabel("final test accuracy")
+    ax.set_title("Pruning at initialisation (mean, min-max over seeds)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

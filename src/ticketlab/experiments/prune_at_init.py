@@ -1,0 +1,114 @@
+"""Pruning at initialisation: score the untrained network, keep the top weights, train the rest.
+
+One run = one (method, density, distribution, sanity check, seed). The mask is computed once and
+stored (``mask.safetensors``); a rerun reuses it. With a sanity check the trained mask or weights
+differ from the method's: ``shuffle`` permutes the kept positions within each layer (same
+layer-wise densities), ``reinit`` draws fresh weights for the same mask, ``invert`` keeps the
+lowest scores. Each summary also records the layer-wise connectivity: effective density (kept
+weights on some input-output path) and collapsed layers.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..analysis.connectivity import format_layer_report, is_disconnected, layer_report
+from ..config import PruneAtInitConfig
+from ..data import DataSplits
+from ..masks import Mask
+from ..pruning.prune import prune
+from ..pruning.scores import ScoreSource
+from ..pruning.selection import random_mask_like
+from ..store import Store
+from ..training import default_device
+from .common import Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
+    training_length
+
+_SALT_SHUFFLE, _SALT_REINIT, _SALT_SCORES, _SALT_BATCHES = 11, 12, 13, 14
+
+
+def _seed(seed: int, salt: int) -> int:
+    return (seed * 1_000_003 + salt * 10_007) % (2**31 - 1)
+
+
+def scoring_source(data: DataSplits, cfg: PruneAtInitConfig, device: torch.device) -> ScoreSource:
+    """A fixed, seeded set of ``score_batches`` training batches (the same on every call)."""
+    n = min(len(data.train), cfg.score_batches * cfg.score_batch_size)
+    perm = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(_seed(cfg.seed, _SALT_BATCHES)))[:n]
+    x, y = data.train.x[perm], data.train.y[perm]
+    batches = [(x[i:i + cfg.score_batch_size], y[i:i + cfg.score_batch_size]) for i in range(0, n, cfg.score_batch_size)]
+    return ScoreSource(batches=lambda: iter(batches), input_shape=data.input_shape,
+                       generator=torch.Generator().manual_seed(_seed(cfg.seed, _SALT_SCORES)), device=device)
+
+
+def compute_mask(cfg: PruneAtInitConfig, model: torch.nn.Module, data: DataSplits, device: torch.device,
+                 progress: bool = False) -> Mask:
+    """The method's mask at ``cfg.density`` (before any shuffle), for the model as given."""
+    dense = Mask.dense(model, include_first=cfg.include_first, include_output=cfg.include_output)
+    rounds = cfg.effective_rounds
+    bar = tqdm(total=rounds, desc=f"{cfg.method} rounds", leave=False) if progress and rounds > 1 else None
+    options = {"temperature": cfg.grasp_temperature} if cfg.method == "grasp" else {}
+    mask = prune(cfg.method, model, dense, scoring_source(data, cfg, device), cfg.density,
+                 distribution=cfg.distribution, rounds=rounds, schedule=cfg.schedule, invert=cfg.sanity == "invert",
+                 progress=(lambda k, m: bar.update(1)) if bar is not None else None, **options)
+    if bar is not None:
+        bar.close()
+    return mask
+
+
+def run_prune_at_init(
+    config: PruneAtInitConfig,
+    store: Store,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run (or continue) one prune-at-init experiment and return its summary."""
+    data, validation = prepare_data(config.data, config.seed)
+    model = build_seeded_model(config.model, data, config.seed)  # validates the model before the store is touched
+    training_length(config.train, data)
+    dev = torch.device(device) if device is not None else default_device()
+    run = store.open_run(config)
+    with store.lock(run):
+        log(f"prune-at-init run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
+            f"{config.method}, density {config.density}, {config.distribution}, sanity={config.sanity})")
+        try:
+            load_or_save_init(run, model)
+            mask_path = run.file("mask.safetensors")
+            if mask_path.exists():
+                mask = Mask.load(mask_path)
+                prune_seconds = run.read_json("pruning.json")["seconds"]
+            else:
+                started = time.perf_counter()
+                mask = compute_mask(config, model, data, dev, progress)
+                prune_seconds = time.perf_counter() - started
+                mask.save(mask_path)
+                run.write_json({"seconds": prune_seconds, "rounds": config.effective_rounds}, "pruning.json")
+            trained_mask = mask
+            if config.sanity == "shuffle":
+                trained_mask = random_mask_like(mask, torch.Generator().manual_seed(_seed(config.seed, _SALT_SHUFFLE)))
+            if config.sanity == "reinit":
+                model = build_seeded_model(config.model, data, _seed(config.seed, _SALT_REINIT))
+            layers = layer_report(model, trained_mask, data.input_shape)
+            log(f"pruned with {config.method} to density {trained_mask.density:.4f}\n{format_layer_report(layers)}")
+            extra = {
+                "method": config.method, "distribution": config.distribution, "sanity": config.sanity,
+                "requested_density": config.density, "rounds": config.effective_rounds,
+                "prune_seconds": prune_seconds,
+                "effective_density": sum(r["effective"] for r in layers) / trained_mask.num_total,
+                "collapsed_layers": [r["name"] for r in layers if r["collapsed"]],
+                "disconnected": is_disconnected(model, trained_mask, data.input_shape),
+            }
+            ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+            summary = train_unit(ctx, "train", model, trained_mask, start_step=0, extra_summary=extra)
+        except BaseException:
+            run.update_index(status="interrupted")
+            raise
+        run.write_json({"status": "complete", **summary}, "summary.json")
+        run.update_index(status="complete", summary={k: summary[k] for k in (
+            "density", "final_test_accuracy", "effective_density", "method", "sanity")})
+    return summary
