@@ -172,3 +172,25 @@ def test_augment_is_applied_reproducibly(data):
     x0_again, _ = t.batch(0)
     assert torch.equal(x0, x0_again)
     assert calls[0] == calls[1]
+
+
+def test_mask_attach_keeps_a_plain_user_loop_pruned(data):
+    model = make_model(data)
+    mask = half_mask(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
+    handle = mask.attach(model, opt)
+    params = dict(model.named_parameters())
+    for name, m in mask.items():  # zeroed at once
+        assert torch.count_nonzero(params[name].detach()[~m]) == 0
+    for i in range(20):  # an ordinary PyTorch loop, nothing from ticketlab in it
+        x, y = data.train.x[i * 16:(i + 1) * 16], data.train.y[i * 16:(i + 1) * 16]
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    for name, m in mask.items():
+        assert torch.count_nonzero(params[name].detach()[~m]) == 0
+    handle.remove()
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(model(data.train.x[:16]), data.train.y[:16]).backward()
+    opt.step()
+    assert any(torch.count_nonzero(params[n].detach()[~m]) > 0 for n, m in mask.items())

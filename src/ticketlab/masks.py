@@ -185,6 +185,24 @@ class Mask(Mapping[str, torch.Tensor]):
             p.mul_(self[name].to(device=p.device, dtype=p.dtype))
         return model
 
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        """Keep ``model`` pruned inside *your own* training loop.
+
+        Zeroes the pruned weights now and registers an optimiser step post-hook that zeroes them
+        again after every ``optimizer.step()`` with one fused in-place multiply (what the Trainer
+        does). Returns the hook handle; ``handle.remove()`` detaches the mask.
+        """
+        params = self.check_fits(model)
+        weights = list(params.values())
+        values = [self[n].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
+
+        @torch.no_grad()
+        def reapply(*_: object) -> None:
+            torch._foreach_mul_(weights, values)
+
+        reapply()
+        return optimizer.register_step_post_hook(reapply)
+
     # --- persistence --------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """Bit-packed safetensors encoding (1 bit per weight) with shapes in the metadata."""
