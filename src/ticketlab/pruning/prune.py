@@ -21,6 +21,8 @@ SCHEDULES = ("exponential", "linear")
 
 def round_density(density: float, k: int, rounds: int, schedule: str) -> float:
     """Target density after round k of ``rounds``."""
+    if schedule in SCHEDULES and k == rounds:
+        return density  # exact: 1 - (1 - d) is not always d in floating point
     if schedule == "exponential":
         return density ** (k / rounds)
     if schedule == "linear":
@@ -33,7 +35,9 @@ def round_targets(mask: Mask, density: float, distribution: str, k: int, rounds:
     """Kept counts per group after round k; non-increasing in k and exact at k = rounds."""
     names = tuple(mask)
     if distribution == "global":
-        return {names: int(round(mask.num_total * round_density(density, k, rounds, schedule)))}
+        target = int(round(mask.num_total * round_density(density, k, rounds, schedule)))
+        # An already-pruned mask: intermediate rounds never ask for more than it still keeps.
+        return {names: target if k == rounds else min(target, mask.num_kept)}
     shapes = shapes_of(mask)
     final = layer_counts(distribution, shapes, density)
     if k == rounds:
@@ -43,7 +47,7 @@ def round_targets(mask: Mask, density: float, distribution: str, k: int, rounds:
     for n in names:
         size = math.prod(shapes[n])
         layer_target = round(size * round_density(fractional[n], k, rounds, schedule))
-        out[(n,)] = max(final[n], min(size, layer_target))
+        out[(n,)] = max(final[n], min(int(mask[n].sum()), layer_target))
     return out
 
 
