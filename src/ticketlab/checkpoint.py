@@ -11,13 +11,15 @@ from typing import Any
 
 import torch
 
-from .masks import _read_metadata
+from .masks import Mask, _read_metadata
 from .store import StoreError, load_tensors, save_tensors
 from .training import Trainer
 
 
 def save_checkpoint(trainer: Trainer, step: int, path: Path) -> None:
     tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+    if trainer.mask is not None:  # the mask may have changed since the start (RigL, SET, GMP)
+        tensors.update({f"mask.{k}": v.to(torch.uint8) for k, v in trainer.mask.items()})
     scalars: dict[str, dict[str, Any]] = {}
     opt_state = trainer.optimizer.state_dict()["state"]
     for idx, state in opt_state.items():
@@ -27,6 +29,7 @@ def save_checkpoint(trainer: Trainer, step: int, path: Path) -> None:
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     meta = {"step": str(step), "history": json.dumps(trainer.history.records),
+            "mask_events": json.dumps(trainer.history.mask_events),
             "optim_scalars": json.dumps(scalars)}
     save_tensors(path, tensors, metadata=meta)  # one atomic file: tensors and metadata together
 
@@ -38,6 +41,7 @@ def load_checkpoint(trainer: Trainer, path: Path) -> int:
         meta = _read_metadata(path.read_bytes())
         step = int(meta["step"])
         history = json.loads(meta["history"])
+        events = json.loads(meta.get("mask_events", "[]"))
         scalars = json.loads(meta["optim_scalars"])
     except (KeyError, ValueError) as exc:
         raise StoreError(f"checkpoint {path} has unreadable metadata ({exc}); delete it to restart that unit") from exc
@@ -57,6 +61,10 @@ def load_checkpoint(trainer: Trainer, path: Path) -> int:
     opt["state"] = state
     trainer.optimizer.load_state_dict(opt)
     trainer.history.records = history
+    masks = {k[len("mask."):]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
+    if masks:
+        trainer.set_mask(Mask(masks))
+    trainer.history.mask_events = events
     trainer.reapply_mask()
     return step
 

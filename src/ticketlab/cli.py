@@ -1,4 +1,4 @@
-"""``ticketlab`` command line: imp, prune, ls, report, demo."""
+"""``ticketlab`` command line: imp, prune, sparse, ls, report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import BASELINES, DISTRIBUTION_CHOICES, OPTIMIZERS, PAI_METHODS, PRUNE_SCHEDULES, RESET_MODES, \
-    SANITY_CHECKS, SCHEDULES, SCOPES, ConfigError, DataConfig, IMPConfig, ModelConfig, PruneAtInitConfig, \
-    PruneConfig, TrainConfig, config_hash
+    SANITY_CHECKS, SCHEDULES, SCOPES, SPARSE_METHODS, ConfigError, DataConfig, IMPConfig, ModelConfig, \
+    PruneAtInitConfig, PruneConfig, SparseTrainConfig, TrainConfig, config_hash
 
 # Standard settings from the papers (see METHODS.md); any flag given on the command line wins.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -91,6 +91,27 @@ def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reset", choices=RESET_MODES, help="init (LTH), rewind (to step k), lr_rewind, finetune")
     g.add_argument("--rewind-step", help="k for rewind / lr_rewind / finetune, e.g. 2000it")
     g.add_argument("--baselines", nargs="*", choices=BASELINES, help="baselines per level (default: both)")
+
+
+def _add_sparse_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_model_training(p)
+    g = p.add_argument_group("sparse training")
+    g.add_argument("--method", choices=SPARSE_METHODS, required=True,
+                   help="dense, static (fixed random mask), set, rigl, gmp (gradual magnitude pruning)")
+    amount = g.add_mutually_exclusive_group()
+    amount.add_argument("--density", type=float, help="fraction of prunable weights kept (final, for gmp)")
+    amount.add_argument("--sparsity", type=float, help="fraction removed (1 - density)")
+    g.add_argument("--distribution", help="sparse init for static/set/rigl: uniform, erk (default), smart; "
+                                          "gmp: global or uniform (default)")
+    g.add_argument("--delta-t", type=int, default=100, help="RigL/SET: iterations between mask updates")
+    g.add_argument("--t-end", type=float, default=0.75, help="RigL/SET: last update, as a fraction of training")
+    g.add_argument("--alpha", type=float, default=0.3, help="RigL/SET: initial drop fraction (cosine-decayed)")
+    g.add_argument("--gmp-start", default="0it", help="GMP: first pruning step")
+    g.add_argument("--gmp-end", help="GMP: last pruning step (default 75%% of training)")
+    g.add_argument("--gmp-every", default="100it", help="GMP: pruning period")
+    g.add_argument("--gmp-initial-sparsity", type=float, default=0.0)
+    g.add_argument("--no-prune-first", action="store_true", help="keep the first layer dense")
+    g.add_argument("--no-prune-output", action="store_true", help="keep the output layer dense")
 
 
 def _add_prune_arguments(p: argparse.ArgumentParser) -> None:
@@ -179,6 +200,22 @@ def prune_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None
     )
 
 
+def sparse_config_from_args(args: argparse.Namespace) -> SparseTrainConfig:
+    opts = _options(args, None, ())
+    if args.sparsity is not None and not 0 <= args.sparsity < 1:
+        raise ConfigError(f"sparsity (fraction removed) must be in [0, 1), got {args.sparsity}")
+    if args.density is None and args.sparsity is None and args.method != "dense":
+        raise ConfigError(f"--method {args.method} needs --density or --sparsity")
+    density = args.density if args.density is not None else (1.0 - args.sparsity if args.sparsity is not None else 1.0)
+    return SparseTrainConfig(
+        **_data_model_train(opts, args), method=args.method, density=round(density, 12),
+        distribution=args.distribution, delta_t=args.delta_t, t_end=args.t_end, alpha=args.alpha,
+        gmp_start=args.gmp_start, gmp_end=args.gmp_end, gmp_every=args.gmp_every,
+        gmp_initial_sparsity=args.gmp_initial_sparsity, include_first=not args.no_prune_first,
+        include_output=not args.no_prune_output, seed=opts.get("seed", 0),
+    )
+
+
 def _set_threads(args: argparse.Namespace) -> None:
     if args.threads is not None:
         if args.threads < 1:
@@ -218,12 +255,27 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sparse(args: argparse.Namespace) -> int:
+    from .experiments.sparse_training import run_sparse_training
+    from .store import Store
+
+    config = sparse_config_from_args(args)
+    _set_threads(args)
+    store = Store(args.runs_dir)
+    started = time.time()
+    run_sparse_training(config, store, device=args.device, progress=not args.no_progress)
+    run = store.run(config_hash(config))
+    print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
+    _write_report([run.hash], store, run.path)
+    return 0
+
+
 def _write_report(hashes: Sequence[str], store, out: Path) -> None:
     """report.md (+ report.png) for IMP runs and prune-at-init runs, whichever were given."""
     from .analysis.report import imp_table, plot_imp, plot_prune, prune_table
     from .atomic import atomic_write_text
 
-    imp_runs, prune_rows = [], []
+    imp_runs, prune_rows, sparse_runs = [], [], []
     for h in hashes:
         run = store.run(h)
         described = run.read_json("config.json")
@@ -231,6 +283,8 @@ def _write_report(hashes: Sequence[str], store, out: Path) -> None:
         if described["experiment"] == "imp":
             label = f"{run.hash[:8]} {cfg['model']['name']}/{cfg['data']['name']} reset={cfg['reset']}"
             imp_runs.append((label, run.read_jsonl("levels.jsonl")))
+        elif described["experiment"] == "sparse":
+            sparse_runs.append((run, cfg, run.read_json("train", "summary.json"), run.read_jsonl("train", "metrics.jsonl")))
         else:
             summary = run.read_json("train", "summary.json")
             prune_rows.append({"run": run.hash[:8], "model": cfg["model"]["name"], "dataset": cfg["data"]["name"],
@@ -244,6 +298,14 @@ def _write_report(hashes: Sequence[str], store, out: Path) -> None:
         parts.append(f"### pruning at initialisation\n\n{prune_table(prune_rows)}")
         if len(prune_rows) > 1:
             plots.append(plot_prune(prune_rows, out / ("report_prune.png" if imp_runs else "report.png")))
+    if sparse_runs:
+        from .analysis.report import plot_sparse, sparse_table
+
+        rows = [{"run": r.hash[:8], "model": c["model"]["name"], "dataset": c["data"]["name"], "seed": c["seed"],
+                 **summary} for r, c, summary, _ in sparse_runs]
+        parts.append(f"### sparse training\n\n{sparse_table(rows)}")
+        name = "report.png" if not (imp_runs or prune_rows) else "report_sparse.png"
+        plots.append(plot_sparse([(f"{r.hash[:8]} {s['method']}", h) for r, _, s, h in sparse_runs], out / name))
     text = "\n\n".join(parts)
     atomic_write_text(out / "report.md", text + "\n")
     print(text)
@@ -302,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune at initialisation (SNIP, GraSP, SynFlow, magnitude, random), then train")
     _add_prune_arguments(p)
     p.set_defaults(func=cmd_prune)
+    p = sub.add_parser("sparse", help="sparse training: dense, static, SET, RigL, gradual magnitude pruning")
+    _add_sparse_arguments(p)
+    p.set_defaults(func=cmd_sparse)
     p = sub.add_parser("demo", help="a small offline IMP experiment (digits) with report")
     _add_imp_arguments(p)
     p.set_defaults(func=cmd_demo)

@@ -218,6 +218,68 @@ class PruneAtInitConfig:
         return self.rounds if self.rounds is not None else (100 if self.method == "synflow" else 1)
 
 
+SPARSE_METHODS = ("dense", "static", "set", "rigl", "gmp")
+
+
+@dataclass(frozen=True)
+class SparseTrainConfig:
+    """Train with a mask that is fixed (static), changes (SET, RigL) or shrinks (GMP); or dense.
+
+    ``density`` is the fraction of prunable weights kept (throughout for static/SET/RigL, at the
+    end for GMP). ``distribution`` spreads it over layers: the sparse init of static/SET/RigL
+    (default ERK, as in RigL) or GMP's scope ('global' or 'uniform', default uniform as in Zhu &
+    Gupta). RigL/SET update every ``delta_t`` iterations until ``t_end`` (a fraction of training),
+    dropping ``alpha`` (cosine-decayed) of each layer's active weights. GMP prunes every
+    ``gmp_every`` from ``gmp_start`` to ``gmp_end`` (step strings; end default 75% of training).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: str = "rigl"
+    density: float = 0.1
+    distribution: str | None = None
+    delta_t: int = 100
+    t_end: float = 0.75
+    alpha: float = 0.3
+    gmp_start: str = "0it"
+    gmp_end: str | None = None
+    gmp_every: str = "100it"
+    gmp_initial_sparsity: float = 0.0
+    include_first: bool = True
+    include_output: bool = True
+    seed: int = 0
+
+    experiment = "sparse"
+
+    def __post_init__(self) -> None:
+        if self.method not in SPARSE_METHODS:
+            raise ConfigError(f"method {self.method!r} is unknown; choose one of {SPARSE_METHODS}")
+        if not 0 < self.density <= 1:
+            raise ConfigError(f"density (fraction kept) must be in (0, 1], got {self.density}")
+        allowed = ("global", "uniform") if self.method == "gmp" else DISTRIBUTION_CHOICES[1:]
+        if self.distribution is not None and self.distribution not in allowed:
+            raise ConfigError(f"distribution {self.distribution!r} does not apply to {self.method}; choose one of {allowed}")
+        if self.delta_t < 1:
+            raise ConfigError(f"delta_t must be >= 1, got {self.delta_t}")
+        if not 0 < self.t_end <= 1:
+            raise ConfigError(f"t_end is a fraction of training in (0, 1], got {self.t_end}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"alpha (initial drop fraction) must be in (0, 1), got {self.alpha}")
+        if not 0 <= self.gmp_initial_sparsity < 1 - self.density + 1e-12:
+            raise ConfigError(f"gmp_initial_sparsity must be in [0, final sparsity {1 - self.density:g}]")
+        for what in ("gmp_start", "gmp_every") + (("gmp_end",) if self.gmp_end is not None else ()):
+            _check_step(what, getattr(self, what))
+        if self.method == "rigl" and self.train.mask_gradients:
+            raise ConfigError("RigL grows by the dense gradient of pruned weights; it cannot run with mask_gradients")
+
+    @property
+    def effective_distribution(self) -> str:
+        if self.distribution is not None:
+            return self.distribution
+        return "uniform" if self.method == "gmp" else "erk"
+
+
 def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:
     """Plain JSON-able dict of a config; ``for_hash`` leaves out fields marked ``hash: False``."""
     out: dict[str, Any] = {}

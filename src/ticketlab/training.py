@@ -81,6 +81,9 @@ class Callback:
     at: Sequence[int] = ()
     every: int | None = None
 
+    def __post_init__(self) -> None:
+        self.at = frozenset(self.at)  # checked at every step: O(1) lookups
+
     def due(self, step: int) -> bool:
         return step in self.at or (self.every is not None and self.every > 0 and step % self.every == 0)
 
@@ -90,6 +93,7 @@ class History:
     """Evaluations over a run: one dict per evaluation (step, losses, accuracies)."""
 
     records: list[dict[str, float]] = field(default_factory=list)
+    mask_events: list[dict] = field(default_factory=list)  # (step, kept per layer) at every mask change
 
     def best(self, key: str = "val_loss") -> dict[str, float] | None:
         rows = [r for r in self.records if key in r]
@@ -159,13 +163,19 @@ class Trainer:
         self.progress = progress
         self.desc = desc
         self.history = History()
+        self.step: int | None = None  # completed iterations while training, else None
         self.set_mask(mask)
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg)
 
     # --- masking --------------------------------------------------------------------------------
     def set_mask(self, mask: Mask | None) -> None:
-        """Install a mask: zero the pruned weights now and after every step from here on."""
+        """Install a mask: zero the pruned weights now and after every step from here on.
+
+        Called during training (RigL, SET, GMP), the change is logged in ``history.mask_events``.
+        """
         self.mask = mask
+        if getattr(self, "step", None) is not None and mask is not None:
+            self.history.mask_events.append({"step": self.step, "kept": mask.kept_per_layer()})
         if mask is None:
             self._masked_params: list[torch.Tensor] = []
             self._mask_values: list[torch.Tensor] = []
@@ -215,6 +225,9 @@ class Trainer:
             record["val_loss"], record["val_accuracy"] = v["loss"], v["accuracy"]
         t = evaluate(self.model, self.test_data)
         record["test_loss"], record["test_accuracy"] = t["loss"], t["accuracy"]
+        if self.mask is not None:  # masks may change while training (RigL, GMP): keep their history
+            record["density"] = self.mask.density
+            record["layer_density"] = self.mask.densities()
         self.history.records.append(record)
         return record
 
@@ -238,6 +251,7 @@ class Trainer:
         bar = _progress(end - start_step, self.desc) if self.progress else None
         loss_sum = torch.zeros((), device=self.device)
         loss_count = 0
+        self.step = start_step
         if not resumed:
             self.evaluate_now(start_step)
             self._run_callbacks(start_step)
@@ -253,7 +267,7 @@ class Trainer:
             self.reapply_mask()
             loss_sum += loss.detach()
             loss_count += 1
-            done = step + 1
+            done = self.step = step + 1
             if done % self.eval_every == 0 or done == end:
                 rec = self.evaluate_now(done, float(loss_sum) / loss_count)
                 loss_sum.zero_()
@@ -265,6 +279,7 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        self.step = None
         return self.history
 
 

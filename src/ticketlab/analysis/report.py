@@ -137,3 +137,63 @@ def plot_prune(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def sparse_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of sparse-training runs: accuracy (mean, [min, max] over seeds) and FLOPs."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        density = round(r["density"], 4) if r["method"] != "dense" else 1.0
+        groups[(r.get("model", ""), r.get("dataset", ""), density, r["method"], r["distribution"])].append(r)
+    order = {"dense": 0, "static": 1, "set": 2, "rigl": 3, "gmp": 4}
+    head = ["model", "data", "density", "method", "distribution", "seeds", "test acc mean", "test acc [min, max]",
+            "training FLOPs / dense", "inference FLOPs / dense"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in sorted(groups, key=lambda k: (k[0], k[1], -k[2], order.get(k[3], 9), k[4])):
+        rs = groups[key]
+        accs = [r["final_test_accuracy"] for r in rs]
+        train = sum(r["training_flops_relative"] for r in rs) / len(rs)
+        infer = sum(r["forward_flops_end"] / r["forward_flops_dense"] for r in rs) / len(rs)
+        model, data, density, method, dist = key
+        lines.append("| " + " | ".join([
+            model, data, f"{density:g}", method, dist if method != "dense" else "-", str(len(rs)),
+            f"{sum(accs) / len(accs):.4f}", f"[{min(accs):.4f}, {max(accs):.4f}]", f"{train:.3f}", f"{infer:.3f}",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def plot_sparse(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path) -> Path:
+    """Per run: test accuracy and global density over training; per-layer density of the first
+    run whose mask changed (GMP shrinking, RigL holding each layer constant)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_den, ax_layer) = plt.subplots(1, 3, figsize=(16, 4.5))
+    for label, history in runs:
+        steps = [r["step"] for r in history]
+        ax_acc.plot(steps, [r["test_accuracy"] for r in history], label=label)
+        ax_den.plot(steps, [r.get("density", 1.0) for r in history], label=label)
+    changing = next((h for _, h in runs if len({round(r.get("density", 1.0), 6) for r in h}) > 1), runs[0][1])
+    layer_names = list(changing[0].get("layer_density", {}))
+    for name in layer_names:
+        ax_layer.plot([r["step"] for r in changing], [r["layer_density"][name] for r in changing], label=name)
+    ax_acc.set_ylabel("test accuracy")
+    ax_den.set_ylabel("density (fraction kept)")
+    ax_layer.set_ylabel("layer density")
+    ax_layer.set_title(f"per layer: {next(lbl for lbl, h in runs if h is changing)}")
+    ax_acc.set_title("Test accuracy during training")
+    ax_den.set_title("Global density during training")
+    for ax in (ax_acc, ax_den, ax_layer):
+        ax.set_xlabel("iteration")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

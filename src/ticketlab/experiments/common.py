@@ -127,9 +127,12 @@ def train_unit(
         resumed = True
         ctx.log(f"  {unit}: resuming from step {begin}")
     trainer.train(begin, trainer.total_steps, lr_override=lr_override, resumed=resumed)
-    summary = {**summarize(trainer.history, mask, start_step), **(extra_summary or {})}
+    final_mask = trainer.mask if trainer.mask is not None else mask  # procedures may change the mask
+    summary = {**summarize(trainer.history, final_mask, start_step), **(extra_summary or {})}
     save_weights(model, run.file(unit, "final.safetensors"))
     run.write_jsonl(trainer.history.records, unit, "metrics.jsonl")
+    if trainer.history.mask_events:
+        run.write_jsonl(trainer.history.mask_events, unit, "mask_events.jsonl")
     run.write_json(summary, unit, "summary.json")  # written last: marks the unit complete
     ckpt.unlink(missing_ok=True)
     ctx.log(f"  {unit}: density {mask.density:.4f}  test acc final {summary['final_test_accuracy']:.4f}"

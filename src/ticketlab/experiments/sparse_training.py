@@ -1,0 +1,131 @@
+"""Sparse training runs: dense, static sparse, SET, RigL and gradual magnitude pruning (GMP).
+
+All five share one Trainer; SET/RigL and GMP are callbacks that change the mask (see
+``pruning/dynamic.py``). Static, SET and RigL start from a random mask with the distribution's
+layer-wise densities (ERK by default); GMP and dense start dense. Each run records its training
+FLOPs relative to dense training, counted as the RigL paper does: every step 3 f_S(t) per sample,
+plus f_D - f_S at each RigL update step (the dense gradient); f_S(t) follows every mask change.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..analysis.flops import layer_flops, run_training_flops
+from ..config import SparseTrainConfig
+from ..masks import Mask
+from ..pruning.distributions import layer_counts, shapes_of
+from ..pruning.dynamic import DropGrow, GradualMagnitude
+from ..steps import to_iterations
+from ..store import Store
+from ..training import Callback, default_device
+from .common import Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
+    training_length
+
+_SALT_INIT_MASK = 21
+
+
+def random_sparse_mask(dense: Mask, distribution: str, density: float, generator: torch.Generator) -> Mask:
+    """A random mask with the distribution's exact layer-wise kept counts."""
+    counts = layer_counts(distribution, shapes_of(dense), density)
+    out = {}
+    for name, m in dense.items():
+        flat = torch.zeros(m.numel(), dtype=torch.bool)
+        flat[torch.randperm(m.numel(), generator=generator)[:counts[name]]] = True
+        out[name] = flat.reshape(m.shape)
+    return Mask(out)
+
+
+def mask_updater(cfg: SparseTrainConfig, total_steps: int, ipe: int) -> tuple[Callback | None, Any]:
+    """The callback that changes the mask for this method (None for dense / static)."""
+    if cfg.method in ("set", "rigl"):
+        updater = DropGrow(grow="gradient" if cfg.method == "rigl" else "random", delta_t=cfg.delta_t,
+                           t_end=int(cfg.t_end * total_steps), alpha=cfg.alpha, seed=cfg.seed)
+        return Callback(updater, every=cfg.delta_t), updater
+    if cfg.method == "gmp":
+        end = to_iterations(cfg.gmp_end, ipe) if cfg.gmp_end is not None else int(0.75 * total_steps)
+        start, every = to_iterations(cfg.gmp_start, ipe), to_iterations(cfg.gmp_every, ipe)
+        end = start + max(1, (end - start) // every) * every  # a whole number of pruning intervals
+        if end > total_steps:
+            raise ValueError(f"GMP ends at step {end}, after training ends ({total_steps})")
+        updater = GradualMagnitude(final_sparsity=1.0 - cfg.density, start=start, end=end, every=every,
+                                   initial_sparsity=cfg.gmp_initial_sparsity,
+                                   scope="global" if cfg.effective_distribution == "global" else "layerwise")
+        return Callback(updater, every=1), updater
+    return None, None
+
+
+def flops_summary(rows: list[dict[str, Any]], dense_mask: Mask, start_mask: Mask, events: list[dict],
+                  total_steps: int, batch_size: int, dense_gradient_steps: list[int]) -> dict[str, Any]:
+    """Training FLOPs of the run and relative to dense training, from the mask's history."""
+    per_weight = {r["weight"]: r["dense_flops"] / dense_mask[r["weight"]].numel()
+                  for r in rows if r["weight"] in dense_mask}
+    fixed = sum(r["dense_flops"] for r in rows if r["weight"] not in dense_mask)
+    f_dense = sum(r["dense_flops"] for r in rows)
+
+    def forward(kept: dict[str, int]) -> int:
+        return int(round(fixed + sum(per_weight[n] * k for n, k in kept.items() if n in per_weight)))
+
+    change_at = {e["step"]: forward(e["kept"]) for e in events}
+    f_now = forward(start_mask.kept_per_layer())
+    per_step = []
+    for t in range(total_steps):  # step t runs with the mask set after t completed steps
+        f_now = change_at.get(t, f_now)
+        per_step.append(f_now)
+    total = run_training_flops(total_steps, batch_size, per_step, dense_gradient_steps=dense_gradient_steps,
+                               f_dense=f_dense)
+    dense_total = 3 * f_dense * total_steps * batch_size
+    return {"forward_flops_dense": f_dense, "forward_flops_start": per_step[0], "forward_flops_end": f_now,
+            "training_flops": total, "training_flops_dense": dense_total,
+            "training_flops_relative": total / dense_total}
+
+
+def run_sparse_training(
+    config: SparseTrainConfig,
+    store: Store,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Run (or continue) one sparse training run and return its summary."""
+    data, validation = prepare_data(config.data, config.seed)
+    model = build_seeded_model(config.model, data, config.seed)
+    ipe, total = training_length(config.train, data)
+    callback, updater = mask_updater(config, total, ipe)
+    dev = torch.device(device) if device is not None else default_device()
+    run = store.open_run(config)
+    with store.lock(run):
+        log(f"sparse training run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
+            f"{config.method}, density {config.density}, {config.effective_distribution})")
+        try:
+            load_or_save_init(run, model)
+            dense = Mask.dense(model, include_first=config.include_first, include_output=config.include_output)
+            if config.method in ("static", "set", "rigl"):
+                g = torch.Generator().manual_seed((config.seed * 1_000_003 + _SALT_INIT_MASK) % (2**31 - 1))
+                start_mask = random_sparse_mask(dense, config.effective_distribution, config.density, g)
+            else:
+                start_mask = dense
+            log(f"start mask: density {start_mask.density:.4f}\n{start_mask.table()}")
+            ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+            summary = train_unit(ctx, "train", model, start_mask, start_step=0,
+                                 callbacks=[callback] if callback is not None else [],
+                                 extra_summary={"method": config.method,
+                                                "distribution": config.effective_distribution})
+            events = run.read_jsonl("train", "mask_events.jsonl") if run.file("train", "mask_events.jsonl").exists() \
+                else []
+            updates = [t for t in range(total) if config.method == "rigl" and updater.is_update_step(t + 1)]
+            flops = flops_summary(layer_flops(model, data.input_shape), dense, start_mask, events, total,
+                                  config.train.batch_size, updates)
+            summary.update(flops, mask_updates=len([e for e in events if e["step"] > 0]))
+            run.write_json(summary, "train", "summary.json")
+        except BaseException:
+            run.update_index(status="interrupted")
+            raise
+        run.write_json({"status": "complete", **summary}, "summary.json")
+        run.update_index(status="complete", summary={k: summary[k] for k in (
+            "density", "final_test_accuracy", "method", "training_flops_relative")})
+        log(f"training FLOPs relative to dense: {summary['training_flops_relative']:.4f}")
+    return summary
+
