@@ -75,24 +75,26 @@ class DropGrow:
         changed = 0
         for index, (name, m) in enumerate(trainer.mask.items()):
             p = params[name]
-            flat_mask = m.to(p.device).reshape(-1)
-            active = flat_mask.nonzero().reshape(-1)
-            k = int(round(fraction * active.numel()))
+            active = m.to(p.device).reshape(-1)
+            k = int(round(fraction * int(active.sum())))
             if k == 0:
                 new[name] = m
                 continue
-            drop = active[_top_indices(-p.detach().reshape(-1)[active].abs().double().cpu(), k).to(p.device)]
-            after_drop = flat_mask.clone()
+            # The k active weights of smallest |w| (ranked among the active ones only) ...
+            w = p.detach().reshape(-1)
+            active_idx = active.nonzero().reshape(-1)
+            drop = active_idx[_top_indices(-w[active_idx].abs(), k)]
+            after_drop = active.clone()
             after_drop[drop] = False
-            candidates = (~after_drop).nonzero().reshape(-1)
+            # ... make way for the k inactive connections of largest |gradient| (RigL) or random (SET).
             if self.grow == "gradient":
                 if p.grad is None:
                     raise RuntimeError(f"RigL needs the dense gradient of {name!r}, but it has none at step {step}")
-                score = p.grad.reshape(-1)[candidates].abs().double().cpu()
+                grow_score = p.grad.reshape(-1).abs()
             else:
                 g = torch.Generator().manual_seed((self.seed * 1_000_003 + step * 7_919 + index) % (2**63 - 1))
-                score = torch.rand(candidates.numel(), generator=g, dtype=torch.float64)
-            grow = candidates[_top_indices(score, k).to(p.device)]
+                grow_score = torch.rand(w.numel(), generator=g).to(p.device)
+            grow = _top_indices(torch.where(after_drop, float("-inf"), grow_score), k)
             after_drop[grow] = True
             p.view(-1)[grow] = 0.0
             _reset_optimizer_state(trainer.optimizer, p, grow)

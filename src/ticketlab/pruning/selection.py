@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 
 from ..masks import Mask, MaskError
@@ -73,10 +74,12 @@ def _top_indices(values: torch.Tensor, count: int) -> torch.Tensor:
     """
     n = values.numel()
     if count <= 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=values.device)
     if count >= n:
-        return torch.arange(n)
-    if count <= n - count:  # the count-th largest value, from the smaller side (topk is fastest)
+        return torch.arange(n, device=values.device)
+    if values.device.type == "cpu":  # the count-th largest value; numpy's introselect is ~3x torch.topk on CPU
+        threshold = torch.tensor(np.partition(values.numpy(), n - count)[n - count], dtype=values.dtype)
+    elif count <= n - count:  # from the smaller side
         threshold = torch.topk(values, count, sorted=False).values.min()
     else:
         threshold = -torch.topk(-values, n - count + 1, sorted=False).values.min()
