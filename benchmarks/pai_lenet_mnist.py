@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ticketlab.config import DataConfig, ModelConfig, PruneAtInitConfig, TrainConfig, config_hash
+from _grid import run_grid
+
+from ticketlab.config import DataConfig, ModelConfig, PruneAtInitConfig, TrainConfig
+from ticketlab.experiments.prune_at_init import run_prune_at_init
 
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
 DENSITIES = (0.1, 0.02, 0.005)
@@ -33,20 +35,6 @@ def configs(data_root: str, epochs: int, seeds: int) -> list[PruneAtInitConfig]:
     return out
 
 
-def _run(args: tuple[PruneAtInitConfig, str, int]) -> dict:
-    import torch
-
-    from ticketlab.experiments.prune_at_init import run_prune_at_init
-    from ticketlab.store import Store
-
-    config, runs_dir, threads = args
-    torch.set_num_threads(threads)
-    summary = run_prune_at_init(config, Store(runs_dir), device="cpu", progress=False, log=lambda _: None)
-    print(f"{config.method:>9} density {config.density:<6} {config.sanity:<8} seed {config.seed}: "
-          f"test acc {summary['final_test_accuracy']:.4f}", flush=True)
-    return {"model": config.model.name, "dataset": config.data.name, "seed": config.seed, **summary}
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default="../shared/data/mnist")
@@ -56,13 +44,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel runs (each single-threaded)")
     p.add_argument("--out", default="runs/reports/pai_lenet_mnist")
     args = p.parse_args()
-    jobs = [(c, args.runs_dir, 1) for c in configs(args.data_root, args.epochs, args.seeds)]
+    grid = configs(args.data_root, args.epochs, args.seeds)
     started = time.time()
-    if args.workers > 1:
-        with ProcessPoolExecutor(args.workers) as pool:
-            rows = list(pool.map(_run, jobs))
-    else:
-        rows = [_run(j) for j in jobs]
+    rows = run_grid(run_prune_at_init, grid, args.runs_dir, args.workers)
     from ticketlab.analysis.report import plot_prune, prune_table
     from ticketlab.atomic import atomic_write_text
 
@@ -71,7 +55,7 @@ def main() -> None:
     atomic_write_text(out / "report.md", table + "\n")
     plot_prune(rows, out / "report.png")
     print(table)
-    print(f"\n{len(rows)} runs ({len({config_hash(j[0]) for j in jobs})} configs) in {time.time() - started:.0f} s; "
+    print(f"\n{len(rows)} runs in {time.time() - started:.0f} s; "
           f"table {out / 'report.md'}, plot {out / 'report.png'}")
 
 

@@ -118,7 +118,8 @@ def train_unit(
 
     every = to_iterations(ctx.train.eval_every, ctx.iterations_per_epoch)
     trainer = Trainer(model, ctx.data, ctx.train, mask, validation=ctx.validation, seed=ctx.seed,
-                      device=ctx.device, callbacks=[Callback(checkpoint, every=every), *callbacks],
+                      # the checkpoint runs last, so it holds what the step's other callbacks changed
+                      device=ctx.device, callbacks=[*callbacks, Callback(checkpoint, every=every)],
                       progress=ctx.progress, desc=unit)
     resumed = False
     begin = start_step

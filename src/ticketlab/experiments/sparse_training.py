@@ -46,6 +46,9 @@ def mask_updater(cfg: SparseTrainConfig, total_steps: int, ipe: int) -> tuple[Ca
     if cfg.method == "gmp":
         end = to_iterations(cfg.gmp_end, ipe) if cfg.gmp_end is not None else int(0.75 * total_steps)
         start, every = to_iterations(cfg.gmp_start, ipe), to_iterations(cfg.gmp_every, ipe)
+        if end <= start:
+            raise ValueError(f"GMP must start (gmp_start {cfg.gmp_start} = step {start}) before it ends (step {end}"
+                             f"{'' if cfg.gmp_end else ', 75% of training'}); move gmp_start earlier or train longer")
         end = start + max(1, (end - start) // every) * every  # a whole number of pruning intervals
         if end > total_steps:
             raise ValueError(f"GMP ends at step {end}, after training ends ({total_steps})")
@@ -73,6 +76,7 @@ def flops_summary(rows: list[dict[str, Any]], dense_mask: Mask, start_mask: Mask
     for t in range(total_steps):  # step t runs with the mask set after t completed steps
         f_now = change_at.get(t, f_now)
         per_step.append(f_now)
+    f_now = change_at.get(total_steps, f_now)  # a change after the last step (GMP ending with training)
     total = run_training_flops(total_steps, batch_size, per_step, dense_gradient_steps=dense_gradient_steps,
                                f_dense=f_dense)
     dense_total = 3 * f_dense * total_steps * batch_size
