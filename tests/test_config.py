@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -188,12 +189,23 @@ def test_to_dict_is_plain_json():
     assert json.loads(json.dumps(d)) == d
 
 
-def test_to_dict_for_hash_leaves_out_root_only():
+def test_to_dict_for_hash_leaves_out_root_and_later_options_at_their_default():
     full = to_dict(custom())
     hashed = to_dict(custom(), for_hash=True)
     assert "root" not in hashed["data"]
     full["data"].pop("root")
+    assert full["train"].pop("precision") == "fp32"  # added later: at its default it leaves the hash as it was
     assert hashed == full
+
+
+def test_option_added_later_changes_hash_only_when_set():
+    base = custom()
+    bf16 = IMPConfig(data=base.data, model=base.model, train=replace(base.train, precision="bf16"),
+                     prune=base.prune, levels=base.levels, reset=base.reset, rewind_step=base.rewind_step,
+                     baselines=base.baselines, seed=base.seed)
+    assert config_hash(replace(base.train, precision="fp32")) == config_hash(base.train)
+    assert config_hash(bf16) != config_hash(base)
+    assert to_dict(bf16, for_hash=True)["train"]["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("config", [IMPConfig(), custom()], ids=["default", "custom"])

@@ -194,3 +194,33 @@ def test_mask_attach_keeps_a_plain_user_loop_pruned(data):
     torch.nn.functional.cross_entropy(model(data.train.x[:16]), data.train.y[:16]).backward()
     opt.step()
     assert any(torch.count_nonzero(params[n].detach()[~m]) > 0 for n, m in mask.items())
+
+
+def test_callback_can_stop_training_early(data):
+    model = make_model(data)
+    cfg = TrainConfig(batch_size=32, steps="10ep", eval_every="1ep")
+    stopper = Callback(lambda t, step: t.request_stop() if step == 40 else None, every=1)
+    t = Trainer(model, data, cfg, device="cpu", callbacks=[stopper])
+    hist = t.train()
+    assert hist.records[-1]["step"] == 40  # stopped mid-epoch 3; the stopping step is evaluated
+    assert [r["step"] for r in hist.records] == [0, 16, 32, 40]
+
+
+def test_regularizer_is_added_to_the_loss(data):
+    cfg = TrainConfig(optimizer="sgd", lr=0.05, batch_size=32, steps="3ep")
+    plain, shrunk = make_model(data), make_model(data)
+    Trainer(plain, data, cfg, device="cpu").train()
+    Trainer(shrunk, data, cfg, device="cpu", regularizer=lambda m: 1.0 * m.fc.weight.abs().sum()).train()
+    # L1 with coefficient 1 pulls the output weights to ~0; without it they stay at init scale
+    assert shrunk.fc.weight.abs().mean() < 0.2 * plain.fc.weight.abs().mean()
+
+
+def test_bf16_autocast_trains_and_keeps_pruned_weights_zero(data):
+    model = make_model(data)
+    mask = half_mask(model)
+    cfg = TrainConfig(optimizer="adam", lr=3e-3, batch_size=32, steps="10ep", eval_every="10ep", precision="bf16")
+    hist = Trainer(model, data, cfg, mask, device="cpu").train()
+    assert hist.records[-1]["test_accuracy"] > 0.8
+    params = dict(model.named_parameters())
+    assert all(torch.count_nonzero(params[n].detach()[~m]) == 0 for n, m in mask.items())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: weights stay float32

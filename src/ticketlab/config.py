@@ -73,6 +73,9 @@ class TrainConfig:
     eval_every: str = "1ep"
     mask_gradients: bool = False
     fused_optimizer: bool = True
+    # Options added after runs exist carry omit_default: at their default they leave the hash (and
+    # so every stored run) unchanged.
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -98,6 +101,8 @@ class TrainConfig:
             _check_step(what, getattr(self, what))
         for m in self.milestones:
             _check_step("milestone", m)
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision {self.precision!r} is unknown; choose 'fp32' or 'bf16' (autocast)")
         if self.schedule == "multistep" and not self.milestones:
             raise ConfigError("schedule 'multistep' needs milestones, e.g. --milestones 80ep 120ep")
 
@@ -287,6 +292,8 @@ def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:
         if for_hash and not f.metadata.get("hash", True):
             continue
         value = getattr(config, f.name)
+        if for_hash and f.metadata.get("omit_default") and value == f.default:
+            continue
         if dataclasses.is_dataclass(value):
             value = to_dict(value, for_hash=for_hash)
         elif isinstance(value, tuple):

@@ -231,8 +231,10 @@ def _strip_unhashed(stored: dict[str, Any], config: Any) -> dict[str, Any]:
     for f in dataclasses.fields(config):
         if not f.metadata.get("hash", True):
             continue
-        value = stored.get(f.name)
         sub = getattr(config, f.name)
+        if f.metadata.get("omit_default") and sub == f.default:
+            continue
+        value = stored.get(f.name, f.default)
         out[f.name] = _strip_unhashed(value or {}, sub) if dataclasses.is_dataclass(sub) else value
     return out
 

@@ -11,6 +11,7 @@ an uninterrupted run would.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,7 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         progress: bool = False,
         desc: str = "train",
+        regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
@@ -164,6 +166,8 @@ class Trainer:
         self.desc = desc
         self.history = History()
         self.step: int | None = None  # completed iterations while training, else None
+        self.regularizer = regularizer  # added to the loss, e.g. network slimming's L1 on BN scales
+        self.stop_requested = False  # a callback may end training early (early-bird tickets)
         self.set_mask(mask)
         self.optimizer = make_optimizer(list(self.model.parameters()), cfg)
 
@@ -258,7 +262,10 @@ class Trainer:
         for step in range(start_step, end):
             self.set_lr(step, lr_override)
             x, y = self.batch(step)
-            loss = F.cross_entropy(self.model(x), y)
+            with self._autocast():
+                loss = F.cross_entropy(self.model(x), y)
+            if self.regularizer is not None:
+                loss = loss + self.regularizer(self.model)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.mask_gradients:
@@ -277,10 +284,24 @@ class Trainer:
             self._run_callbacks(done)
             if bar is not None:
                 bar.update(1)
+            if self.stop_requested:
+                if self.history.records[-1]["step"] != done:
+                    self.evaluate_now(done, float(loss_sum) / max(1, loss_count))
+                break
         if bar is not None:
             bar.close()
         self.step = None
         return self.history
+
+    def request_stop(self) -> None:
+        """End training after the current step (its evaluation is recorded)."""
+        self.stop_requested = True
+
+    def _autocast(self):
+        """bfloat16 autocast for the forward pass when configured (cheap search phases), else nothing."""
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
 
 def _progress(total: int, desc: str):
