@@ -116,7 +116,8 @@ def _vgg_groups(model: VGG) -> list[_Group]:
                     "VGG: model.fc must be an nn.Linear whose in_features is a multiple of the last "
                     "BatchNorm's channels"
                 )
-            if not isinstance(model.pool, (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool2d)):
+            pools = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool2d)
+            if not isinstance(model.pool, pools):
                 raise ChannelPruningError("VGG: model.pool must be a (channel-wise) pooling layer")
             consumer, spatial = "fc", fc.in_features // module.num_features
         groups.append(_Group(f"features.{i}", f"features.{i - 1}", consumer, spatial))
@@ -130,7 +131,8 @@ def _resnet_groups(model: ResNet) -> list[_Group]:
         if isinstance(module, BasicBlock):
             for attr in ("conv1", "conv2"):
                 _check_conv("ResNet", f"{name}.{attr}", getattr(module, attr))
-            if not isinstance(module.bn1, nn.BatchNorm2d) or module.bn1.num_features != module.conv1.out_channels:
+            bn1 = module.bn1
+            if not isinstance(bn1, nn.BatchNorm2d) or bn1.num_features != module.conv1.out_channels:
                 raise ChannelPruningError(f"ResNet: {name}.bn1 must be a BatchNorm2d over conv1's channels")
             groups.append(_Group(f"{name}.bn1", f"{name}.conv1", f"{name}.conv2"))
     if not groups:
@@ -188,7 +190,11 @@ def channel_mask_from_bn(
     anyway. The number removed is then smaller than ``round(prune_ratio * total)`` by the number
     of such layers (this can only happen at high ratios or with very unequal scales).
     """
-    if isinstance(prune_ratio, bool) or not isinstance(prune_ratio, (int, float)) or not 0 <= prune_ratio <= 1:
+    if (
+        isinstance(prune_ratio, bool)
+        or not isinstance(prune_ratio, (int, float))
+        or not 0 <= prune_ratio <= 1
+    ):
         raise ChannelPruningError(f"prune_ratio must be a number in [0, 1], got {prune_ratio!r}")
     names = prunable_bn_layers(model) if layers is None else list(layers)
     if not names:
@@ -283,7 +289,9 @@ def _param(t: torch.Tensor, like: nn.Parameter) -> nn.Parameter:
     return nn.Parameter(t.detach().clone(), requires_grad=like.requires_grad)
 
 
-def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None) -> nn.Conv2d:
+def _slice_conv(
+    conv: nn.Conv2d, out_idx: torch.Tensor | None = None, in_idx: torch.Tensor | None = None
+) -> nn.Conv2d:
     """A new Conv2d with only the given output channels and/or input channels of ``conv``."""
     weight = conv.weight
     if out_idx is not None:
@@ -326,7 +334,10 @@ def _slice_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> nn.BatchNorm2d:
 def _slice_linear_in(fc: nn.Linear, cols: torch.Tensor) -> nn.Linear:
     """A new Linear with only input features ``cols`` of ``fc``."""
     weight = fc.weight[:, cols.to(fc.weight.device)]
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=fc.bias is not None, device=weight.device, dtype=weight.dtype)
+    new = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=fc.bias is not None,
+        device=weight.device, dtype=weight.dtype,
+    )  # fmt: skip
     new.weight = _param(weight, fc.weight)
     if fc.bias is not None:
         new.bias = _param(fc.bias, fc.bias)
