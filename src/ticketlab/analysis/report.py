@@ -113,6 +113,8 @@ def plot_prune(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for (model, data, method, dist, sanity, density), rs in _prune_groups(rows).items():
         series[(method, dist, sanity)].append((density, [r["final_test_accuracy"] for r in rs]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {key[:2]: palette[i % len(palette)] for i, key in enumerate(sorted({k[:2] for k in series}))}
     for (method, dist, sanity), pts in sorted(series.items()):
         pts.sort()
         xs = [p[0] for p in pts]
@@ -121,7 +123,7 @@ def plot_prune(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         hi = [max(a) - m for m, (_, a) in zip(means, pts)]
         label = method + ("" if dist == "global" else f" ({dist})") + ("" if sanity == "none" else f", {sanity}")
         ax.errorbar(xs, means, yerr=[lo, hi], fmt="--o" if sanity != "none" else "-o", capsize=3,
-                    markersize=4, label=label)
+                    markersize=4, label=label, color=colours[(method, dist)])  # one colour per method
     ax.set_xscale("log")
     ax.invert_xaxis()
     ax.set_xlabel("density (fraction of weights kept)")
