@@ -1,4 +1,4 @@
-"""``ticketlab`` command line: imp, prune, sparse, ls, report, demo."""
+"""``ticketlab`` command line: imp, prune, sparse, early-bird, ls, report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import BASELINES, DISTRIBUTION_CHOICES, OPTIMIZERS, PAI_METHODS, PRUNE_SCHEDULES, RESET_MODES, \
-    SANITY_CHECKS, SCHEDULES, SCOPES, SPARSE_METHODS, ConfigError, DataConfig, IMPConfig, ModelConfig, \
+    SANITY_CHECKS, SCHEDULES, SCOPES, SPARSE_METHODS, ConfigError, DataConfig, EarlyBirdConfig, IMPConfig, ModelConfig, \
     PruneAtInitConfig, PruneConfig, SparseTrainConfig, TrainConfig, config_hash
 
 # Standard settings from the papers (see METHODS.md); any flag given on the command line wins.
@@ -112,6 +112,43 @@ def _add_sparse_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gmp-initial-sparsity", type=float, default=0.0)
     g.add_argument("--no-prune-first", action="store_true", help="keep the first layer dense")
     g.add_argument("--no-prune-output", action="store_true", help="keep the output layer dense")
+
+
+def _add_early_bird_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_model_training(p)
+    g = p.add_argument_group("early-bird tickets")
+    g.add_argument("--kind", choices=("channel", "unstructured"), default="channel",
+                   help="channel: network slimming on BN scales, physically smaller ticket; unstructured: |w| masks")
+    g.add_argument("--prune-ratio", type=float, default=0.5, help="fraction of channels (or weights) removed")
+    g.add_argument("--epsilon", type=float, default=0.1, help="draw when the last --window distances are below this")
+    g.add_argument("--window", type=int, default=5)
+    g.add_argument("--slimming", type=float, default=1e-4, help="L1 strength on BN scales (channel kind)")
+    g.add_argument("--search-lr", type=float, help="a larger LR for the cheap search phase")
+    g.add_argument("--search-precision", choices=("fp32", "bf16"), default="fp32")
+    g.add_argument("--retrain-from", choices=("ticket", "reinit"), default="ticket")
+
+
+def early_bird_config_from_args(args: argparse.Namespace) -> EarlyBirdConfig:
+    opts = _options(args, None, ())
+    return EarlyBirdConfig(**_data_model_train(opts, args), kind=args.kind, prune_ratio=args.prune_ratio,
+                           epsilon=args.epsilon, window=args.window, slimming=args.slimming,
+                           search_lr=args.search_lr, search_precision=args.search_precision,
+                           retrain_from=args.retrain_from, seed=opts.get("seed", 0))
+
+
+def cmd_early_bird(args: argparse.Namespace) -> int:
+    from .experiments.early_bird import run_early_bird
+    from .store import Store
+
+    config = early_bird_config_from_args(args)
+    _set_threads(args)
+    store = Store(args.runs_dir)
+    started = time.time()
+    run_early_bird(config, store, device=args.device, progress=not args.no_progress)
+    run = store.run(config_hash(config))
+    print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
+    _write_report([run.hash], store, run.path)
+    return 0
 
 
 def _add_prune_arguments(p: argparse.ArgumentParser) -> None:
@@ -275,7 +312,7 @@ def _write_report(hashes: Sequence[str], store, out: Path) -> None:
     from .analysis.report import imp_table, plot_imp, plot_prune, prune_table
     from .atomic import atomic_write_text
 
-    imp_runs, prune_rows, sparse_runs = [], [], []
+    imp_runs, prune_rows, sparse_runs, eb_runs = [], [], [], []
     for h in hashes:
         run = store.run(h)
         described = run.read_json("config.json")
@@ -283,6 +320,8 @@ def _write_report(hashes: Sequence[str], store, out: Path) -> None:
         if described["experiment"] == "imp":
             label = f"{run.hash[:8]} {cfg['model']['name']}/{cfg['data']['name']} reset={cfg['reset']}"
             imp_runs.append((label, run.read_jsonl("levels.jsonl")))
+        elif described["experiment"] == "early_bird":
+            eb_runs.append((run, run.read_json("summary.json"), run.read_json("distance_matrix.json")))
         elif described["experiment"] == "sparse":
             sparse_runs.append((run, cfg, run.read_json("train", "summary.json"), run.read_jsonl("train", "metrics.jsonl")))
         else:
@@ -306,6 +345,13 @@ def _write_report(hashes: Sequence[str], store, out: Path) -> None:
         parts.append(f"### sparse training\n\n{sparse_table(rows)}")
         name = "report.png" if not (imp_runs or prune_rows) else "report_sparse.png"
         plots.append(plot_sparse([(f"{r.hash[:8]} {s['method']}", h) for r, _, s, h in sparse_runs], out / name))
+    if eb_runs:
+        from .analysis.report import early_bird_table, plot_distance_matrix
+
+        parts.append("### early-bird tickets\n\n" + early_bird_table([{"run": r.hash[:8], **s} for r, s, _ in eb_runs]))
+        for r, s, dm in eb_runs:
+            plots.append(plot_distance_matrix(dm["epochs"], dm["distances"], out / f"distances_{r.hash[:8]}.png",
+                                              drawn=s["drawn_epoch"]))
     text = "\n\n".join(parts)
     atomic_write_text(out / "report.md", text + "\n")
     print(text)
@@ -367,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sparse", help="sparse training: dense, static, SET, RigL, gradual magnitude pruning")
     _add_sparse_arguments(p)
     p.set_defaults(func=cmd_sparse)
+    p = sub.add_parser("early-bird", help="early-bird tickets: draw the ticket when its mask stops changing")
+    _add_early_bird_arguments(p)
+    p.set_defaults(func=cmd_early_bird)
     p = sub.add_parser("demo", help="a small offline IMP experiment (digits) with report")
     _add_imp_arguments(p)
     p.set_defaults(func=cmd_demo)

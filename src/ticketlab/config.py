@@ -285,6 +285,54 @@ class SparseTrainConfig:
         return "uniform" if self.method == "gmp" else "erk"
 
 
+@dataclass(frozen=True)
+class EarlyBirdConfig:
+    """Early-bird tickets (You et al. 2020): draw the ticket once its mask stops changing.
+
+    ``kind`` 'channel': network slimming (L1 ``slimming`` on BatchNorm scales), channel mask at
+    ``prune_ratio`` (fraction of channels removed, one global |gamma| threshold), the ticket made
+    physically smaller; 'unstructured': global weight-magnitude masks, the ticket kept masked.
+    The ticket is drawn when the last ``window`` epoch-to-epoch mask distances are all below
+    ``epsilon``. The search may use a larger LR (``search_lr``) and bfloat16 (``search_precision``).
+    The ticket is retrained for the full schedule from its weights at the draw (``retrain_from``
+    'ticket') or from a fresh init ('reinit'); the same is done for the ticket drawn after full
+    training, the usual train -> prune -> retrain pipeline.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    kind: str = "channel"
+    prune_ratio: float = 0.5
+    epsilon: float = 0.1
+    window: int = 5
+    slimming: float = 1e-4
+    search_lr: float | None = None
+    search_precision: str = "fp32"
+    retrain_from: str = "ticket"
+    seed: int = 0
+
+    experiment = "early_bird"
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("channel", "unstructured"):
+            raise ConfigError(f"kind {self.kind!r} is unknown; choose 'channel' or 'unstructured'")
+        if not 0 < self.prune_ratio < 1:
+            raise ConfigError(f"prune_ratio (fraction removed) must be in (0, 1), got {self.prune_ratio}")
+        if not 0 < self.epsilon <= 1:
+            raise ConfigError(f"epsilon must be in (0, 1], got {self.epsilon}")
+        if self.window < 1:
+            raise ConfigError(f"window must be >= 1, got {self.window}")
+        if self.slimming < 0:
+            raise ConfigError(f"slimming (L1 on BN scales) must be >= 0, got {self.slimming}")
+        if self.search_lr is not None and self.search_lr <= 0:
+            raise ConfigError(f"search_lr must be > 0, got {self.search_lr}")
+        if self.search_precision not in ("fp32", "bf16"):
+            raise ConfigError(f"search_precision must be 'fp32' or 'bf16', got {self.search_precision!r}")
+        if self.retrain_from not in ("ticket", "reinit"):
+            raise ConfigError(f"retrain_from must be 'ticket' or 'reinit', got {self.retrain_from!r}")
+
+
 def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:
     """Plain JSON-able dict of a config; ``for_hash`` leaves out fields marked ``hash: False``."""
     out: dict[str, Any] = {}

@@ -199,3 +199,46 @@ def plot_sparse(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def early_bird_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table: where the ticket was drawn, accuracies, sizes and training FLOPs saved."""
+    head = ["run", "kind", "prune ratio", "drawn at epoch", "of epochs", "dense acc", "early-bird ticket acc",
+            "full-training ticket acc", "params ticket / dense", "training FLOPs saved"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r.get("run", ""), r["kind"], f"{r['prune_ratio']:g}", str(r["drawn_epoch"]), str(r["epochs"]),
+            f"{r['dense_test_accuracy']:.4f}", f"{r['ticket_test_accuracy']:.4f}",
+            f"{r['full_ticket_test_accuracy']:.4f}", f"{r['ticket_parameters'] / r['dense_parameters']:.3f}",
+            f"{100 * r['training_flops_saved']:.1f}%",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def plot_distance_matrix(epochs: Sequence[int], matrix: Sequence[Sequence[float]], path: Path,
+                         drawn: int | None = None) -> Path:
+    """Heat map of mask distances between epochs (You et al.'s figure): the mask settles early."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    im = ax.imshow(matrix, cmap="viridis", origin="lower",
+                   extent=(epochs[0] - 0.5, epochs[-1] + 0.5, epochs[0] - 0.5, epochs[-1] + 0.5))
+    fig.colorbar(im, ax=ax, label="normalised Hamming distance")
+    if drawn is not None:
+        ax.axvline(drawn, color="white", linestyle="--", linewidth=1)
+        ax.axhline(drawn, color="white", linestyle="--", linewidth=1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("epoch")
+    ax.set_title("Mask distance between epochs" + (f" (ticket drawn at {drawn})" if drawn is not None else ""))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

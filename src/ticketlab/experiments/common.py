@@ -95,12 +95,13 @@ def train_unit(
     ctx: UnitContext,
     unit: str,
     model: nn.Module,
-    mask: Mask,
+    mask: Mask | None,
     *,
     start_step: int,
     lr_override: float | None = None,
     callbacks: Sequence[Callback] = (),
     extra_summary: dict[str, Any] | None = None,
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train one unit, or load it when complete; checkpoints so a kill resumes mid-training."""
     run = ctx.run
@@ -120,7 +121,7 @@ def train_unit(
     trainer = Trainer(model, ctx.data, ctx.train, mask, validation=ctx.validation, seed=ctx.seed,
                       # the checkpoint runs last, so it holds what the step's other callbacks changed
                       device=ctx.device, callbacks=[*callbacks, Callback(checkpoint, every=every)],
-                      progress=ctx.progress, desc=unit)
+                      progress=ctx.progress, desc=unit, regularizer=regularizer)
     resumed = False
     begin = start_step
     if ckpt.exists():
@@ -128,7 +129,8 @@ def train_unit(
         resumed = True
         ctx.log(f"  {unit}: resuming from step {begin}")
     trainer.train(begin, trainer.total_steps, lr_override=lr_override, resumed=resumed)
-    final_mask = trainer.mask if trainer.mask is not None else mask  # procedures may change the mask
+    # procedures may change the mask; an unmasked model is summarised as dense
+    final_mask = trainer.mask if trainer.mask is not None else (mask if mask is not None else Mask.dense(model))
     summary = {**summarize(trainer.history, final_mask, start_step), **(extra_summary or {})}
     save_weights(model, run.file(unit, "final.safetensors"))
     run.write_jsonl(trainer.history.records, unit, "metrics.jsonl")
@@ -136,7 +138,7 @@ def train_unit(
         run.write_jsonl(trainer.history.mask_events, unit, "mask_events.jsonl")
     run.write_json(summary, unit, "summary.json")  # written last: marks the unit complete
     ckpt.unlink(missing_ok=True)
-    ctx.log(f"  {unit}: density {mask.density:.4f}  test acc final {summary['final_test_accuracy']:.4f}"
+    ctx.log(f"  {unit}: density {final_mask.density:.4f}  test acc final {summary['final_test_accuracy']:.4f}"
             f"  max {summary['max_test_accuracy']:.4f}  early-stop it {summary['early_stop_step']}")
     return summary
 

@@ -1,0 +1,222 @@
+"""Early-bird tickets (You et al., ICLR 2020): draw the ticket as soon as its mask stops moving.
+
+Units of a run:
+- ``search``: (cheap) training with the detector; stops when the ticket is drawn;
+- ``full``: the usual full training with the same detector recording every epoch's mask (for the
+  distance matrix, and the ticket "from full training" at the same ratio);
+- ``ticket_retrain`` / ``full_retrain``: each ticket retrained for the full schedule. Channel
+  tickets are physically smaller models (``pruning/channels.py``); unstructured tickets stay masked.
+
+Per-epoch masks are stored in the run folder, so a resumed search rebuilds its distance history.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import load_weights, save_weights
+from ..config import EarlyBirdConfig
+from ..masks import Mask
+from ..pruning.channels import channel_mask_distance, channel_mask_from_bn, shrink
+from ..pruning.selection import keep_top
+from ..store import Run, Store, load_tensors, save_tensors
+from ..training import Callback, Trainer, default_device
+from ..analysis.flops import dense_forward_flops, forward_flops
+from .common import Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
+    training_length
+
+AnyMask = dict[str, torch.Tensor]
+
+
+def slimming_penalty(strength: float):
+    """Network slimming's L1 penalty on every BatchNorm scale: strength * sum |gamma|."""
+    def penalty(model: nn.Module) -> torch.Tensor:
+        scales = [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        return strength * sum(s.abs().sum() for s in scales) if scales else torch.zeros(())
+    return penalty
+
+
+def current_mask(model: nn.Module, kind: str, prune_ratio: float) -> AnyMask:
+    """The ticket's mask if it were drawn now: BN channels (global |gamma|) or weights (global |w|)."""
+    if kind == "channel":
+        return channel_mask_from_bn(model, prune_ratio)
+    dense = Mask.dense(model)
+    params = dict(model.named_parameters())
+    scores = {n: params[n].detach().abs().cpu() for n in dense}
+    keep = int(round(dense.num_total * (1.0 - prune_ratio)))
+    return dict(keep_top(scores, dense, {tuple(dense): keep}).items())
+
+
+def mask_distance(a: AnyMask, b: AnyMask) -> float:
+    """Normalised Hamming distance between two masks of the same kind (0 equal, 1 complements)."""
+    return channel_mask_distance(a, b)
+
+
+class EarlyBirdDetector:
+    """Trainer callback at every epoch end: record the mask and its distance to the previous
+    epoch's; draw the ticket once the last ``window`` distances are all below ``epsilon``."""
+
+    def __init__(self, cfg: EarlyBirdConfig, iterations_per_epoch: int, mask_dir: Path, ticket_path: Path | None):
+        self.cfg = cfg
+        self.ipe = iterations_per_epoch
+        self.mask_dir = mask_dir
+        self.ticket_path = ticket_path  # where to save the weights at the draw; None: record only, never stop
+        self.masks: dict[int, AnyMask] = {}
+        self.drawn_epoch: int | None = None
+        for f in sorted(mask_dir.glob("epoch_*.safetensors")):  # resume: rebuild the history
+            self._record(int(f.stem.split("_")[1]), {k: v.bool() for k, v in load_tensors(f).items()})
+
+    @property
+    def distances(self) -> list[float]:
+        """d(epoch e, epoch e-1) for every recorded epoch after the first."""
+        epochs = sorted(self.masks)
+        return [mask_distance(self.masks[a], self.masks[b]) for a, b in zip(epochs[1:], epochs)]
+
+    def _record(self, epoch: int, mask: AnyMask) -> bool:
+        self.masks[epoch] = mask
+        d = self.distances
+        if self.drawn_epoch is None and len(d) >= self.cfg.window and max(d[-self.cfg.window:]) < self.cfg.epsilon:
+            self.drawn_epoch = epoch
+            return True
+        return False
+
+    def __call__(self, trainer: Trainer, step: int) -> None:
+        if step == 0 or step % self.ipe:
+            return
+        epoch = step // self.ipe
+        mask = current_mask(trainer.model, self.cfg.kind, self.cfg.prune_ratio)
+        save_tensors(self.mask_dir / f"epoch_{epoch:03d}.safetensors", {k: v.to(torch.uint8) for k, v in mask.items()})
+        self._record(epoch, mask)
+        # Compare with the state, not _record's answer: a resumed search reloads the masks of epochs
+        # it will replay, so it knows its draw epoch before it gets there again.
+        if self.drawn_epoch == epoch and self.ticket_path is not None:
+            save_weights(trainer.model, self.ticket_path)
+            trainer.request_stop()
+
+
+def distance_matrix(masks: dict[int, AnyMask]) -> tuple[list[int], list[list[float]]]:
+    epochs = sorted(masks)
+    return epochs, [[mask_distance(masks[a], masks[b]) for b in epochs] for a in epochs]
+
+
+def _search(cfg: EarlyBirdConfig, ctx: UnitContext, run: Run, init: dict, cheap: bool) -> tuple[dict, EarlyBirdDetector]:
+    """Train with the detector: the cheap search (stops at the draw) or the full reference run."""
+    unit = "search" if cheap else "full"
+    train = cfg.train
+    if cheap:
+        train = replace(train, lr=cfg.search_lr or train.lr, precision=cfg.search_precision)
+    model = build_seeded_model(cfg.model, ctx.data, cfg.seed)
+    model.load_state_dict(init)
+    detector = EarlyBirdDetector(cfg, ctx.iterations_per_epoch, run.file(unit, "masks"),
+                                 run.file(unit, "ticket_weights.safetensors") if cheap else None)
+    summary = train_unit(replace(ctx, train=train), unit, model, None, start_step=0,
+                         callbacks=[Callback(detector, every=ctx.iterations_per_epoch)],
+                         regularizer=slimming_penalty(cfg.slimming) if cfg.kind == "channel" else None)
+    return summary, detector
+
+
+def _retrain(cfg: EarlyBirdConfig, ctx: UnitContext, unit: str, source_weights: Path, mask: AnyMask) -> dict[str, Any]:
+    """Retrain a ticket for the full schedule: a shrunk model (channel) or a masked one."""
+    model = build_seeded_model(cfg.model, ctx.data, cfg.seed)
+    load_weights(model, source_weights)
+    if cfg.retrain_from == "reinit":
+        model = build_seeded_model(cfg.model, ctx.data, cfg.seed + 7919)
+    if cfg.kind == "channel":
+        small = shrink(model, mask)
+        summary = train_unit(ctx, unit, small, None, start_step=0)
+        return {**summary, "parameters": sum(p.numel() for p in small.parameters()),
+                "forward_flops": forward_flops(small, ctx.data.input_shape)}
+    weight_mask = Mask(mask)
+    summary = train_unit(ctx, unit, model, weight_mask, start_step=0)
+    return {**summary, "parameters": weight_mask.num_kept,
+            "forward_flops": forward_flops(model, ctx.data.input_shape, weight_mask)}
+
+
+def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch.device | None = None,
+                   progress: bool = True, log: Log = print) -> dict[str, Any]:
+    """Run (or continue) an early-bird experiment; returns the comparison summary."""
+    data, validation = prepare_data(config.data, config.seed)
+    model = build_seeded_model(config.model, data, config.seed)
+    if config.kind == "channel":
+        channel_mask_from_bn(model, config.prune_ratio)  # fails clearly for models without prunable BN
+    ipe, total = training_length(config.train, data)
+    epochs = total // ipe
+    if epochs < config.window + 1:
+        raise ValueError(f"training lasts {epochs} epochs; the detector needs at least window + 1 = "
+                         f"{config.window + 1} epochs to compare masks")
+    dev = torch.device(device) if device is not None else default_device()
+    run = store.open_run(config)
+    with store.lock(run):
+        log(f"early-bird run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, {config.kind}, "
+            f"prune ratio {config.prune_ratio})")
+        try:
+            load_or_save_init(run, model)
+            init = {k: v.clone() for k, v in model.state_dict().items()}
+            ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+            search, detector = _search(config, ctx, run, init, cheap=True)
+            full, reference = _search(config, ctx, run, init, cheap=False)
+            drawn = detector.drawn_epoch
+            if drawn is None:
+                log("no early-bird ticket drawn during the search: using the mask at its end")
+                drawn = max(detector.masks)
+                save_weights_from = run.file("search", "final.safetensors")
+            else:
+                save_weights_from = run.file("search", "ticket_weights.safetensors")
+            log(f"early-bird ticket drawn at epoch {drawn}; retraining it and the full-training ticket")
+            ticket = _retrain(config, ctx, "ticket_retrain", save_weights_from, detector.masks[drawn])
+            full_ticket = _retrain(config, ctx, "full_retrain", run.file("full", "final.safetensors"),
+                                   reference.masks[max(reference.masks)])
+            summary = _costs(config, model, data, ipe, total, drawn, search, full, ticket, full_ticket, reference)
+            run.write_json(summary, "summary.json")
+            epochs_list, matrix = distance_matrix(reference.masks)
+            run.write_json({"epochs": epochs_list, "distances": matrix}, "distance_matrix.json")
+        except BaseException:
+            run.update_index(status="interrupted")
+            raise
+        run.update_index(status="complete", summary={k: summary[k] for k in (
+            "drawn_epoch", "ticket_test_accuracy", "full_ticket_test_accuracy", "training_flops_saved")})
+    return summary
+
+
+def _costs(cfg: EarlyBirdConfig, model: nn.Module, data, ipe: int, total: int, drawn: int, search: dict,
+           full: dict, ticket: dict, full_ticket: dict, reference: EarlyBirdDetector) -> dict[str, Any]:
+    """Epochs and training FLOPs (3 x forward per sample) of early-bird vs. train-prune-retrain."""
+    samples_per_epoch = ipe * cfg.train.batch_size
+    f_dense = dense_forward_flops(model, data.input_shape)
+    epochs = total // ipe
+    search_flops = 3 * f_dense * samples_per_epoch * drawn
+    full_flops = 3 * f_dense * samples_per_epoch * epochs
+    retrain_eb = 3 * ticket["forward_flops"] * samples_per_epoch * epochs
+    retrain_full = 3 * full_ticket["forward_flops"] * samples_per_epoch * epochs
+    would_draw = next((e for e in sorted(reference.masks)
+                       if _fires(reference, e)), None)
+    return {
+        "kind": cfg.kind, "prune_ratio": cfg.prune_ratio, "epochs": epochs, "drawn_epoch": drawn,
+        "full_run_would_draw_at": would_draw,
+        "search_epochs": drawn, "dense_test_accuracy": full["final_test_accuracy"],
+        "search_test_accuracy_at_draw": search["final_test_accuracy"],
+        "ticket_test_accuracy": ticket["final_test_accuracy"],
+        "full_ticket_test_accuracy": full_ticket["final_test_accuracy"],
+        "dense_parameters": sum(p.numel() for p in model.parameters()),
+        "ticket_parameters": ticket["parameters"], "full_ticket_parameters": full_ticket["parameters"],
+        "dense_forward_flops": f_dense, "ticket_forward_flops": ticket["forward_flops"],
+        "full_ticket_forward_flops": full_ticket["forward_flops"],
+        "early_bird_training_flops": search_flops + retrain_eb,
+        "standard_training_flops": full_flops + retrain_full,
+        "training_flops_saved": 1.0 - (search_flops + retrain_eb) / (full_flops + retrain_full),
+        "search_flops_saved": 1.0 - search_flops / full_flops,
+        "final_distances": reference.distances[-cfg.window:],
+    }
+
+
+def _fires(detector: EarlyBirdDetector, epoch: int) -> bool:
+    """Would the detector have drawn at ``epoch`` given the masks up to it?"""
+    epochs = [e for e in sorted(detector.masks) if e <= epoch]
+    d = [mask_distance(detector.masks[a], detector.masks[b]) for a, b in zip(epochs[1:], epochs)]
+    return len(d) >= detector.cfg.window and max(d[-detector.cfg.window:]) < detector.cfg.epsilon
+
+
