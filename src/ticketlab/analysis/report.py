@@ -17,6 +17,8 @@ def imp_table(rows: Sequence[dict[str, Any]]) -> str:
     branches = [b for b in ("reinit", "random") if any(b in v for v in by_level.values())]
     head = ["level", "remaining %", "ticket final acc", "ticket acc @ early stop", "early-stop it", "ticket max acc"]
     head += [f"{b} final acc" for b in branches] + [f"{b} early-stop it" for b in branches]
+    head += ["inference FLOPs / dense", "training FLOPs to here / one dense run"]
+    spent = 0.0  # IMP's cost grows with every level trained, baselines excluded
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for level in sorted(by_level):
         t = by_level[level].get("ticket")
@@ -30,6 +32,11 @@ def imp_table(rows: Sequence[dict[str, Any]]) -> str:
         for b in branches:
             r = by_level[level].get(b)
             cells.append(str(r["early_stop_step"]) if r else "")
+        if "forward_flops" in t:
+            spent += t["unit_training_flops"] / t["dense_run_training_flops"]
+            cells += [f"{t['forward_flops'] / t['forward_flops_dense']:.3f}", f"{spent:.2f}"]
+        else:  # runs from before FLOPs were recorded
+            cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -89,7 +96,7 @@ def _prune_groups(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, 
 def prune_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table of prune-at-init runs: mean and [min, max] over seeds of the test accuracy."""
     head = ["model", "data", "method", "distribution", "sanity", "density", "seeds", "test acc mean",
-            "test acc [min, max]", "effective density", "collapsed layers"]
+            "test acc [min, max]", "effective density", "collapsed layers", "FLOPs / dense"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (model, data, method, dist, sanity, density), rs in _prune_groups(rows).items():
         accs = [r["final_test_accuracy"] for r in rs]
@@ -98,6 +105,8 @@ def prune_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join([
             model, data, method, dist, sanity, f"{density:g}", str(len(rs)), f"{sum(accs) / len(accs):.4f}",
             f"[{min(accs):.4f}, {max(accs):.4f}]", f"{eff:.4g}", ", ".join(collapsed) or "none",
+            f"{sum(r['forward_flops'] / r['forward_flops_dense'] for r in rs) / len(rs):.4f}"
+            if all("forward_flops" in r for r in rs) else "",
         ]) + " |")
     return "\n".join(lines)
 

@@ -131,7 +131,9 @@ def train_unit(
     trainer.train(begin, trainer.total_steps, lr_override=lr_override, resumed=resumed)
     # procedures may change the mask; an unmasked model is summarised as dense
     final_mask = trainer.mask if trainer.mask is not None else (mask if mask is not None else Mask.dense(model))
-    summary = {**summarize(trainer.history, final_mask, start_step), **(extra_summary or {})}
+    summary = {**summarize(trainer.history, final_mask, start_step), **(extra_summary or {}),
+               **_flops(model, final_mask, ctx.data.input_shape, trainer.total_steps - start_step,
+                        trainer.total_steps, ctx.train.batch_size)}
     save_weights(model, run.file(unit, "final.safetensors"))
     run.write_jsonl(trainer.history.records, unit, "metrics.jsonl")
     if trainer.history.mask_events:
@@ -141,6 +143,18 @@ def train_unit(
     ctx.log(f"  {unit}: density {final_mask.density:.4f}  test acc final {summary['final_test_accuracy']:.4f}"
             f"  max {summary['max_test_accuracy']:.4f}  early-stop it {summary['early_stop_step']}")
     return summary
+
+
+def _flops(model: nn.Module, mask: Mask, input_shape: tuple[int, ...], steps: int, schedule_steps: int,
+           batch_size: int) -> dict[str, Any]:
+    """Forward FLOPs per sample (final mask, and dense), this unit's training FLOPs with that mask,
+    and those of one dense run of the whole schedule (3 x forward per sample and step)."""
+    from ..analysis.flops import dense_forward_flops, forward_flops
+
+    sparse, dense = forward_flops(model, input_shape, mask), dense_forward_flops(model, input_shape)
+    return {"forward_flops": sparse, "forward_flops_dense": dense,
+            "unit_training_flops": 3 * sparse * steps * batch_size,
+            "dense_run_training_flops": 3 * dense * schedule_steps * batch_size}
 
 
 def load_or_save_init(run: Run, model: nn.Module) -> None:
