@@ -20,7 +20,7 @@ from torch import nn
 
 from ..checkpoint import load_weights, save_weights
 from ..config import EarlyBirdConfig
-from ..masks import Mask
+from ..masks import Mask, _read_metadata
 from ..pruning.channels import channel_mask_distance, channel_mask_from_bn, shrink
 from ..pruning.selection import keep_top
 from ..store import Run, Store, load_tensors, save_tensors
@@ -113,10 +113,25 @@ def _search(cfg: EarlyBirdConfig, ctx: UnitContext, run: Run, init: dict, cheap:
     model.load_state_dict(init)
     detector = EarlyBirdDetector(cfg, ctx.iterations_per_epoch, run.file(unit, "masks"),
                                  run.file(unit, "ticket_weights.safetensors") if cheap else None)
+    if cheap and detector.drawn_epoch is not None and not run.is_complete(unit):
+        # Killed after the draw step's checkpoint: a resumed Trainer does not rerun that step's
+        # callbacks, so the detector would never stop it. End the search at the draw instead.
+        draw_step = detector.drawn_epoch * ctx.iterations_per_epoch
+        if _checkpoint_step(run.file(unit, "checkpoint.safetensors")) == draw_step:
+            train = replace(train, steps=f"{draw_step}it")
     summary = train_unit(replace(ctx, train=train), unit, model, None, start_step=0,
                          callbacks=[Callback(detector, every=ctx.iterations_per_epoch)],
                          regularizer=slimming_penalty(cfg.slimming) if cfg.kind == "channel" else None)
     return summary, detector
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint was taken at; None when there is none (or it is unreadable: the
+    resume reports that)."""
+    try:
+        return int(_read_metadata(path.read_bytes())["step"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def _retrain(cfg: EarlyBirdConfig, ctx: UnitContext, unit: str, source_weights: Path, mask: AnyMask) -> dict[str, Any]:
@@ -132,7 +147,8 @@ def _retrain(cfg: EarlyBirdConfig, ctx: UnitContext, unit: str, source_weights: 
                 "forward_flops": forward_flops(small, ctx.data.input_shape)}
     weight_mask = Mask(mask)
     summary = train_unit(ctx, unit, model, weight_mask, start_step=0)
-    return {**summary, "parameters": weight_mask.num_kept,
+    pruned = weight_mask.num_total - weight_mask.num_kept  # counted like dense_parameters: every parameter
+    return {**summary, "parameters": sum(p.numel() for p in model.parameters()) - pruned,
             "forward_flops": forward_flops(model, ctx.data.input_shape, weight_mask)}
 
 
