@@ -136,21 +136,6 @@ def early_bird_config_from_args(args: argparse.Namespace) -> EarlyBirdConfig:
                            retrain_from=args.retrain_from, seed=opts.get("seed", 0))
 
 
-def cmd_early_bird(args: argparse.Namespace) -> int:
-    from .experiments.early_bird import run_early_bird
-    from .store import Store
-
-    config = early_bird_config_from_args(args)
-    _set_threads(args)
-    store = Store(args.runs_dir)
-    started = time.time()
-    run_early_bird(config, store, device=args.device, progress=not args.no_progress)
-    run = store.run(config_hash(config))
-    print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
-    _write_report([run.hash], store, run.path)
-    return 0
-
-
 def _add_prune_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_model_training(p)
     g = p.add_argument_group("pruning at initialisation")
@@ -262,49 +247,42 @@ def _set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def cmd_imp(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
-    from .experiments.imp import run_imp
+def _run_and_report(args: argparse.Namespace, config: Any, runner) -> int:
+    """Run an experiment config in the store, then write and print its report."""
     from .store import Store
 
-    config = imp_config_from_args(args, base)
     _set_threads(args)
     store = Store(args.runs_dir)
     started = time.time()
-    rows = run_imp(config, store, device=args.device, progress=not args.no_progress)
+    runner(config, store, device=args.device, progress=not args.no_progress)
     run = store.run(config_hash(config))
     print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
     _write_report([run.hash], store, run.path)
     return 0
+
+
+def cmd_imp(args: argparse.Namespace, base: dict[str, Any] | None = None) -> int:
+    from .experiments.imp import run_imp
+
+    return _run_and_report(args, imp_config_from_args(args, base), run_imp)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from .experiments.prune_at_init import run_prune_at_init
-    from .store import Store
 
-    config = prune_config_from_args(args)
-    _set_threads(args)
-    store = Store(args.runs_dir)
-    started = time.time()
-    run_prune_at_init(config, store, device=args.device, progress=not args.no_progress)
-    run = store.run(config_hash(config))
-    print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
-    _write_report([run.hash], store, run.path)
-    return 0
+    return _run_and_report(args, prune_config_from_args(args), run_prune_at_init)
 
 
 def cmd_sparse(args: argparse.Namespace) -> int:
     from .experiments.sparse_training import run_sparse_training
-    from .store import Store
 
-    config = sparse_config_from_args(args)
-    _set_threads(args)
-    store = Store(args.runs_dir)
-    started = time.time()
-    run_sparse_training(config, store, device=args.device, progress=not args.no_progress)
-    run = store.run(config_hash(config))
-    print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
-    _write_report([run.hash], store, run.path)
-    return 0
+    return _run_and_report(args, sparse_config_from_args(args), run_sparse_training)
+
+
+def cmd_early_bird(args: argparse.Namespace) -> int:
+    from .experiments.early_bird import run_early_bird
+
+    return _run_and_report(args, early_bird_config_from_args(args), run_early_bird)
 
 
 def _write_report(hashes: Sequence[str], store, out: Path) -> None:

@@ -6,6 +6,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+def _save(fig, path: Path) -> Path:
+    """Write a figure as PNG atomically (temp file, rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 BRANCH_LABELS = {"ticket": "winning ticket", "reinit": "random reinit", "random": "random mask"}
 
 
@@ -74,13 +87,7 @@ def plot_imp(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path,
     ax_acc.set_title("Accuracy vs. remaining weights")
     ax_es.set_title("Early-stop iteration vs. remaining weights")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def _prune_groups(rows: Sequence[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
@@ -141,13 +148,7 @@ def plot_prune(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def sparse_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -201,13 +202,7 @@ def plot_sparse(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def early_bird_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -244,10 +239,4 @@ def plot_distance_matrix(epochs: Sequence[int], matrix: Sequence[Sequence[float]
     ax.set_ylabel("epoch")
     ax.set_title("Mask distance between epochs" + (f" (ticket drawn at {drawn})" if drawn is not None else ""))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
