@@ -1,0 +1,151 @@
+"""Planting a target network into a random host (Plant 'n' Seek, Fischer & Burkholz 2022).
+
+Layer by layer, each target neuron is matched to the unused host neuron whose incoming parameters
+best fit it up to a positive scale, and that neuron is overwritten with the rescaled target
+neuron. With theta = (bias, incoming weights / scales of the matched inputs) and m = the host
+neuron's (bias, weights from the matched inputs), the fit is m ~ c theta with
+c = theta.m / |theta|^2 and distance |m - c theta| (L2, the paper's text; its code uses L1, an
+option here). A host neuron is admissible only with c > 0 and the signs of m equal to those of
+theta on theta's nonzero entries: ReLU is only positively homogeneous, so c must be positive, and
+the sign rule keeps the planted neuron close to what the host already had. Overwritten, the host
+neuron computes c times the target neuron, and c becomes its scale for the next layer.
+
+Fallback (stated, and counted in ``PlantResult.fallbacks``): when no unused neuron is admissible,
+the unused neuron with the smallest distance is overwritten anyway, with c = |theta.m| / |theta|^2
+(or 1 when that is 0). The result is still an exact plant; only the "naturalness" of the chosen
+neuron is lost. Output layers are where this happens most: a host has only as many output neurons
+as the target, so few candidates share all of a target output's signs.
+
+The output neurons are matched the same way and then the host's output rows are permuted into
+target order, so ``masked host(x) / output_scale == target(x)``. Weights of a planted neuron from
+unmatched inputs stay random: they are simply not in the ticket mask.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..masks import Mask
+from ..models import build_model
+from .network import TargetNetwork
+
+
+class PlantingError(ValueError):
+    """The host cannot hold the target (depth or widths do not fit)."""
+
+
+@dataclass
+class PlantResult:
+    host: nn.Module                  # the planted host (a copy; the given host is untouched)
+    mask: Mask                       # the ticket: exactly the target's nonzero weights, in host coordinates
+    output_scale: torch.Tensor       # host output j = output_scale[j] * target output j (under the mask)
+    neuron_map: list[list[int]]      # per layer: host neuron index of each target neuron
+    scales: list[torch.Tensor]       # per layer: the scale c of each planted neuron
+    fallbacks: list[int]             # per layer: target neurons planted without an admissible host neuron
+
+    @torch.no_grad()
+    def ticket_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The host with only the ticket's weights, divided by the output scales: the target."""
+        net = copy.deepcopy(self.host)
+        self.mask.apply_(net)
+        return net(x.to(next(net.parameters()).dtype)) / self.output_scale.to(x.device)
+
+
+def host_network(input_dim: int, output_dim: int, depth: int = 5, width: int = 100, seed: int = 0) -> nn.Module:
+    """The paper's host: ReLU MLP, linear output, W ~ N(0, 2/fan_in), bias of layer l ~ N(0, s_l^2)
+    with s_l the product of the weight standard deviations of layers 1..l."""
+    if depth < 2:
+        raise PlantingError(f"depth counts input and output layers and must be >= 2, got {depth}")
+    model = build_model("mlp", (input_dim,), output_dim, hidden=tuple([width] * (depth - 2)))
+    g = torch.Generator().manual_seed(seed)
+    s = 1.0
+    with torch.no_grad():
+        for layer in _linears(model):
+            std = math.sqrt(2.0 / layer.in_features)
+            s *= std
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * std)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=g) * s)
+    return model
+
+
+def _linears(model: nn.Module) -> list[nn.Linear]:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def _linear_names(model: nn.Module) -> list[str]:
+    return [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+@torch.no_grad()
+def plant(target: TargetNetwork, host: nn.Module, distance: str = "l2") -> PlantResult:
+    """Plant ``target`` into a copy of ``host`` (a ReLU MLP of the same depth, wide enough)."""
+    if distance not in ("l2", "l1"):
+        raise PlantingError(f"distance must be 'l2' (paper) or 'l1' (the paper's code), got {distance!r}")
+    host = copy.deepcopy(host)
+    layers, names = _linears(host), _linear_names(host)
+    widths = [layers[0].in_features, *(lin.out_features for lin in layers)] if layers else []
+    if len(layers) != len(target.weights):
+        raise PlantingError(f"host has depth {len(layers) + 1}, target depth {target.depth}; they must be equal")
+    if widths[0] != target.widths[0] or widths[-1] != target.widths[-1]:
+        raise PlantingError(f"host maps {widths[0]} -> {widths[-1]}, target {target.widths[0]} -> {target.widths[-1]}")
+    too_narrow = [(l, t, h) for l, (t, h) in enumerate(zip(target.widths, widths)) if t > h]
+    if too_narrow:
+        raise PlantingError(f"target layers wider than the host (layer, target, host): {too_narrow}")
+
+    matched = list(range(widths[0]))                   # inputs are matched to themselves ...
+    scales = torch.ones(widths[0], dtype=torch.float64)  # ... with scale 1
+    mask = {n: torch.zeros(lin.weight.shape, dtype=torch.bool) for n, lin in zip(names, layers)}
+    neuron_map, all_scales, fallbacks = [], [], []
+    for l, (lin, w_t, b_t) in enumerate(zip(layers, target.weights, target.biases)):
+        w_h, b_h = lin.weight, lin.bias
+        cols = torch.tensor(matched)
+        used: set[int] = set()
+        fallbacks.append(0)
+        new_matched, new_scales = [], torch.zeros(w_t.shape[0], dtype=torch.float64)
+        for j in range(w_t.shape[0]):
+            theta = torch.cat([b_t[j:j + 1], w_t[j] / scales]).to(torch.float64)
+            free = torch.tensor([i for i in range(w_h.shape[0]) if i not in used])
+            m = torch.cat([b_h[free, None], w_h[free][:, cols]], dim=1).to(torch.float64)
+            i, c, admissible = _best_fit(theta, m, distance)
+            fallbacks[-1] += not admissible
+            host_i = int(free[i])
+            used.add(host_i)
+            b_h[host_i] = c * theta[0]
+            w_h[host_i, cols] = (c * theta[1:]).to(w_h.dtype)
+            mask[names[l]][host_i, cols] = w_t[j] != 0
+            new_matched.append(host_i)
+            new_scales[j] = c
+        neuron_map.append(new_matched)
+        all_scales.append(new_scales)
+        matched, scales = new_matched, new_scales
+
+    # output rows into target order
+    last = layers[-1]
+    order = torch.tensor(matched)
+    last.weight.copy_(last.weight[order])
+    last.bias.copy_(last.bias[order])
+    mask[names[-1]] = mask[names[-1]][order]
+    return PlantResult(host, Mask(mask), scales.to(torch.float32), neuron_map, all_scales, fallbacks)
+
+
+def _best_fit(theta: torch.Tensor, m: torch.Tensor, distance: str) -> tuple[int, float, bool]:
+    """(row of m, scale c, admissible?) of the best host neuron for target vector ``theta``."""
+    norm2 = float(theta @ theta)
+    if norm2 == 0.0:  # a constant-zero target neuron: any free neuron, scale 1
+        return 0, 1.0, True
+    c = (m @ theta) / norm2
+    residual = m - c[:, None] * theta[None, :]
+    dist = residual.norm(dim=1) if distance == "l2" else residual.abs().sum(dim=1)
+    nonzero = theta != 0
+    sign_ok = (torch.sign(m[:, nonzero]) == torch.sign(theta[nonzero])).all(dim=1)
+    admissible = (c > 0) & sign_ok
+    if bool(admissible.any()):
+        i = int(torch.where(admissible, dist, torch.tensor(float("inf"), dtype=dist.dtype)).argmin())
+        return i, float(c[i]), True
+    i = int(dist.argmin())
+    scale = abs(float(c[i])) or 1.0
+    return i, scale, False

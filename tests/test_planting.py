@@ -1,0 +1,97 @@
+"""Planting: the host with the ticket mask computes the target (times its output scale)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ticketlab.planting.network import TargetNetwork
+from ticketlab.planting.plant import PlantingError, host_network, plant
+
+
+def random_target(widths, density=0.6, seed=0) -> TargetNetwork:
+    g = torch.Generator().manual_seed(seed)
+    weights, biases = [], []
+    for fan_in, fan_out in zip(widths, widths[1:]):
+        w = torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64)
+        w = w * (torch.rand(fan_out, fan_in, generator=g) < density)
+        weights.append(w)
+        biases.append(0.1 * torch.randn(fan_out, generator=g, dtype=torch.float64))
+    return TargetNetwork(weights, biases)
+
+
+@pytest.mark.parametrize("widths, host_width, seed", [
+    ([2, 4, 2, 20, 4], 100, 0),   # the paper's Circle shape, depth 5
+    ([1, 30, 3], 100, 1),         # Helix at depth 3
+    ([3, 5, 5, 2], 12, 2),        # a narrow host: fallbacks likely
+])
+def test_masked_host_computes_the_target(widths, host_width, seed):
+    target = random_target(widths, seed=seed)
+    host = host_network(widths[0], widths[-1], depth=len(widths), width=host_width, seed=seed)
+    result = plant(target, host)
+    x = torch.rand(500, widths[0], generator=torch.Generator().manual_seed(9)) * 2 - 1
+    expected = target(x)
+    got = result.ticket_forward(x.float()).double()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+    assert result.mask.num_kept == target.num_weights()  # the ticket is exactly the target's weights
+    assert (result.output_scale > 0).all()
+
+
+def test_planting_leaves_the_given_host_untouched_and_is_deterministic():
+    target = random_target([2, 4, 3])
+    host = host_network(2, 3, depth=3, width=50, seed=4)
+    before = {k: v.clone() for k, v in host.state_dict().items()}
+    a, b = plant(target, host), plant(target, host)
+    assert all(torch.equal(before[k], v) for k, v in host.state_dict().items())
+    assert a.mask == b.mask and a.neuron_map == b.neuron_map
+    assert all(torch.equal(x, y) for x, y in zip(a.host.state_dict().values(), b.host.state_dict().values()))
+
+
+def test_admissible_matches_keep_the_host_signs_and_a_positive_scale():
+    target = random_target([2, 6, 2], density=1.0, seed=3)
+    host = host_network(2, 2, depth=3, width=200, seed=3)  # wide host: an admissible neuron exists
+    result = plant(target, host)
+    assert result.fallbacks[0] == 0  # 200 candidates: an admissible one exists for every hidden neuron
+    first = [m for m in host.modules() if isinstance(m, torch.nn.Linear)][0]
+    for j, i in enumerate(result.neuron_map[0]):
+        planted = result.host.state_dict()["hidden.0.weight"][i]
+        original = first.weight[i]
+        assert torch.equal(torch.sign(planted), torch.sign(original))  # same signs as before planting
+        assert result.scales[0][j] > 0
+
+
+def test_narrow_host_uses_and_counts_fallbacks():
+    # a 1-wide target neuron with a positive and a negative input weight and a big bias: among few
+    # host neurons none may agree in all signs; the plant must still be exact
+    target = TargetNetwork([torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.tensor([[2.0]], dtype=torch.float64)],
+                           [torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)])
+    fallbacks = []
+    for seed in range(20):
+        result = plant(target, host_network(2, 1, depth=3, width=2, seed=seed))
+        x = torch.rand(50, 2) * 2 - 1
+        assert torch.allclose(result.ticket_forward(x).double(), target(x), atol=1e-5)
+        fallbacks.append(sum(result.fallbacks))
+    assert max(fallbacks) >= 1  # some hosts had no admissible neuron, yet every plant is exact
+
+
+def test_host_initialisation_follows_the_paper():
+    host = host_network(2, 4, depth=5, width=400, seed=0)
+    layers = [m for m in host.modules() if isinstance(m, torch.nn.Linear)]
+    s = 1.0
+    for layer in layers:
+        std = math.sqrt(2.0 / layer.in_features)
+        s *= std
+        assert layer.weight.std().item() == pytest.approx(std, rel=0.1)
+        if layer.bias.numel() >= 100:
+            assert layer.bias.std().item() == pytest.approx(s, rel=0.2)
+
+
+def test_shape_mismatches_are_refused():
+    target = random_target([2, 4, 2, 20, 4])
+    with pytest.raises(PlantingError, match="depth"):
+        plant(target, host_network(2, 4, depth=4, width=100))
+    with pytest.raises(PlantingError, match="wider"):
+        plant(target, host_network(2, 4, depth=5, width=10))
+    with pytest.raises(PlantingError, match="maps"):
+        plant(target, host_network(3, 4, depth=5, width=100))
