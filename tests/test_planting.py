@@ -95,3 +95,28 @@ def test_shape_mismatches_are_refused():
         plant(target, host_network(2, 4, depth=5, width=10))
     with pytest.raises(PlantingError, match="maps"):
         plant(target, host_network(3, 4, depth=5, width=100))
+
+
+def test_recovery_metrics_by_hand():
+    from ticketlab.masks import Mask
+    from ticketlab.planting.recovery import recovery_metrics
+
+    ticket = Mask({"a": torch.tensor([1, 1, 0, 0, 0, 0], dtype=torch.bool), "b": torch.tensor([1, 0], dtype=torch.bool)})
+    found = Mask({"a": torch.tensor([1, 0, 1, 1, 0, 0], dtype=torch.bool), "b": torch.tensor([1, 1], dtype=torch.bool)})
+    m = recovery_metrics(found, ticket)
+    assert m["recall"] == pytest.approx(2 / 3)      # a[0] and b[0] of the 3 ticket edges
+    assert m["precision"] == pytest.approx(2 / 5)   # of the 5 kept edges
+    assert m["jaccard"] == pytest.approx(2 / 6)     # union: a0 a1 a2 a3 b0 b1
+    assert [r["ticket_kept_fraction"] for r in m["layers"]] == [0.5, 1.0]
+    assert m["layers"][0]["kept_fraction"] == pytest.approx(3 / 6)
+
+
+def test_the_planted_ticket_recovers_itself_and_is_connected():
+    from ticketlab.planting.recovery import recovery_metrics
+
+    target = random_target([2, 4, 2, 20, 4], density=1.0)
+    result = plant(target, host_network(2, 4, depth=5, width=100, seed=1))
+    m = recovery_metrics(result.mask, result.mask, result.host, (2,))
+    assert m["recall"] == m["precision"] == m["jaccard"] == 1.0
+    assert not m["disconnected"] and m["collapsed_layers"] == []
+    assert m["effective_density"] == pytest.approx(result.mask.density)
