@@ -3,5 +3,8 @@ methods can be scored against a known ground truth."""
 from .network import TargetNetwork
 from .plant import PlantingError, PlantResult, host_network, plant
 from .recovery import recovery_metrics
+from .targets import target_network, ticket_size
+from .tasks import TASKS, TaskData, make_task
 
-__all__ = ["PlantResult", "PlantingError", "TargetNetwork", "host_network", "plant", "recovery_metrics"]
+__all__ = ["TASKS", "PlantResult", "PlantingError", "TargetNetwork", "TaskData", "host_network", "make_task", "plant",
+           "recovery_metrics", "target_network", "ticket_size"]
