@@ -7,7 +7,8 @@ written at every evaluation.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from ..data import ArrayData, DataSplits, load_dataset, split_validation
 from ..masks import Mask
 from ..models import build_model
 from ..steps import to_iterations
-from ..store import Run
+from ..store import Run, Store
 from ..training import Callback, History, Trainer
 
 Log = Callable[[str], None]
@@ -155,6 +156,19 @@ def _flops(model: nn.Module, mask: Mask, input_shape: tuple[int, ...], steps: in
     return {"forward_flops": sparse, "forward_flops_dense": dense,
             "unit_training_flops": 3 * sparse * steps * batch_size,
             "dense_run_training_flops": 3 * dense * schedule_steps * batch_size}
+
+
+@contextmanager
+def running(store: Store, config: Any) -> Iterator[Run]:
+    """The config's run folder, locked against a second writer; marked 'interrupted' in the index
+    if the experiment stops with an error or a kill, so `ticketlab ls` tells the truth."""
+    run = store.open_run(config)
+    with store.lock(run):
+        try:
+            yield run
+        except BaseException:
+            run.update_index(status="interrupted")
+            raise
 
 
 def load_or_save_init(run: Run, model: nn.Module) -> None:

@@ -26,7 +26,7 @@ from ..pruning.selection import keep_top
 from ..store import Run, Store, load_tensors, save_tensors
 from ..training import Callback, Trainer, default_device
 from ..analysis.flops import dense_forward_flops, forward_flops
-from .common import Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
+from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
     training_length
 
 AnyMask = dict[str, torch.Tensor]
@@ -165,34 +165,29 @@ def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch
         raise ValueError(f"training lasts {epochs} epochs; the detector needs at least window + 1 = "
                          f"{config.window + 1} epochs to compare masks")
     dev = torch.device(device) if device is not None else default_device()
-    run = store.open_run(config)
-    with store.lock(run):
+    with running(store, config) as run:
         log(f"early-bird run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, {config.kind}, "
             f"prune ratio {config.prune_ratio})")
-        try:
-            load_or_save_init(run, model)
-            init = {k: v.clone() for k, v in model.state_dict().items()}
-            ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
-            search, detector = _search(config, ctx, run, init, cheap=True)
-            full, reference = _search(config, ctx, run, init, cheap=False)
-            drawn = detector.drawn_epoch
-            if drawn is None:
-                log("no early-bird ticket drawn during the search: using the mask at its end")
-                drawn = max(detector.masks)
-                save_weights_from = run.file("search", "final.safetensors")
-            else:
-                save_weights_from = run.file("search", "ticket_weights.safetensors")
-            log(f"early-bird ticket drawn at epoch {drawn}; retraining it and the full-training ticket")
-            ticket = _retrain(config, ctx, "ticket_retrain", save_weights_from, detector.masks[drawn])
-            full_ticket = _retrain(config, ctx, "full_retrain", run.file("full", "final.safetensors"),
-                                   reference.masks[max(reference.masks)])
-            summary = _costs(config, model, data, ipe, total, drawn, search, full, ticket, full_ticket, reference)
-            run.write_json(summary, "summary.json")
-            epochs_list, matrix = distance_matrix(reference.masks)
-            run.write_json({"epochs": epochs_list, "distances": matrix}, "distance_matrix.json")
-        except BaseException:
-            run.update_index(status="interrupted")
-            raise
+        load_or_save_init(run, model)
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+        search, detector = _search(config, ctx, run, init, cheap=True)
+        full, reference = _search(config, ctx, run, init, cheap=False)
+        drawn = detector.drawn_epoch
+        if drawn is None:
+            log("no early-bird ticket drawn during the search: using the mask at its end")
+            drawn = max(detector.masks)
+            save_weights_from = run.file("search", "final.safetensors")
+        else:
+            save_weights_from = run.file("search", "ticket_weights.safetensors")
+        log(f"early-bird ticket drawn at epoch {drawn}; retraining it and the full-training ticket")
+        ticket = _retrain(config, ctx, "ticket_retrain", save_weights_from, detector.masks[drawn])
+        full_ticket = _retrain(config, ctx, "full_retrain", run.file("full", "final.safetensors"),
+                               reference.masks[max(reference.masks)])
+        summary = _costs(config, model, data, ipe, total, drawn, search, full, ticket, full_ticket, reference)
+        run.write_json(summary, "summary.json")
+        epochs_list, matrix = distance_matrix(reference.masks)
+        run.write_json({"epochs": epochs_list, "distances": matrix}, "distance_matrix.json")
         run.update_index(status="complete", summary={k: summary[k] for k in (
             "drawn_epoch", "ticket_test_accuracy", "full_ticket_test_accuracy", "training_flops_saved")})
     return summary

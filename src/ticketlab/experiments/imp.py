@@ -32,7 +32,7 @@ from ..pruning.selection import random_mask_like
 from ..steps import to_iterations
 from ..store import Store, StoreError
 from ..training import Callback, default_device, lr_factor
-from .common import (Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit,
+from .common import (running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit,
                      training_length)
 
 
@@ -93,16 +93,11 @@ def run_imp(
     if k >= total:
         raise ValueError(f"rewind step {config.rewind_step} ({k} it) must be before the end of training ({total} it)")
     dev = torch.device(device) if device is not None else default_device()
-    run = store.open_run(config)
-    with store.lock(run):
+    with running(store, config) as run:
         ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
         s = Setup(config, ctx, total, k)
         log(f"IMP run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, reset={config.reset})")
-        try:
-            rows = _levels(s)
-        except BaseException:
-            run.update_index(status="interrupted")
-            raise
+        rows = _levels(s)
         summary = {"status": "complete", "levels": rows}
         run.write_json(summary, "summary.json")
         run.update_index(status="complete", summary=_index_summary(rows))

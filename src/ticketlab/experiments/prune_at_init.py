@@ -24,7 +24,7 @@ from ..pruning.scores import ScoreSource
 from ..pruning.selection import random_mask_like
 from ..store import Store
 from ..training import default_device
-from .common import Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
+from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
     training_length
 
 _SALT_SHUFFLE, _SALT_REINIT, _SALT_SCORES, _SALT_BATCHES = 11, 12, 13, 14
@@ -72,42 +72,37 @@ def run_prune_at_init(
     model = build_seeded_model(config.model, data, config.seed)  # validates the model before the store is touched
     training_length(config.train, data)
     dev = torch.device(device) if device is not None else default_device()
-    run = store.open_run(config)
-    with store.lock(run):
+    with running(store, config) as run:
         log(f"prune-at-init run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
             f"{config.method}, density {config.density}, {config.distribution}, sanity={config.sanity})")
-        try:
-            load_or_save_init(run, model)
-            mask_path = run.file("mask.safetensors")
-            if mask_path.exists():
-                mask = Mask.load(mask_path)
-                prune_seconds = run.read_json("pruning.json")["seconds"]
-            else:
-                started = time.perf_counter()
-                mask = compute_mask(config, model, data, dev, progress)
-                prune_seconds = time.perf_counter() - started
-                mask.save(mask_path)
-                run.write_json({"seconds": prune_seconds, "rounds": config.effective_rounds}, "pruning.json")
-            trained_mask = mask
-            if config.sanity == "shuffle":
-                trained_mask = random_mask_like(mask, torch.Generator().manual_seed(_seed(config.seed, _SALT_SHUFFLE)))
-            if config.sanity == "reinit":
-                model = build_seeded_model(config.model, data, _seed(config.seed, _SALT_REINIT))
-            layers = layer_report(model, trained_mask, data.input_shape)
-            log(f"pruned with {config.method} to density {trained_mask.density:.4f}\n{format_layer_report(layers)}")
-            extra = {
-                "method": config.method, "distribution": config.distribution, "sanity": config.sanity,
-                "requested_density": config.density, "rounds": config.effective_rounds,
-                "prune_seconds": prune_seconds,
-                "effective_density": sum(r["effective"] for r in layers) / trained_mask.num_total,
-                "collapsed_layers": [r["name"] for r in layers if r["collapsed"]],
-                "disconnected": is_disconnected(model, trained_mask, data.input_shape),
-            }
-            ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
-            summary = train_unit(ctx, "train", model, trained_mask, start_step=0, extra_summary=extra)
-        except BaseException:
-            run.update_index(status="interrupted")
-            raise
+        load_or_save_init(run, model)
+        mask_path = run.file("mask.safetensors")
+        if mask_path.exists():
+            mask = Mask.load(mask_path)
+            prune_seconds = run.read_json("pruning.json")["seconds"]
+        else:
+            started = time.perf_counter()
+            mask = compute_mask(config, model, data, dev, progress)
+            prune_seconds = time.perf_counter() - started
+            mask.save(mask_path)
+            run.write_json({"seconds": prune_seconds, "rounds": config.effective_rounds}, "pruning.json")
+        trained_mask = mask
+        if config.sanity == "shuffle":
+            trained_mask = random_mask_like(mask, torch.Generator().manual_seed(_seed(config.seed, _SALT_SHUFFLE)))
+        if config.sanity == "reinit":
+            model = build_seeded_model(config.model, data, _seed(config.seed, _SALT_REINIT))
+        layers = layer_report(model, trained_mask, data.input_shape)
+        log(f"pruned with {config.method} to density {trained_mask.density:.4f}\n{format_layer_report(layers)}")
+        extra = {
+            "method": config.method, "distribution": config.distribution, "sanity": config.sanity,
+            "requested_density": config.density, "rounds": config.effective_rounds,
+            "prune_seconds": prune_seconds,
+            "effective_density": sum(r["effective"] for r in layers) / trained_mask.num_total,
+            "collapsed_layers": [r["name"] for r in layers if r["collapsed"]],
+            "disconnected": is_disconnected(model, trained_mask, data.input_shape),
+        }
+        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+        summary = train_unit(ctx, "train", model, trained_mask, start_step=0, extra_summary=extra)
         run.write_json({"status": "complete", **summary}, "summary.json")
         run.update_index(status="complete", summary={k: summary[k] for k in (
             "density", "final_test_accuracy", "effective_density", "method", "sanity")})

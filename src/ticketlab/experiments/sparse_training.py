@@ -20,7 +20,7 @@ from ..pruning.dynamic import DropGrow, GradualMagnitude
 from ..steps import to_iterations
 from ..store import Store
 from ..training import Callback, default_device
-from .common import Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
+from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
     training_length
 
 _SALT_INIT_MASK = 21
@@ -99,34 +99,29 @@ def run_sparse_training(
     ipe, total = training_length(config.train, data)
     callback, updater = mask_updater(config, total, ipe)
     dev = torch.device(device) if device is not None else default_device()
-    run = store.open_run(config)
-    with store.lock(run):
+    with running(store, config) as run:
         log(f"sparse training run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
             f"{config.method}, density {config.density}, {config.effective_distribution})")
-        try:
-            load_or_save_init(run, model)
-            dense = Mask.dense(model, include_first=config.include_first, include_output=config.include_output)
-            if config.method in ("static", "set", "rigl"):
-                g = torch.Generator().manual_seed((config.seed * 1_000_003 + _SALT_INIT_MASK) % (2**31 - 1))
-                start_mask = random_sparse_mask(dense, config.effective_distribution, config.density, g)
-            else:
-                start_mask = dense
-            log(f"start mask: density {start_mask.density:.4f}\n{start_mask.table()}")
-            ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
-            summary = train_unit(ctx, "train", model, start_mask, start_step=0,
-                                 callbacks=[callback] if callback is not None else [],
-                                 extra_summary={"method": config.method,
-                                                "distribution": config.effective_distribution})
-            events = run.read_jsonl("train", "mask_events.jsonl") if run.file("train", "mask_events.jsonl").exists() \
-                else []
-            updates = [t for t in range(total) if config.method == "rigl" and updater.is_update_step(t + 1)]
-            flops = flops_summary(layer_flops(model, data.input_shape), dense, start_mask, events, total,
-                                  config.train.batch_size, updates)
-            summary.update(flops, mask_updates=len([e for e in events if e["step"] > 0]))
-            run.write_json(summary, "train", "summary.json")
-        except BaseException:
-            run.update_index(status="interrupted")
-            raise
+        load_or_save_init(run, model)
+        dense = Mask.dense(model, include_first=config.include_first, include_output=config.include_output)
+        if config.method in ("static", "set", "rigl"):
+            g = torch.Generator().manual_seed((config.seed * 1_000_003 + _SALT_INIT_MASK) % (2**31 - 1))
+            start_mask = random_sparse_mask(dense, config.effective_distribution, config.density, g)
+        else:
+            start_mask = dense
+        log(f"start mask: density {start_mask.density:.4f}\n{start_mask.table()}")
+        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+        summary = train_unit(ctx, "train", model, start_mask, start_step=0,
+                             callbacks=[callback] if callback is not None else [],
+                             extra_summary={"method": config.method,
+                                            "distribution": config.effective_distribution})
+        events = run.read_jsonl("train", "mask_events.jsonl") if run.file("train", "mask_events.jsonl").exists() \
+            else []
+        updates = [t for t in range(total) if config.method == "rigl" and updater.is_update_step(t + 1)]
+        flops = flops_summary(layer_flops(model, data.input_shape), dense, start_mask, events, total,
+                              config.train.batch_size, updates)
+        summary.update(flops, mask_updates=len([e for e in events if e["step"] > 0]))
+        run.write_json(summary, "train", "summary.json")
         run.write_json({"status": "complete", **summary}, "summary.json")
         run.update_index(status="complete", summary={k: summary[k] for k in (
             "density", "final_test_accuracy", "method", "training_flops_relative")})
