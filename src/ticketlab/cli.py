@@ -365,8 +365,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for r in rows:
         s, c = r["summary"], r["config"]
         print(f"{r['hash']:<13} {r['experiment'] or '':<10} {r['status'] or '':<11} {r['dataset'] or '':<13} "
-              f"{r['model'] or '':<15} {c.get('reset') or c.get('method', ''):<9} {s.get('levels_done', ''):>6} "
-              f"{s.get('density', float('nan')):>8.4f} {s.get('final_test_accuracy', float('nan')):>8.4f}  {r['updated']}")
+              f"{r['model'] or '':<15} {c.get('reset') or c.get('method') or c.get('kind', ''):<9} "
+              f"{s.get('levels_done', ''):>6} {s.get('density', s.get('ticket_density', float('nan'))):>8.4f} "
+              f"{s.get('final_test_accuracy', s.get('ticket_test_accuracy', float('nan'))):>8.4f}  {r['updated']}")
     return 0
 
 

@@ -188,8 +188,10 @@ def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch
         run.write_json(summary, "summary.json")
         epochs_list, matrix = distance_matrix(reference.masks)
         run.write_json({"epochs": epochs_list, "distances": matrix}, "distance_matrix.json")
-        run.update_index(status="complete", summary={k: summary[k] for k in (
-            "drawn_epoch", "ticket_test_accuracy", "full_ticket_test_accuracy", "training_flops_saved")})
+        run.update_index(status="complete", summary={
+            **{k: summary[k] for k in ("drawn_epoch", "ticket_test_accuracy", "full_ticket_test_accuracy",
+                                       "training_flops_saved")},
+            "ticket_density": summary["ticket_parameters"] / summary["dense_parameters"]})
     return summary
 
 
