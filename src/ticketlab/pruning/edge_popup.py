@@ -17,7 +17,7 @@ parametrizations again.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -266,8 +266,10 @@ def train_edge_popup(
     scale_fan: bool = False,
     bias_init: str = "keep",
     device: torch.device | str | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
 ) -> dict:
-    """Train only the edge-popup scores of ``model`` on ``data`` (cross-entropy classification).
+    """Train only the edge-popup scores of ``model`` on ``data`` with ``loss`` (network output,
+    target) -> mean loss; cross-entropy classification by default.
 
     SGD (momentum, weight decay on the scores) with a per-iteration cosine schedule from ``lr`` to
     0; each epoch draws a seeded permutation and uses ``len(train) // batch_size`` full batches
@@ -277,6 +279,11 @@ def train_edge_popup(
     ``model`` is modified in place and stays parametrized; call ``result["edge_popup"].remove()``
     for a plain pruned model. Returns ``test_accuracy``, ``test_loss``, ``density`` (kept fraction
     of the final mask), ``mask``, ``history`` (per-epoch records) and ``edge_popup``.
+
+    ``data`` needs ``train`` / ``test`` splits with ``x``, ``y``, ``len`` and ``to(device)`` and an
+    ``augment`` attribute (a ``DataSplits``, or any object shaped like one, e.g. for regression with
+    float targets). ``test_loss`` is the mean of ``loss`` over the test set; ``test_accuracy`` is
+    computed only when the test labels are int64 (class labels) and is None otherwise.
     """
     from ..training import default_device, evaluate
 
@@ -311,13 +318,13 @@ def train_edge_popup(
             if data.augment is not None:
                 aug_gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 2 * 7_919 + step) % (2**63 - 1))
                 x = data.augment(x, aug_gen)
-            loss = F.cross_entropy(model(x), y)
+            batch_loss = loss(model(x), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            batch_loss.backward()
             optimizer.step()
-            loss_sum += loss.detach()
+            loss_sum += batch_loss.detach()
             step += 1
-        t = evaluate(model, test)
+        t = evaluate(model, test) if loss is F.cross_entropy else _evaluate_with(model, test, loss)
         history.append({"epoch": epoch + 1, "density": ep.density, "train_loss": float(loss_sum) / per_epoch,
                         "test_loss": t["loss"], "test_accuracy": t["accuracy"]})
     mask = ep.mask()
@@ -329,6 +336,26 @@ def train_edge_popup(
         "history": history,
         "edge_popup": ep,
     }
+
+
+@torch.no_grad()
+def _evaluate_with(model: nn.Module, data, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                   batch_size: int = 1000) -> dict:
+    """Mean ``loss`` over ``data`` (batch means weighted by batch size); accuracy only for int64 labels."""
+    was_training = model.training
+    model.eval()
+    n = len(data)
+    classes = data.y.dtype == torch.int64
+    loss_sum, correct = 0.0, 0
+    for i in range(0, n, batch_size):
+        x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
+        out = model(x)
+        loss_sum += float(loss(out, y)) * x.shape[0]
+        if classes:
+            correct += int((out.argmax(1) == y).sum())
+    model.train(was_training)
+    n = max(1, n)
+    return {"loss": loss_sum / n, "accuracy": correct / n if classes else None}
 
 
 __all__: Sequence[str] = ["EdgePopup", "EdgePopupError", "ScoreMask", "topk_mask", "train_edge_popup"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +28,16 @@ class ScoreError(ValueError):
 class ScoreSource:
     """What a score may look at. ``batches()`` yields the same (x, y) batches on every call.
 
-    SynFlow is data-free and never calls ``batches``; it needs only ``input_shape``.
+    SynFlow is data-free and never calls ``batches``; it needs only ``input_shape``. ``loss``
+    (network output, target) -> scalar is what SNIP and GraSP differentiate (cross-entropy by
+    default; e.g. ``F.mse_loss`` for regression).
     """
 
     batches: Callable[[], Iterable[Batch]]
     input_shape: tuple[int, ...]
     generator: torch.Generator
     device: torch.device = torch.device("cpu")
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(default=F.cross_entropy)
 
 
 ScoreFn = Callable[..., dict[str, torch.Tensor]]
@@ -104,7 +107,7 @@ def snip(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torch.T
     weights = _weights(net, mask)
     grads = {n: torch.zeros_like(w) for n, w in weights.items()}
     for x, y in _batches(source):
-        loss = F.cross_entropy(net(x), y)
+        loss = source.loss(net(x), y)
         for n, g in zip(weights, torch.autograd.grad(loss, list(weights.values()))):
             grads[n] += g
     return {n: (grads[n] * weights[n].detach()).abs() for n in weights}
@@ -128,12 +131,12 @@ def grasp(model: nn.Module, mask: Mask, source: ScoreSource, temperature: float 
     batches = list(_batches(source))
     g_fixed = [torch.zeros_like(p) for p in params]
     for x, y in batches:
-        loss = F.cross_entropy(net(x) / temperature, y)
+        loss = source.loss(net(x) / temperature, y)
         for acc, g in zip(g_fixed, torch.autograd.grad(loss, params)):
             acc += g
     hg = [torch.zeros_like(p) for p in params]
     for x, y in batches:
-        loss = F.cross_entropy(net(x) / temperature, y)
+        loss = source.loss(net(x) / temperature, y)
         g = torch.autograd.grad(loss, params, create_graph=True)
         z = sum((gi * gf).sum() for gi, gf in zip(g, g_fixed))
         for acc, h in zip(hg, torch.autograd.grad(z, params)):
