@@ -147,3 +147,17 @@ def test_paper_targets_planted_in_width_100_hosts(task, depth, expected_ticket, 
     else:
         mse = ((out - data.y_test.double()) ** 2).mean().item()
         assert mse < (1.5e-4 if task == "relu" else 4e-4), mse
+
+
+def test_folded_output_scale_makes_the_raw_output_the_target_and_leaves_the_rest_alone():
+    target = random_target([2, 4, 2, 20, 4], seed=5)
+    host = host_network(2, 4, depth=5, width=100, seed=5)
+    folded, divided = plant(target, host), plant(target, host, fold_output_scale=False)
+    assert torch.equal(folded.output_scale, torch.ones(4))
+    assert (divided.output_scale < 1e-2).all()  # the compounded scales the fold removes
+    x = torch.rand(200, 2) * 2 - 1
+    assert torch.allclose(folded.ticket_forward(x).double(), target(x), atol=1e-4, rtol=1e-4)
+    w_f, w_d = folded.host.fc.weight, divided.host.fc.weight
+    off_ticket = ~folded.mask["fc.weight"]
+    assert torch.equal(w_f[off_ticket], w_d[off_ticket])  # non-ticket output weights keep their scale
+    assert torch.equal(folded.scales[-1], divided.scales[-1])

@@ -19,19 +19,12 @@ One cell = (task, method, kept fraction, seed):
 4. Recovery of the found weight mask against T: recall, precision, Jaccard, effective density,
    number of collapsed layers.
 
-Readout (documented choice, ``readout="scale"``, the default): the planted host computes
-``output_scale * target`` under T, so every network output is divided by the fixed, non-trainable
-``output_scale`` before the loss and before evaluation, in every method (scores, training,
-testing). The ticket then reproduces the target exactly. CAVEAT: at depth 5 the output scales are
-~1e-5..1e-6, so this readout amplifies everything that is not the ticket by ~1e5: strong MSEs of
-other masks are huge and Adam training through it is unstable (e.g. Helix IMP at 0.1: weak MSE
-7e4). ``readout="none"`` uses the raw host output (stable training, but the ticket's raw output is
-the scaled target: bad raw MSE and, for Circle, distorted argmax). The per-output least-squares rescaled MSE (the paper's code), also reported, does
-not depend on this choice.
-
-Performance: regression -> test MSE (``strong`` / ``weak``) and ``*_mse_rescaled`` (each output
-column multiplied by its least-squares scale a_j = <o_j, y_j> / <o_j, o_j> first); classification
--> test accuracy (``strong`` / ``weak``).
+Readout: ``plant`` folds the output scales into the ticket's output weights (see plant.py), so
+``output_scale`` is 1 and the raw host output is what every method is trained and scored on; the
+ticket reproduces the target exactly and other masks train at the host's natural scale.
+``readout="scale"`` (default) divides by ``output_scale`` anyway (a no-op after folding; it matters
+only for hosts planted with ``fold_output_scale=False``); ``readout="none"`` never divides. The
+per-output least-squares rescaled MSE (the paper's code) is also reported.
 """
 from __future__ import annotations
 

@@ -19,6 +19,13 @@ as the target, so few candidates share all of a target output's signs.
 The output neurons are matched the same way and then the host's output rows are permuted into
 target order, so ``masked host(x) / output_scale == target(x)``. Weights of a planted neuron from
 unmatched inputs stay random: they are simply not in the ticket mask.
+
+Output scale (``fold_output_scale``, default on, a documented deviation): the scales compound over
+layers and reach 1e-5..1e-7 at depth 5. The paper divides the network's output by them; doing that
+while training *other* masks amplifies everything but the ticket ~1e5-fold and makes training
+diverge. We instead divide only the ticket's output weights and biases by their scale, so the
+host's raw output under the ticket mask already equals the target (``output_scale`` is then 1) and
+the rest of the host keeps its natural scale. ``PlantResult.scales[-1]`` keeps the fitted scales.
 """
 from __future__ import annotations
 
@@ -81,7 +88,7 @@ def _linear_names(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def plant(target: TargetNetwork, host: nn.Module, distance: str = "l2") -> PlantResult:
+def plant(target: TargetNetwork, host: nn.Module, distance: str = "l2", fold_output_scale: bool = True) -> PlantResult:
     """Plant ``target`` into a copy of ``host`` (a ReLU MLP of the same depth, wide enough)."""
     if distance not in ("l2", "l1"):
         raise PlantingError(f"distance must be 'l2' (paper) or 'l1' (the paper's code), got {distance!r}")
@@ -129,7 +136,13 @@ def plant(target: TargetNetwork, host: nn.Module, distance: str = "l2") -> Plant
     last.weight.copy_(last.weight[order])
     last.bias.copy_(last.bias[order])
     mask[names[-1]] = mask[names[-1]][order]
-    return PlantResult(host, Mask(mask), scales.to(torch.float32), neuron_map, all_scales, fallbacks)
+    output_scale = scales.to(torch.float32)
+    if fold_output_scale:  # ticket part of the output layer / scale: raw output == target under the mask
+        ticket_rows = mask[names[-1]]
+        last.weight[ticket_rows] = (last.weight / output_scale[:, None].to(last.weight.dtype))[ticket_rows]
+        last.bias.div_(output_scale.to(last.bias.dtype))
+        output_scale = torch.ones_like(output_scale)
+    return PlantResult(host, Mask(mask), output_scale, neuron_map, all_scales, fallbacks)
 
 
 def _best_fit(theta: torch.Tensor, m: torch.Tensor, distance: str) -> tuple[int, float, bool]:
