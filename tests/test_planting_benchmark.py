@@ -66,3 +66,16 @@ def test_methods_and_table():
 def test_unknown_method():
     with pytest.raises(ValueError):
         run_cell("relu", "nope", 0.5, 0, **TINY)
+
+
+def test_cli_plant_writes_tables_and_plots(tmp_path, capsys):
+    from ticketlab.cli import main
+
+    out = tmp_path / "plant"
+    assert main(["plant", "--tasks", "relu", "circle", "--methods", "magnitude", "ticket", "--kept", "0.5", "ticket",
+                 "--seeds", "1", "--depth", "3", "--width", "30", "--epochs", "1", "--workers", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    text = (out / "report.md").read_text()
+    assert "### relu" in text and "### circle" in text and "| magnitude |" in text
+    assert (out / "weak.png").stat().st_size > 10_000 and (out / "strong.png").exists()
+    assert "8 cells" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""``ticketlab`` command line: imp, prune, sparse, early-bird, ls, report, demo."""
+"""``ticketlab`` command line: imp, prune, sparse, early-bird, plant, ls, report, demo."""
 from __future__ import annotations
 
 import argparse
@@ -338,6 +338,28 @@ def _write_report(hashes: Sequence[str], store, out: Path) -> None:
     print(f"table: {out / 'report.md'}")
 
 
+def cmd_plant(args: argparse.Namespace) -> int:
+    """The Plant 'n' Seek benchmark: tables and plots in --out (no store: cells are cheap)."""
+    from .atomic import atomic_write_text
+    from .planting.benchmark import benchmark_table, plot_benchmark, run_benchmark
+
+    kept = [k if k == "ticket" else float(k) for k in args.kept]
+    started = time.time()
+    rows = run_benchmark(args.tasks, args.methods, kept, range(args.seeds), workers=args.workers,
+                         depth=args.depth, width=args.width, epochs=args.epochs,
+                         progress=None if args.no_progress else
+                         lambda r: print(f"{r['task']:>6} {r['method']:>16} kept {r['kept']!s:>6} seed {r['seed']}: "
+                                         f"strong {r['strong']:.4g} weak {r['weak']:.4g}", flush=True))
+    out = Path(args.out)
+    table = benchmark_table(rows)
+    atomic_write_text(out / "report.md", table + f"\n\n{len(rows)} cells in {time.time() - started:.0f} s\n")
+    atomic_write_text(out / "rows.json", json.dumps(rows, default=str))
+    weak, strong = plot_benchmark(rows, out / "weak.png"), plot_benchmark(rows, out / "strong.png", metric="strong")
+    print(table)
+    print(f"\n{len(rows)} cells in {time.time() - started:.0f} s; {out / 'report.md'}, plots {weak}, {strong}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .store import Store
 
@@ -395,6 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("early-bird", help="early-bird tickets: draw the ticket when its mask stops changing")
     _add_early_bird_arguments(p)
     p.set_defaults(func=cmd_early_bird)
+    p = sub.add_parser("plant", help="the Plant 'n' Seek benchmark: find planted tickets with every method")
+    from .planting.benchmark import METHODS as PLANT_METHODS
+
+    p.add_argument("--tasks", nargs="+", default=["relu", "circle", "helix"], choices=("relu", "circle", "helix"))
+    p.add_argument("--methods", nargs="+", default=list(PLANT_METHODS), choices=(*PLANT_METHODS, "ticket"))
+    p.add_argument("--kept", nargs="+", default=["1", "0.5", "0.1", "0.01", "ticket"],
+                   help="fractions of host weights kept, or 'ticket' (the planted ticket's own)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--width", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--workers", type=int, default=2, help="parallel single-threaded processes")
+    p.add_argument("--out", default="runs/reports/plant")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_plant)
     p = sub.add_parser("demo", help="a small offline IMP experiment (digits) with report")
     _add_imp_arguments(p)
     p.set_defaults(func=cmd_demo)

@@ -214,19 +214,74 @@ def run_cell(task: str, method: str, kept: float | str, seed: int, *, depth: int
 
 
 def run_benchmark(tasks: Iterable[str], methods: Iterable[str], kept_fractions: Iterable[float | str],
-                  seeds: Iterable[int], progress: Callable[[dict], None] | None = None, **kw: Any) -> list[dict]:
-    """Every cell of tasks x methods x kept fractions x seeds, in that nesting order."""
-    rows = []
-    kept_fractions, methods, seeds = list(kept_fractions), list(methods), list(seeds)
-    for task in tasks:
-        for method in methods:
-            for kept in kept_fractions:
-                for seed in seeds:
-                    row = run_cell(task, method, kept, seed, **kw)
-                    rows.append(row)
-                    if progress is not None:
-                        progress(row)
-    return rows
+                  seeds: Iterable[int], progress: Callable[[dict], None] | None = None, workers: int = 1,
+                  **kw: Any) -> list[dict]:
+    """Every cell of tasks x methods x kept fractions x seeds, in that nesting order; with
+    ``workers`` > 1 in that many single-threaded processes (cells are independent)."""
+    cells = [(task, method, kept, seed) for task in tasks for method in methods
+             for kept in kept_fractions for seed in seeds]
+    if workers <= 1:
+        rows = []
+        for cell in cells:
+            rows.append(run_cell(*cell, **kw))
+            if progress is not None:
+                progress(rows[-1])
+        return rows
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    with ProcessPoolExecutor(workers) as pool:
+        rows = []
+        for row in pool.map(partial(_cell_single_thread, kw=kw), cells):
+            rows.append(row)
+            if progress is not None:
+                progress(row)
+        return rows
+
+
+def _cell_single_thread(cell: tuple, kw: dict[str, Any]) -> dict:
+    torch.set_num_threads(1)
+    return run_cell(*cell, **kw)
+
+
+def plot_benchmark(rows: Sequence[dict], path, metric: str = "weak") -> Any:
+    """The paper's figure: performance vs. kept fraction per task, one line per method (mean and
+    min-max over seeds), the planted ticket's kept fraction as a vertical reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..analysis.report import _save
+
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        task_rows = [r for r in rows if r["task"] == task]
+        regression = task_rows[0]["kind"] == "regression"
+        key = f"{metric}_mse_rescaled" if regression else metric
+        for method in dict.fromkeys(r["method"] for r in task_rows):
+            pts: dict[float, list[float]] = {}
+            for r in task_rows:
+                if r["method"] == method:
+                    pts.setdefault(r["density"], []).append(r[key])
+            xs = sorted(pts)
+            means = [statistics.mean(pts[x]) for x in xs]
+            ax.errorbar(xs, means, yerr=[[m - min(pts[x]) for m, x in zip(means, xs)],
+                                         [max(pts[x]) - m for m, x in zip(means, xs)]],
+                        fmt="-o", markersize=3, capsize=2, label=method)
+        ticket = task_rows[0]["ticket_density"]
+        ax.axvline(ticket, color="black", linestyle=":", linewidth=1, label="planted ticket")
+        ax.set_xscale("log")
+        if regression:
+            ax.set_yscale("log")
+        ax.set_xlabel("fraction of weights kept")
+        ax.set_ylabel(("test MSE (rescaled)" if regression else "test accuracy") + f", {metric}")
+        ax.set_title(task)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _kept_key(k: float | str) -> tuple[int, float]:
