@@ -4,6 +4,7 @@ Every run is an ordinary run in the Store, so a grid stopped half-way continues 
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -30,3 +31,15 @@ def run_grid(runner: Callable[..., dict[str, Any]], configs: Sequence[Any], runs
         return [_one(j) for j in jobs]
     with ProcessPoolExecutor(workers) as pool:
         return list(pool.map(_one, jobs))
+
+
+def grid_arguments(description: str, out: str) -> argparse.Namespace:
+    """The options every result grid takes (data, length, seeds, store, parallelism, output)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default="../shared/data/mnist")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--workers", type=int, default=1, help="parallel runs (each single-threaded)")
+    p.add_argument("--out", default=out)
+    return p.parse_args()

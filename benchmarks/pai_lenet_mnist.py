@@ -9,12 +9,11 @@ where it stopped and `ticketlab ls experiment=prune` lists it.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
 from pathlib import Path
 
-from _grid import run_grid
+from _grid import grid_arguments, run_grid
 
 from ticketlab.config import DataConfig, ModelConfig, PruneAtInitConfig, TrainConfig
 from ticketlab.experiments.prune_at_init import run_prune_at_init
@@ -36,14 +35,7 @@ def configs(data_root: str, epochs: int, seeds: int) -> list[PruneAtInitConfig]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default="../shared/data/mnist")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--workers", type=int, default=1, help="parallel runs (each single-threaded)")
-    p.add_argument("--out", default="runs/reports/pai_lenet_mnist")
-    args = p.parse_args()
+    args = grid_arguments(__doc__, "runs/reports/pai_lenet_mnist")
     grid = configs(args.data_root, args.epochs, args.seeds)
     started = time.time()
     rows = run_grid(run_prune_at_init, grid, args.runs_dir, args.workers)

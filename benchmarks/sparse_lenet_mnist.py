@@ -7,12 +7,11 @@ test accuracy (mean, min-max) and training FLOPs relative to dense training (Rig
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
 from pathlib import Path
 
-from _grid import run_grid
+from _grid import grid_arguments, run_grid
 
 from ticketlab.config import DataConfig, ModelConfig, SparseTrainConfig, TrainConfig
 from ticketlab.experiments.sparse_training import run_sparse_training
@@ -34,14 +33,7 @@ def configs(data_root: str, epochs: int, seeds: int) -> list[SparseTrainConfig]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-root", default="../shared/data/mnist")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--workers", type=int, default=1, help="parallel runs (each single-threaded)")
-    p.add_argument("--out", default="runs/reports/sparse_lenet_mnist")
-    args = p.parse_args()
+    args = grid_arguments(__doc__, "runs/reports/sparse_lenet_mnist")
     started = time.time()
     rows = run_grid(run_sparse_training, configs(args.data_root, args.epochs, args.seeds), args.runs_dir,
                     args.workers)

@@ -405,18 +405,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ticketlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("imp", help="iterative magnitude pruning (lottery tickets) with baselines")
-    _add_imp_arguments(p)
-    p.set_defaults(func=cmd_imp)
-    p = sub.add_parser("prune", help="prune at initialisation (SNIP, GraSP, SynFlow, magnitude, random), then train")
-    _add_prune_arguments(p)
-    p.set_defaults(func=cmd_prune)
-    p = sub.add_parser("sparse", help="sparse training: dense, static, SET, RigL, gradual magnitude pruning")
-    _add_sparse_arguments(p)
-    p.set_defaults(func=cmd_sparse)
-    p = sub.add_parser("early-bird", help="early-bird tickets: draw the ticket when its mask stops changing")
-    _add_early_bird_arguments(p)
-    p.set_defaults(func=cmd_early_bird)
+    experiments = [
+        ("imp", "iterative magnitude pruning (lottery tickets) with baselines", _add_imp_arguments, cmd_imp),
+        ("prune", "prune at initialisation (SNIP, GraSP, SynFlow, magnitude, random), then train",
+         _add_prune_arguments, cmd_prune),
+        ("sparse", "sparse training: dense, static, SET, RigL, gradual magnitude pruning",
+         _add_sparse_arguments, cmd_sparse),
+        ("early-bird", "early-bird tickets: draw the ticket when its mask stops changing",
+         _add_early_bird_arguments, cmd_early_bird),
+    ]
+    for name, help_text, add_arguments, command in experiments:
+        p = sub.add_parser(name, help=help_text)
+        add_arguments(p)
+        p.set_defaults(func=command)
     p = sub.add_parser("plant", help="the Plant 'n' Seek benchmark: find planted tickets with every method")
     from .planting.benchmark import METHODS as PLANT_METHODS
 
