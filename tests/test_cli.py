@@ -33,7 +33,7 @@ def test_imp_ls_report(tmp_path, capsys):
 
     # the same command again finds the finished run instead of training again
     assert main(["imp", *SMALL, "--runs-dir", runs]) == 0
-    assert "done earlier" in capsys.readouterr().out
+    assert "is complete; nothing recomputed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv, message", [

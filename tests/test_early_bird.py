@@ -291,7 +291,7 @@ def test_channel_run_draws_early_and_saves_training(channel_run):
     assert r.read_jsonl("ticket_retrain", "metrics.jsonl")[-1]["step"] == epochs * IPE
     assert r.read_jsonl("full_retrain", "metrics.jsonl")[-1]["step"] == epochs * IPE
     assert len(summary["final_distances"]) == cfg.window
-    assert r.read_json("summary.json") == summary
+    assert r.complete_summary() == {**summary, "status": "complete"}
     dm = r.read_json("distance_matrix.json")
     assert dm["epochs"] == list(range(1, epochs + 1))
     m = torch.tensor(dm["distances"])
@@ -398,7 +398,7 @@ def test_cli_early_bird_writes_report(tmp_path, capsys, channel_run):
     run_dir = run_dirs[0]
     cfg, _, summary = channel_run
     assert run_dir.name == config_hash(cfg)  # the CLI builds the same config as the API test
-    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert Store(runs).run(run_dir.name).complete_summary() == {**summary, "status": "complete"}
     report = (run_dir / "report.md").read_text()
     assert "early-bird tickets" in report
     rows = [line for line in report.splitlines() if line.startswith(f"| {run_dir.name[:8]} |")]

@@ -197,6 +197,15 @@ def test_store_refuses_folder_of_another_config(tmp_path):
     cfg = config(levels=1, baselines=())
     run(cfg, tmp_path)
     cfg_file = tmp_path / config_hash(cfg) / "config.json"
-    cfg_file.write_text(cfg_file.read_text().replace('"lr": 0.003', '"lr": 0.5'))
+    edited = cfg_file.read_text().replace('"lr": 0.003', '"lr": 0.5')
+    cfg_file.write_text(edited)
+    with pytest.raises(StoreError, match="config.json is corrupt: its content does not match its checksum"):
+        run(cfg, tmp_path)
+    # a well-formed config of another experiment (checksum intact) is refused as foreign
+    import json
+
+    from ticketlab.integrity import CHECKSUM_KEY, seal_json
+
+    cfg_file.write_text(seal_json({k: v for k, v in json.loads(edited).items() if k != CHECKSUM_KEY}))
     with pytest.raises(StoreError, match="different experiment"):
         run(cfg, tmp_path)

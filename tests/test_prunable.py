@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ticketlab.models import build_model
-from ticketlab.prunable import PrunableError, output_parameter_name, prunable_layers, prunable_parameters
+from ticketlab.prunable import (PrunableError, UnprunedWeightsWarning, output_parameter_name, prunable_layers,
+                                prunable_parameters)
 
 
 class Net(nn.Module):
@@ -97,7 +98,10 @@ def test_model_without_linear_or_conv_raises():
 
 def test_conv1d_and_conv3d_are_prunable():
     model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Conv3d(2, 2, 1), nn.Embedding(4, 2))
-    assert list(prunable_parameters(model)) == ["0.weight", "1.weight"]
+    # embeddings are not pruned by default, but never silently: the warning names them
+    with pytest.warns(UnprunedWeightsWarning, match=r"2\.weight \(4, 2\) of Embedding"):
+        assert list(prunable_parameters(model)) == ["0.weight", "1.weight"]
+    assert list(prunable_parameters(model, include=["2"])) == ["0.weight", "1.weight", "2.weight"]
 
 
 def test_bare_layer_is_named_weight():

@@ -73,8 +73,8 @@ def test_lock_refuses_a_second_writer(tmp_path):
 
 def test_list_filters_and_reindex(tmp_path):
     store = Store(tmp_path)
-    store.open_run(cfg(lr=0.1, dataset="digits"))
-    store.open_run(cfg(lr=0.2, dataset="mnist"))
+    for c in (cfg(lr=0.1, dataset="digits"), cfg(lr=0.2, dataset="mnist")):
+        store.index_run(store.open_run(c), c)
     assert len(store.list()) == 2
     assert [r["dataset"] for r in store.list(dataset="mnist")] == ["mnist"]
     assert len(store.list(lr="0.1")) == 1

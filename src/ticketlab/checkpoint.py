@@ -11,8 +11,9 @@ from typing import Any
 
 import torch
 
-from .masks import Mask, _read_metadata
-from .store import StoreError, load_tensors, save_tensors
+from .integrity import CorruptFileError, verify_safetensors
+from .masks import Mask
+from .store import StoreError, load_tensors, read_verified, save_tensors
 from .training import Trainer
 
 
@@ -36,15 +37,21 @@ def save_checkpoint(trainer: Trainer, step: int, path: Path) -> None:
 
 def load_checkpoint(trainer: Trainer, path: Path) -> int:
     """Restore ``trainer`` from ``path``; return the step to continue from."""
-    tensors = load_tensors(path)
+    from safetensors.torch import load
+
+    data = read_verified(path)
+    meta = verify_safetensors(data, path)
     try:
-        meta = _read_metadata(path.read_bytes())
+        tensors = load(data)
+    except Exception as exc:  # safetensors raises several error types for damaged files
+        raise CorruptFileError(path, f"safetensors cannot read it ({exc})") from exc
+    try:
         step = int(meta["step"])
         history = json.loads(meta["history"])
         events = json.loads(meta.get("mask_events", "[]"))
         scalars = json.loads(meta["optim_scalars"])
     except (KeyError, ValueError) as exc:
-        raise StoreError(f"checkpoint {path} has unreadable metadata ({exc}); delete it to restart that unit") from exc
+        raise CorruptFileError(path, f"its checkpoint metadata is unreadable ({exc})") from exc
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         trainer.model.load_state_dict(model_state)

@@ -251,7 +251,10 @@ def _run_and_report(args: argparse.Namespace, config: Any, runner) -> int:
     """Run an experiment config in the store, then write and print its report."""
     from .store import Store
 
+    from .training import resolve_device
+
     _set_threads(args)
+    resolve_device(args.device)  # a missing GPU is reported before the store is touched
     store = Store(args.runs_dir)
     started = time.time()
     runner(config, store, device=args.device, progress=not args.no_progress)
@@ -343,14 +346,18 @@ def cmd_plant(args: argparse.Namespace) -> int:
     from .atomic import atomic_write_text
     from .planting.benchmark import benchmark_table, plot_benchmark, run_benchmark
 
+    from .atomic import remove_stale_temp_files
+
     kept = [k if k == "ticket" else float(k) for k in args.kept]
+    out = Path(args.out)
+    if out.is_dir():
+        remove_stale_temp_files(out)  # torn temp files of a killed earlier call
     started = time.time()
     rows = run_benchmark(args.tasks, args.methods, kept, range(args.seeds), workers=args.workers,
                          depth=args.depth, width=args.width, epochs=args.epochs,
                          progress=None if args.no_progress else
                          lambda r: print(f"{r['task']:>6} {r['method']:>16} kept {r['kept']!s:>6} seed {r['seed']}: "
                                          f"strong {r['strong']:.4g} weak {r['weak']:.4g}", flush=True))
-    out = Path(args.out)
     table = benchmark_table(rows)
     atomic_write_text(out / "report.md", table + f"\n\n{len(rows)} cells in {time.time() - started:.0f} s\n")
     atomic_write_text(out / "rows.json", json.dumps(rows, default=str))
@@ -390,6 +397,27 @@ def cmd_ls(args: argparse.Namespace) -> int:
               f"{r['model'] or '':<15} {c.get('reset') or c.get('method') or c.get('kind', ''):<9} "
               f"{s.get('levels_done', ''):>6} {s.get('density', s.get('ticket_density', float('nan'))):>8.4f} "
               f"{s.get('final_test_accuracy', s.get('ticket_test_accuracy', float('nan'))):>8.4f}  {r['updated']}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check every stored file of the given runs (default: all) against its checksum."""
+    from .store import Store
+
+    store = Store(args.runs_dir)
+    runs = [store.run(h) for h in args.runs] if args.runs else store.runs()
+    damaged, files = [], 0
+    for run in runs:
+        files += sum(1 for p in run.path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        for problem in run.verify():
+            damaged.append(problem)
+            print(f"{run.hash}  {problem.path.relative_to(run.path)}: {problem.problem}")
+    if damaged:
+        print(f"\n{len(damaged)} damaged file(s) in {len({p.path.parts[len(store.root.parts)] for p in damaged})} "
+              f"run(s) of {len(runs)}. Nothing was changed. Move a damaged file aside or delete it, and rerun its "
+              "command to recompute what it held.")
+        return 1
+    print(f"all files intact: {files} files in {len(runs)} run(s) under {store.root}")
     return 0
 
 
@@ -441,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reindex", action="store_true", help="rebuild the index from the run folders")
     p.add_argument("--runs-dir", default="runs")
     p.set_defaults(func=cmd_ls)
+    p = sub.add_parser("verify", help="check every stored file against its checksum (nothing is changed)")
+    p.add_argument("runs", nargs="*", help="run hashes or prefixes (default: every run)")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(func=cmd_verify)
     p = sub.add_parser("report", help="table and plot of accuracy vs. remaining weights for runs")
     p.add_argument("runs", nargs="+", help="run hashes (or unique prefixes)")
     p.add_argument("--out", help="folder for report.png and report.md (default: the run's folder)")
@@ -452,12 +484,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .errors import USER_ERRORS
+    from .errors import USER_ERRORS, describe_os_error
+    from .experiments.common import MaskViolation
+    from .training import DivergenceError
 
     try:
         return args.func(args)
+    except DivergenceError as exc:
+        print(f"ticketlab: error: {exc}", file=sys.stderr)
+        return 3
+    except MaskViolation as exc:
+        print(f"ticketlab: internal error: {exc}", file=sys.stderr)
+        return 4
     except USER_ERRORS as exc:
         print(f"ticketlab: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ticketlab: error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nticketlab: interrupted; run the same command again to continue where it stopped", file=sys.stderr)

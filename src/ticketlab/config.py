@@ -101,6 +101,9 @@ class TrainConfig:
             _check_step(what, getattr(self, what))
         for m in self.milestones:
             _check_step("milestone", m)
+        if parse_step(self.eval_every) == (0, 0):
+            raise ConfigError(f"eval_every {self.eval_every!r} is zero: evaluations (and checkpoints) need a period "
+                              "of at least one iteration, e.g. '1ep' or '500it'")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision {self.precision!r} is unknown; choose 'fp32' or 'bf16' (autocast)")
         if self.schedule == "multistep" and not self.milestones:

@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .atomic import atomic_write_bytes
-from .prunable import prunable_parameters
+from .integrity import CorruptFileError, seal_safetensors, verify_safetensors
+from .prunable import parameter_aliases, prunable_parameters
 
 _FORMAT = "ticketlab.mask.v1"
 
@@ -46,8 +48,13 @@ class Mask(Mapping[str, torch.Tensor]):
         return cls({name: torch.ones(p.shape, dtype=torch.bool) for name, p in params.items()})
 
     @classmethod
-    def dense(cls, model: nn.Module, **prunable_options: bool) -> "Mask":
-        """The dense mask over the model's prunable parameters (see ``prunable_parameters``)."""
+    def dense(cls, model: nn.Module, **prunable_options: Any) -> "Mask":
+        """The dense mask over the model's prunable parameters (see ``prunable_parameters``:
+        ``include_first``, ``include_output``, ``exclude``, ``include``).
+
+        A parameter shared by several modules (tied weights) gets one entry, under the name
+        ``named_parameters()`` gives it; masking it masks every use.
+        """
         return cls.ones(prunable_parameters(model, **prunable_options))
 
     @classmethod
@@ -98,6 +105,10 @@ class Mask(Mapping[str, torch.Tensor]):
 
     def kept_per_layer(self) -> dict[str, int]:
         return {n: int(t.sum()) for n, t in self._tensors.items()}
+
+    def empty_layers(self) -> list[str]:
+        """Parameters that keep no weight at all (collapsed layers), in mask order."""
+        return [n for n, t in self._tensors.items() if not bool(t.any())]
 
     def densities(self) -> dict[str, float]:
         """Per-layer fraction kept."""
@@ -162,10 +173,23 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # --- model interaction --------------------------------------------------------------------
     def check_fits(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """Return the model's parameters this mask covers; raise MaskError naming every misfit."""
+        """Return the model's parameters this mask covers; raise MaskError naming every misfit.
+
+        Names are those of ``model.named_parameters()``: a parameter shared by several modules
+        (tied weights) is known by its first name only, and a mask that uses another of its names
+        is refused with the name to use.
+        """
         params = dict(model.named_parameters())
         missing = [n for n in self if n not in params]
         if missing:
+            shared = {alias: name for name, names in parameter_aliases(model).items() for alias in names}
+            aliased = [f"{n!r} is the shared parameter {shared[n]!r}" for n in missing if n in shared]
+            if aliased:
+                raise MaskError(
+                    f"mask names a shared (tied) parameter of {type(model).__name__} by a second name: "
+                    + "; ".join(aliased) + ". A shared parameter has one mask entry, under the name "
+                    "named_parameters() gives it (build masks with Mask.dense(model))"
+                )
             raise MaskError(
                 f"mask names {missing} are not parameters of {type(model).__name__}; "
                 f"its parameters are {list(params)[:12]}{'...' if len(params) > 12 else ''}"
@@ -210,15 +234,19 @@ class Mask(Mapping[str, torch.Tensor]):
 
         packed = {n: torch.from_numpy(np.packbits(t.numpy().ravel())) for n, t in self._tensors.items()}
         meta = {"format": _FORMAT, "shapes": json.dumps({n: list(t.shape) for n, t in self._tensors.items()})}
-        return save(packed, metadata=meta)
+        return seal_safetensors(save(packed, metadata=meta))  # with a checksum of its own content
 
     @classmethod
-    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> "Mask":
+    def from_bytes(cls, data: bytes, source: str = "<bytes>", *, require_checksum: bool = False) -> "Mask":
+        """Decode :meth:`to_bytes`; the checksum is verified when present (required if asked)."""
         from safetensors.torch import load
 
         try:
+            meta = verify_safetensors(data, source, require=require_checksum)
+        except CorruptFileError as exc:
+            raise MaskError(f"mask file {exc}") from None
+        try:
             packed = load(data)
-            meta = _read_metadata(data)
             if meta.get("format") != _FORMAT:
                 raise MaskError(f"{source} is not a ticketlab mask file (format {meta.get('format')!r})")
             shapes = json.loads(meta["shapes"])
@@ -241,12 +269,14 @@ class Mask(Mapping[str, torch.Tensor]):
         atomic_write_bytes(Path(path), self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Mask":
+    def load(cls, path: str | Path, *, require_checksum: bool = False) -> "Mask":
+        """Read a saved mask; its checksum is verified (masks saved by older versions have none,
+        which the Store, unlike this public reader, does not accept)."""
         path = Path(path)
         if not path.is_file():
             raise MaskError(f"mask file {path} does not exist" if not path.exists()
                             else f"{path} is not a file; give the path of a saved mask")
-        return cls.from_bytes(path.read_bytes(), source=str(path))
+        return cls.from_bytes(path.read_bytes(), source=str(path), require_checksum=require_checksum)
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -26,9 +26,45 @@ from .masks import Mask
 from .steps import to_iterations
 
 
+class DivergenceError(RuntimeError):
+    """The training loss (or an evaluation loss) became NaN or infinite: the run cannot go on."""
+
+
+def _finite(x: float | None) -> bool:
+    return x is None or math.isfinite(x)
+
+
 def default_device() -> torch.device:
     """A GPU when one is present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DeviceError(ValueError):
+    """A device that does not exist on this machine (or a name PyTorch does not know)."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device to run on, checked before any work starts: a GPU asked for but absent is an
+    error naming the fix, not a traceback half-way through a run."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"device {device!r} is not a device name ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asked for, but no CUDA GPU is visible to PyTorch on this machine "
+                              f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device "
+                              "cpu, or leave --device out to use a GPU only when one is present")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"device {device!r} asked for, but Apple's MPS backend is not available here; use cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {device!r} is not supported by ticketlab; use cpu or cuda")
+    return dev
 
 
 def make_optimizer(params: Sequence[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -277,6 +313,7 @@ class Trainer:
             done = self.step = step + 1
             if done % self.eval_every == 0 or done == end:
                 rec = self.evaluate_now(done, float(loss_sum) / loss_count)
+                self._check_finite(rec, done - loss_count, lr_override)
                 loss_sum.zero_()
                 loss_count = 0
                 if bar is not None:
@@ -286,12 +323,26 @@ class Trainer:
                 bar.update(1)
             if self.stop_requested:
                 if self.history.records[-1]["step"] != done:
-                    self.evaluate_now(done, float(loss_sum) / max(1, loss_count))
+                    rec = self.evaluate_now(done, float(loss_sum) / max(1, loss_count))
+                    self._check_finite(rec, done - loss_count, lr_override)
                 break
         if bar is not None:
             bar.close()
         self.step = None
         return self.history
+
+    def _check_finite(self, record: dict[str, float], since: int, lr_override: float | None) -> None:
+        """Stop loudly on a non-finite loss: a NaN run must never be stored as a result."""
+        bad = {k: v for k, v in record.items() if k.endswith("loss") and not _finite(v)}
+        if not bad:
+            return
+        step = int(record["step"])
+        lr = lr_override if lr_override is not None else self.optimizer.param_groups[0]["lr"]
+        where = (f"between steps {since} and {step}" if "train_loss" in bad and since < step else f"at step {step}")
+        raise DivergenceError(
+            f"training diverged {where} of {self.desc}: " + ", ".join(f"{k} = {v}" for k, v in bad.items())
+            + f". Nothing of this unit was stored as complete. Try a lower learning rate (now {lr:g}), a "
+            "warm-up (--warmup), or check the data for NaN/inf values")
 
     def request_stop(self) -> None:
         """End training after the current step (its evaluation is recorded)."""

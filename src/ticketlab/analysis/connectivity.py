@@ -31,6 +31,17 @@ Two substitutions on the copy keep that argument exact for common modules:
 
 Operations called functionally inside ``forward`` (``F.max_pool2d``, ``torch.sigmoid``, ...)
 cannot be replaced; ``F.relu``, additions, concatenations, flattening and average pooling are exact.
+Biases passed to ``F.linear`` / ``F.conv*d`` are zeroed whatever their names (raw parameters of
+custom modules included), keeping the gradient of a masked bias.
+
+Inputs. The all-ones input is built from ``input_shape`` (one sample's shape). For a token model
+(``nn.Embedding`` first) each embedding lookup returns the sum of all rows of its table (every
+token at once, the one-hot analogue of the all-ones input; see :mod:`ticketlab.probe`), so a row
+of a pruned table is effective when it is kept and its columns reach the output, whatever
+tokens some data contain; the ids are never read, so no example input is needed. A tied table
+(the embedding shared with the output layer) is followed through both uses. Models that need a
+real input (they index with or one-hot encode it themselves) take ``example_input=`` a batch of
+real inputs (first sample used; integer ids as they are, floating inputs replaced by ones).
 
 Numerics: the values are path counts, scaled only by average pools (1/window size) and BatchNorm
 (1/sqrt(1 + eps) per layer), so they neither underflow nor overflow for the nets studied here:
@@ -51,6 +62,7 @@ import torch
 from torch import nn
 
 from ..masks import Mask
+from ..probe import probe_input, run_probe
 
 __all__ = [
     "ConnectivityError",
@@ -161,7 +173,8 @@ def _output_sum(output: Any) -> torch.Tensor:
     return torch.stack([t.sum() for t in leaves]).sum()
 
 
-def _analyse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> tuple[Mask, float]:
+def _analyse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...],
+             example_input: torch.Tensor | None = None) -> tuple[Mask, float]:
     """(effective mask, R) where R = output sum on the all-ones input of the 0/1 network.
 
     R counts the input->output paths (scaled by pools and BatchNorm), so R == 0 means disconnected.
@@ -191,9 +204,10 @@ def _analyse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> tupl
                 module.running_mean.zero_()
                 module.running_var.fill_(1.0)
 
-    x = torch.ones((1, *input_shape), dtype=torch.float64, device=device)
+    x = probe_input(input_shape, example_input, fill=1.0, dtype=torch.float64, device=device)
     with torch.enable_grad():
-        r = _output_sum(net(x))
+        r = _output_sum(run_probe(net, x, ConnectivityError, "connectivity",
+                                  example_given=example_input is not None, zero_bias=True))
         if not r.requires_grad:  # the output does not depend on any masked parameter
             grads: dict[str, torch.Tensor | None] = {n: None for n in mask}
         else:
@@ -229,23 +243,28 @@ def _analyse(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> tupl
     return Mask(effective), total
 
 
-def effective_mask(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> Mask:
+def effective_mask(model: nn.Module, mask: Mask, input_shape: tuple[int, ...],
+                   example_input: torch.Tensor | None = None) -> Mask:
     """The kept weights that lie on at least one input->output path of the pruned network.
 
     Same parameters and shapes as ``mask``; always a subset of it. ``input_shape`` is one sample's
-    shape without the batch dimension, e.g. (3, 32, 32). The model is not modified.
+    shape without the batch dimension, e.g. (3, 32, 32); ``example_input`` (optional) a batch of
+    real inputs for models that cannot run on the all-ones probe (see the module docstring). The
+    model is not modified.
     """
-    return _analyse(model, mask, tuple(input_shape))[0]
+    return _analyse(model, mask, tuple(input_shape), example_input)[0]
 
 
-def effective_density(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> float:
+def effective_density(model: nn.Module, mask: Mask, input_shape: tuple[int, ...],
+                      example_input: torch.Tensor | None = None) -> float:
     """Effective kept weights / all masked weights: the density the ticket really uses."""
-    return effective_mask(model, mask, input_shape).density
+    return effective_mask(model, mask, input_shape, example_input).density
 
 
-def is_disconnected(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> bool:
+def is_disconnected(model: nn.Module, mask: Mask, input_shape: tuple[int, ...],
+                    example_input: torch.Tensor | None = None) -> bool:
     """True when no path at all leads from the input to the output (the net outputs constants)."""
-    return _analyse(model, mask, tuple(input_shape))[1] == 0.0
+    return _analyse(model, mask, tuple(input_shape), example_input)[1] == 0.0
 
 
 def _rows(mask: Mask, effective: Mask) -> list[dict[str, Any]]:
@@ -267,18 +286,20 @@ def _rows(mask: Mask, effective: Mask) -> list[dict[str, Any]]:
     return rows
 
 
-def layer_report(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+def layer_report(model: nn.Module, mask: Mask, input_shape: tuple[int, ...],
+                 example_input: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """One row per masked parameter: name, shape, total, kept, density, effective,
     effective_density (effective / total) and collapsed (kept == 0 or effective == 0).
 
     Shows where the kept-but-useless weights are and which layers cut the network.
     """
-    return _rows(mask, effective_mask(model, mask, input_shape))
+    return _rows(mask, effective_mask(model, mask, input_shape, example_input))
 
 
-def collapsed_layers(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> list[str]:
+def collapsed_layers(model: nn.Module, mask: Mask, input_shape: tuple[int, ...],
+                     example_input: torch.Tensor | None = None) -> list[str]:
     """Masked parameters with no kept or no effective weight, in mask order (layer collapse)."""
-    return [r["name"] for r in layer_report(model, mask, input_shape) if r["collapsed"]]
+    return [r["name"] for r in layer_report(model, mask, input_shape, example_input) if r["collapsed"]]
 
 
 def format_layer_report(rows: Sequence[dict[str, Any]]) -> str:

@@ -26,6 +26,13 @@ accounting (often called MACs elsewhere; multiply by 2 to count multiplies and a
   change them; leaving them out is what RigL and most of the sparsity literature do.
 * Unmasked layers (a mask may cover only some layers, e.g. the first layer kept dense) count
   as dense.
+* Weights used functionally (a raw ``nn.Parameter`` passed to ``F.linear`` / ``F.conv1d/2d/3d``
+  in a custom module, or a Linear/Conv weight used again outside its layer) count the same way,
+  in a row of their own named after the parameter. A shared (tied) weight is looked up in the
+  mask under its one name (the one ``named_parameters()`` gives it) at every use.
+* Embedding lookups are not counted (a lookup, not multiply-adds); the forward pass runs with
+  each lookup returning the sum of its table's rows (see :mod:`ticketlab.probe`), so a token
+  model (integer inputs) needs no real token ids: ``input_shape`` is the shape of one sequence.
 * Training: the backward pass costs twice the forward pass (gradient w.r.t. the activations and
   gradient w.r.t. the weights, each as costly as the forward), so a training step costs
   ``3 * f`` per sample; the gradient w.r.t. the input of the first layer is counted too, as in
@@ -43,7 +50,8 @@ import torch
 from torch import nn
 
 from ..masks import Mask
-from ..prunable import PRUNABLE_LAYER_TYPES
+from ..probe import probe_input, run_probe
+from ..prunable import PRUNABLE_LAYER_TYPES, parameter_names
 
 __all__ = [
     "layer_flops",
@@ -65,8 +73,18 @@ def _weight_name(module_name: str) -> str:
     return f"{module_name}.weight" if module_name else "weight"
 
 
-def _example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Zeros of shape (1, *input_shape) on the model's device, in its floating dtype."""
+def _example_input(model: nn.Module, input_shape: tuple[int, ...],
+                   example_input: torch.Tensor | None = None) -> torch.Tensor:
+    """Zeros of shape (1, *input_shape) on the model's device, in its floating dtype (or the first
+    sample of ``example_input``: integer ids as they are, floating inputs as zeros)."""
+    device, dtype = torch.device("cpu"), torch.get_default_dtype()
+    for t in [*model.parameters(), *model.buffers()]:
+        device = t.device
+        if t.is_floating_point():
+            dtype = t.dtype
+            break
+    if example_input is not None:
+        return probe_input(None, example_input, fill=0.0, dtype=dtype, device=device)
     try:
         shape = tuple(int(d) for d in input_shape)
     except TypeError:
@@ -76,17 +94,12 @@ def _example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tens
             f"input_shape must be a non-empty tuple of positive ints for ONE sample (no batch "
             f"dimension), e.g. (1, 28, 28) or (784,); got {input_shape!r}"
         )
-    device, dtype = torch.device("cpu"), torch.get_default_dtype()
-    for t in [*model.parameters(), *model.buffers()]:
-        device = t.device
-        if t.is_floating_point():
-            dtype = t.dtype
-            break
     return torch.zeros((1, *shape), device=device, dtype=dtype)
 
 
 def layer_flops(
-    model: nn.Module, input_shape: tuple[int, ...], mask: Mask | None = None
+    model: nn.Module, input_shape: tuple[int, ...], mask: Mask | None = None, *,
+    example_input: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
     """Per-layer forward FLOPs of one sample, dense and under ``mask`` (see module docstring).
 
@@ -105,63 +118,79 @@ def layer_flops(
     * ``calls``: how many times the forward pass called the layer (FLOPs are summed over calls,
       so a layer reused with shared weights is counted each time it runs).
 
+    A weight used functionally (``F.linear(x, self.w)`` on a raw parameter, or a layer's weight
+    used outside its layer) gets a row whose ``name`` and ``weight`` are the parameter's name.
+    ``example_input`` (a batch; its first sample is used, floating values as zeros) replaces the
+    zero input for models that cannot run on one (see :mod:`ticketlab.probe`).
+
     Layers that the forward pass never calls do no compute and get no row. Raises
     :class:`~ticketlab.masks.MaskError` if the mask names parameters the model lacks or has the
     wrong shapes, and :class:`FlopsError` if the model cannot run on ``input_shape``.
     """
     if mask is not None:
         mask.check_fits(model)
-    x = _example_input(model, input_shape)
+    x = _example_input(model, input_shape, example_input)
+    canonical = parameter_names(model)
 
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    running: list[nn.Module] = []  # the Linear/Conv layers whose forward is running
+
+    def add(key: tuple[str, str], name: str, wname: str, weight: torch.Tensor, positions: int,
+            output: torch.Tensor) -> None:
+        kept = weight.numel()
+        if mask is not None and wname in mask:
+            kept = int(mask[wname].sum())
+        row = rows.get(key)
+        if row is None:
+            rows[key] = {"name": name, "weight": wname, "dense_flops": positions * weight.numel(),
+                         "sparse_flops": positions * kept, "output_shape": tuple(output.shape), "calls": 1}
+        else:
+            row["dense_flops"] += positions * weight.numel()
+            row["sparse_flops"] += positions * kept
+            row["calls"] += 1
+
+    def functional(func: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        """A F.linear / F.conv call: counted here unless it is a hooked layer's own operation."""
+        weight = args[1] if len(args) > 1 else kwargs.get("weight")
+        if not isinstance(weight, nn.Parameter) or id(weight) not in canonical:
+            return
+        if running and running[-1].weight is weight:
+            return  # the layer's own call: its forward hook counts it
+        if not isinstance(output, torch.Tensor):
+            return
+        wname = canonical[id(weight)]
+        add(("functional", wname), wname, wname, weight, output.numel() // weight.shape[0], output)
+
+    def pre_hook(module: nn.Module, _inputs: Any) -> None:
+        running.append(module)
 
     def make_hook(module_name: str):
         def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
+            if running and running[-1] is module:
+                running.pop()
             if not isinstance(output, torch.Tensor):
                 raise FlopsError(f"layer {module_name!r} returned {type(output).__name__}, not a tensor")
             weight = module.weight
             # Channels / features are dim 1 for conv outputs and the last dim for linear outputs.
             out_units = module.out_features if isinstance(module, nn.Linear) else module.out_channels
             positions = output.numel() // out_units  # output positions, batch of one
-            wname = _weight_name(module_name)
-            kept = weight.numel()
-            if mask is not None and wname in mask:
-                kept = int(mask[wname].sum())
-            row = rows.get(module_name)
-            if row is None:
-                rows[module_name] = {
-                    "name": module_name,
-                    "weight": wname,
-                    "dense_flops": positions * weight.numel(),
-                    "sparse_flops": positions * kept,
-                    "output_shape": tuple(output.shape),
-                    "calls": 1,
-                }
-            else:
-                row["dense_flops"] += positions * weight.numel()
-                row["sparse_flops"] += positions * kept
-                row["calls"] += 1
+            # a shared (tied) weight is masked under the one name named_parameters() gives it
+            wname = canonical.get(id(weight), _weight_name(module_name))
+            add(("module", module_name), module_name, wname, weight, positions, output)
 
         return hook
 
-    handles = [
-        module.register_forward_hook(make_hook(name))
-        for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_LAYER_TYPES)
-    ]
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_LAYER_TYPES):
+            handles.append(module.register_forward_pre_hook(pre_hook))
+            handles.append(module.register_forward_hook(make_hook(name)))
     was_training = model.training
     try:
         model.eval()
         with torch.no_grad():
-            try:
-                model(x)
-            except FlopsError:
-                raise
-            except Exception as exc:
-                raise FlopsError(
-                    f"{type(model).__name__} cannot run on one sample of shape {tuple(x.shape[1:])} "
-                    f"(input tensor {tuple(x.shape)}): {exc}"
-                ) from exc
+            run_probe(model, x, FlopsError, f"FLOPs of one sample of shape {tuple(x.shape[1:])}",
+                      example_given=example_input is not None, on_call=functional)
     finally:
         for handle in handles:
             handle.remove()
@@ -169,14 +198,16 @@ def layer_flops(
     return list(rows.values())
 
 
-def forward_flops(model: nn.Module, input_shape: tuple[int, ...], mask: Mask | None = None) -> int:
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...], mask: Mask | None = None, *,
+                  example_input: torch.Tensor | None = None) -> int:
     """Forward FLOPs of one sample under ``mask`` (dense if ``mask`` is None): f_S, or f_D."""
-    return sum(row["sparse_flops"] for row in layer_flops(model, input_shape, mask))
+    return sum(row["sparse_flops"] for row in layer_flops(model, input_shape, mask, example_input=example_input))
 
 
-def dense_forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def dense_forward_flops(model: nn.Module, input_shape: tuple[int, ...], *,
+                        example_input: torch.Tensor | None = None) -> int:
     """Forward FLOPs of one sample of the dense model, f_D."""
-    return sum(row["dense_flops"] for row in layer_flops(model, input_shape))
+    return sum(row["dense_flops"] for row in layer_flops(model, input_shape, example_input=example_input))
 
 
 def _check_count(name: str, value: Any) -> int:

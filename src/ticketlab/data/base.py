@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "TOKEN_DTYPES",
     "DataError",
     "ArrayData",
     "DataSplits",
@@ -38,9 +39,17 @@ class DataError(ValueError):
     """A data set could not be loaded or built; the message says what was wrong and how to fix it."""
 
 
+TOKEN_DTYPES = (torch.int64, torch.int32)
+
+
 @dataclass(frozen=True)
 class ArrayData:
-    """Inputs and labels of one split, held as tensors so batches are plain slices."""
+    """Inputs and labels of one split, held as tensors so batches are plain slices.
+
+    ``x`` is floating point (features, images) or integer token ids (int64 or int32, e.g. N x L
+    sequences for a model whose first layer is an ``nn.Embedding``); ``y`` int64 class labels.
+    uint8 and bool inputs are refused: they are almost always unnormalised images or masks.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -58,13 +67,22 @@ class ArrayData:
                 f"ArrayData x and y disagree on the number of samples: x {tuple(self.x.shape)}, "
                 f"y {tuple(self.y.shape)}"
             )
-        if not self.x.is_floating_point():
-            raise DataError(f"ArrayData x must be floating point (normalised), got {self.x.dtype}")
+        if not self.x.is_floating_point() and self.x.dtype not in TOKEN_DTYPES:
+            raise DataError(
+                f"ArrayData x must be floating point (normalised features or images) or int64/int32 "
+                f"token ids (for models that start with an nn.Embedding), got {self.x.dtype}; "
+                "convert images with images_to_tensor or x.float(), token ids with x.long()"
+            )
         if self.y.dtype != torch.int64:
             raise DataError(f"ArrayData y must be int64 class labels, got {self.y.dtype}; use y.long()")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    @property
+    def is_tokens(self) -> bool:
+        """True when ``x`` holds integer token ids rather than floating-point features."""
+        return not self.x.is_floating_point()
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -89,13 +107,18 @@ class DataSplits:
     train: ArrayData
     test: ArrayData
     num_classes: int
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...]  # one sample's shape: (C, H, W), (features,), or (length,) for token ids
     augment: Augment | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_shape", tuple(int(d) for d in self.input_shape))
         if self.num_classes < 1:
             raise DataError(f"data set {self.name!r}: num_classes must be >= 1, got {self.num_classes}")
+        if self.train.is_tokens != self.test.is_tokens:
+            raise DataError(
+                f"data set {self.name!r}: train inputs are {self.train.x.dtype} but test inputs are "
+                f"{self.test.x.dtype}; both must be token ids or both floating point"
+            )
         for split_name, split in (("train", self.train), ("test", self.test)):
             if split.sample_shape != self.input_shape:
                 raise DataError(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .base import DataError, ArrayData, DataSplits, register_dataset
 
-__all__ = ["load_synthetic_images", "load_synthetic_mlp"]
+__all__ = ["load_synthetic_images", "load_synthetic_mlp", "load_synthetic_tokens"]
 
 
 def _positive_int(dataset: str, option: str, value: object, minimum: int = 1) -> int:
@@ -83,3 +83,33 @@ def load_synthetic_mlp(root: Path | None = None, n_train: int = 512, n_test: int
     train = _samples(centres, n_train, noise, generator)
     test = _samples(centres, n_test, noise, generator)
     return DataSplits(name, train, test, num_classes=num_classes, input_shape=(dim,))
+
+
+@register_dataset("synthetic_tokens")
+def load_synthetic_tokens(root: Path | None = None, n_train: int = 512, n_test: int = 256, vocab: int = 32,
+                          length: int = 8, num_classes: int = 4, keywords: int = 2, seed: int = 0) -> DataSplits:
+    """Token sequences (int64 ids, N x ``length``) for models that start with an ``nn.Embedding``.
+
+    Tokens ``0 .. num_classes - 1`` are class keywords, the rest filler: each sequence is random
+    filler with its class's keyword at ``keywords`` random positions, so a bag-of-embeddings
+    classifier learns it in a few steps. `root` is ignored.
+    """
+    name = "synthetic_tokens"
+    n_train, n_test = _positive_int(name, "n_train", n_train), _positive_int(name, "n_test", n_test)
+    num_classes = _positive_int(name, "num_classes", num_classes, minimum=2)
+    vocab = _positive_int(name, "vocab", vocab, minimum=num_classes + 1)
+    length = _positive_int(name, "length", length)
+    keywords = _positive_int(name, "keywords", keywords)
+    if keywords > length:
+        raise DataError(f"{name}: option keywords ({keywords}) must be at most length ({length})")
+    generator = torch.Generator().manual_seed(int(seed))
+
+    def split(n: int) -> ArrayData:
+        y = _balanced_labels(n, num_classes, generator)
+        x = torch.randint(num_classes, vocab, (n, length), generator=generator)
+        positions = torch.rand(n, length, generator=generator).argsort(1)[:, :keywords]
+        x.scatter_(1, positions, y[:, None].expand(n, keywords))
+        return ArrayData(x, y)
+
+    train, test = split(n_train), split(n_test)
+    return DataSplits(name, train, test, num_classes=num_classes, input_shape=(length,))

@@ -7,6 +7,8 @@ written at every evaluation.
 """
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -16,13 +18,14 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from ..config import DataConfig, ModelConfig, TrainConfig
+from ..atomic import remove_stale_temp_files
+from ..config import DataConfig, ModelConfig, TrainConfig, to_dict
 from ..data import ArrayData, DataSplits, load_dataset, split_validation
 from ..masks import Mask
 from ..models import build_model
 from ..steps import to_iterations
-from ..store import Run, Store
-from ..training import Callback, History, Trainer
+from ..store import CorruptFileError, Run, Store, index_fields
+from ..training import Callback, DivergenceError, History, Trainer
 
 Log = Callable[[str], None]
 
@@ -99,12 +102,21 @@ def train_unit(
     mask: Mask | None,
     *,
     start_step: int,
+    end_step: int | None = None,
     lr_override: float | None = None,
     callbacks: Sequence[Callback] = (),
-    extra_summary: dict[str, Any] | None = None,
+    extra_summary: dict[str, Any] | Callable[[Trainer], dict[str, Any]] | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+    expected_density: float | None = None,
 ) -> dict[str, Any]:
-    """Train one unit, or load it when complete; checkpoints so a kill resumes mid-training."""
+    """Train one unit, or load it when complete; checkpoints so a kill resumes mid-training.
+
+    ``end_step`` ends training before the schedule does (the schedule, and so the LR, stays the
+    configured one). ``extra_summary`` (a dict, or a function of the finished Trainer) is stored in
+    the unit's summary, which is written last and marks the unit complete. After training, a guard
+    checks that every pruned weight is exactly zero and, when ``expected_density`` is given, that
+    the final mask keeps that fraction.
+    """
     run = ctx.run
     if run.is_complete(unit):
         load_weights(model, run.file(unit, "final.safetensors"))
@@ -125,15 +137,20 @@ def train_unit(
                       progress=ctx.progress, desc=unit, regularizer=regularizer)
     resumed = False
     begin = start_step
+    end = trainer.total_steps if end_step is None else min(end_step, trainer.total_steps)
     if ckpt.exists():
         begin = load_checkpoint(trainer, ckpt)
         resumed = True
         ctx.log(f"  {unit}: resuming from step {begin}")
-    trainer.train(begin, trainer.total_steps, lr_override=lr_override, resumed=resumed)
+    trainer.train(begin, max(begin, end), lr_override=lr_override, resumed=resumed)
     # procedures may change the mask; an unmasked model is summarised as dense
     final_mask = trainer.mask if trainer.mask is not None else (mask if mask is not None else Mask.dense(model))
-    summary = {**summarize(trainer.history, final_mask, start_step), **(extra_summary or {}),
-               **_flops(model, final_mask, ctx.data.input_shape, trainer.total_steps - start_step,
+    if trainer.mask is not None or mask is not None:
+        check_pruned_weights(model, final_mask, unit, expected_density)
+    trained = trainer.history.records[-1]["step"] - start_step  # a callback may have stopped it early
+    extra = extra_summary(trainer) if callable(extra_summary) else (extra_summary or {})
+    summary = {**summarize(trainer.history, final_mask, start_step), **extra,
+               **_flops(model, final_mask, ctx.data.input_shape, trained,
                         trainer.total_steps, ctx.train.batch_size)}
     save_weights(model, run.file(unit, "final.safetensors"))
     run.write_jsonl(trainer.history.records, unit, "metrics.jsonl")
@@ -144,6 +161,30 @@ def train_unit(
     ctx.log(f"  {unit}: density {final_mask.density:.4f}  test acc final {summary['final_test_accuracy']:.4f}"
             f"  max {summary['max_test_accuracy']:.4f}  early-stop it {summary['early_stop_step']}")
     return summary
+
+
+class MaskViolation(RuntimeError):
+    """Pruned weights that are not zero after training, or a mask that is not the density asked."""
+
+
+@torch.no_grad()
+def check_pruned_weights(model: nn.Module, mask: Mask, unit: str, expected_density: float | None = None) -> None:
+    """Guard: every weight the mask prunes is exactly zero, and the density is the one asked.
+
+    Cheap (one pass over the masked weights) and run after every training unit, so a mask that
+    was silently not applied (a parameter replaced, a hook removed) can never become a result.
+    """
+    params = mask.check_fits(model)
+    leaks = {n: int(((p.detach().cpu() != 0) & ~mask[n]).sum()) for n, p in params.items()}
+    leaks = {n: k for n, k in leaks.items() if k}
+    if leaks:
+        raise MaskViolation(f"{unit}: pruned weights are not zero after training ({leaks} nonzero); the mask was "
+                            "not applied to these parameters. This is a bug: please report it with the command")
+    if expected_density is not None:
+        expected = round(expected_density * mask.num_total)
+        if abs(mask.num_kept - expected) > len(mask):  # at most one weight per layer from rounding
+            raise MaskViolation(f"{unit}: the mask keeps {mask.num_kept} of {mask.num_total} weights (density "
+                                f"{mask.density:.6f}) but density {expected_density} was asked")
 
 
 def _flops(model: nn.Module, mask: Mask, input_shape: tuple[int, ...], steps: int, schedule_steps: int,
@@ -159,16 +200,78 @@ def _flops(model: nn.Module, mask: Mask, input_shape: tuple[int, ...], steps: in
 
 
 @contextmanager
-def running(store: Store, config: Any) -> Iterator[Run]:
-    """The config's run folder, locked against a second writer; marked 'interrupted' in the index
-    if the experiment stops with an error or a kill, so `ticketlab ls` tells the truth."""
+def running(store: Store, config: Any, log: Log = print) -> Iterator[Run]:
+    """The config's run folder, locked against a second writer and checked before anything runs.
+
+    On open: temp files of killed writers and checkpoints of completed units are removed, every
+    stored file is verified against its checksum (a damaged one stops the run before it could be
+    resumed from), and the thread count and library versions are compared with the run's first
+    session. If the experiment stops with an error or a kill, the index says 'interrupted' (or
+    'diverged'), unless the run was already complete, which a failed rerun does not change.
+    """
     run = store.open_run(config)
     with store.lock(run):
+        for tmp in remove_stale_temp_files(run.path):
+            log(f"  removed {tmp.relative_to(run.path)}, left by a killed writer")
+        problems = run.verify()
+        if problems:
+            raise CorruptFileError(problems[0].path, problems[0].problem + (
+                f" (and {len(problems) - 1} more damaged files: "
+                f"{', '.join(str(p.path.relative_to(run.path)) for p in problems[1:])})" if len(problems) > 1 else ""))
+        for ckpt in run.path.rglob("checkpoint.safetensors"):
+            if (ckpt.parent / "summary.json").exists():  # the unit completed before its checkpoint was removed
+                ckpt.unlink()
+        record_environment(run, log)
+        complete = run.complete_summary() is not None
+        if complete:
+            store.update(run.hash, create=True, experiment=config.experiment, status="complete",
+                         dataset=config.data.name, model=config.model.name,
+                         config=json.dumps(to_dict(config), sort_keys=True), summary=index_fields(run.complete_summary()))
+        else:
+            store.index_run(run, config)
         try:
             yield run
-        except BaseException:
-            run.update_index(status="interrupted")
+        except BaseException as exc:
+            if not complete:
+                run.update_index(status="diverged" if isinstance(exc, DivergenceError) else "interrupted")
             raise
+
+
+def environment() -> dict[str, Any]:
+    """What besides the config can change a run's numbers: threads, library versions, device."""
+    import platform
+
+    import numpy
+
+    from .. import __version__
+
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version(), "ticketlab": __version__,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
+def record_environment(run: Run, log: Log) -> None:
+    """Record the environment of the run's first session; warn when a later session differs.
+
+    Results depend on the thread count (reduction order) and on library versions, which the config
+    hash does not include, so a run continued under different ones may differ from an uninterrupted
+    run; the differences are kept in ``environment.json`` under ``later_sessions``.
+    """
+    now = environment()
+    if not run.file("environment.json").exists():
+        run.write_json({"first_session": now, "later_sessions": []}, "environment.json")
+        return
+    stored = run.read_json("environment.json")
+    first = stored["first_session"]
+    changed = {k: (first.get(k), v) for k, v in now.items() if first.get(k) != v}
+    if not changed:
+        return
+    text = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+    warnings.warn(f"run {run.hash} was started with a different environment ({text}); results computed from "
+                  f"here on may differ from an uninterrupted run", RuntimeWarning, stacklevel=3)
+    log(f"  warning: environment changed since this run started: {text}")
+    if now not in stored["later_sessions"]:
+        run.write_json({**stored, "later_sessions": [*stored["later_sessions"], now]}, "environment.json")
 
 
 def load_or_save_init(run: Run, model: nn.Module) -> None:

@@ -20,11 +20,12 @@ from torch import nn
 
 from ..checkpoint import load_weights, save_weights
 from ..config import EarlyBirdConfig
-from ..masks import Mask, _read_metadata
+from ..integrity import verify_safetensors
+from ..masks import Mask
 from ..pruning.channels import channel_mask_distance, channel_mask_from_bn, shrink
 from ..pruning.selection import keep_top
-from ..store import Run, Store, load_tensors, save_tensors
-from ..training import Callback, Trainer, default_device
+from ..store import Run, Store, StoreError, index_fields, load_tensors, save_tensors
+from ..training import Callback, Trainer, resolve_device
 from ..analysis.flops import dense_forward_flops, forward_flops
 from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
     training_length
@@ -113,13 +114,14 @@ def _search(cfg: EarlyBirdConfig, ctx: UnitContext, run: Run, init: dict, cheap:
     model.load_state_dict(init)
     detector = EarlyBirdDetector(cfg, ctx.iterations_per_epoch, run.file(unit, "masks"),
                                  run.file(unit, "ticket_weights.safetensors") if cheap else None)
+    end_step = None
     if cheap and detector.drawn_epoch is not None and not run.is_complete(unit):
         # Killed after the draw step's checkpoint: a resumed Trainer does not rerun that step's
         # callbacks, so the detector would never stop it. End the search at the draw instead.
         draw_step = detector.drawn_epoch * ctx.iterations_per_epoch
         if _checkpoint_step(run.file(unit, "checkpoint.safetensors")) == draw_step:
-            train = replace(train, steps=f"{draw_step}it")
-    summary = train_unit(replace(ctx, train=train), unit, model, None, start_step=0,
+            end_step = draw_step
+    summary = train_unit(replace(ctx, train=train), unit, model, None, start_step=0, end_step=end_step,
                          callbacks=[Callback(detector, every=ctx.iterations_per_epoch)],
                          regularizer=slimming_penalty(cfg.slimming) if cfg.kind == "channel" else None)
     return summary, detector
@@ -129,8 +131,8 @@ def _checkpoint_step(path: Path) -> int | None:
     """The step a checkpoint was taken at; None when there is none (or it is unreadable: the
     resume reports that)."""
     try:
-        return int(_read_metadata(path.read_bytes())["step"])
-    except (OSError, KeyError, ValueError):
+        return int(verify_safetensors(path.read_bytes(), path)["step"])
+    except (OSError, KeyError, ValueError, StoreError):
         return None
 
 
@@ -164,8 +166,11 @@ def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch
     if epochs < config.window + 1:
         raise ValueError(f"training lasts {epochs} epochs; the detector needs at least window + 1 = "
                          f"{config.window + 1} epochs to compare masks")
-    dev = torch.device(device) if device is not None else default_device()
-    with running(store, config) as run:
+    dev = resolve_device(device)
+    with running(store, config, log) as run:
+        if (done := run.complete_summary()) is not None:
+            log(f"early-bird run {run.hash} is complete; nothing recomputed")
+            return {k: v for k, v in done.items() if k != "status"}
         log(f"early-bird run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, {config.kind}, "
             f"prune ratio {config.prune_ratio})")
         load_or_save_init(run, model)
@@ -185,13 +190,10 @@ def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch
         full_ticket = _retrain(config, ctx, "full_retrain", run.file("full", "final.safetensors"),
                                reference.masks[max(reference.masks)])
         summary = _costs(config, model, data, ipe, total, drawn, search, full, ticket, full_ticket, reference)
-        run.write_json(summary, "summary.json")
         epochs_list, matrix = distance_matrix(reference.masks)
         run.write_json({"epochs": epochs_list, "distances": matrix}, "distance_matrix.json")
-        run.update_index(status="complete", summary={
-            **{k: summary[k] for k in ("drawn_epoch", "ticket_test_accuracy", "full_ticket_test_accuracy",
-                                       "training_flops_saved")},
-            "ticket_density": summary["ticket_parameters"] / summary["dense_parameters"]})
+        run.mark_complete(summary)  # last: marks the run complete
+        run.update_index(status="complete", summary=index_fields(summary))
     return summary
 
 
@@ -216,6 +218,7 @@ def _costs(cfg: EarlyBirdConfig, model: nn.Module, data, ipe: int, total: int, d
         "full_ticket_test_accuracy": full_ticket["final_test_accuracy"],
         "dense_parameters": sum(p.numel() for p in model.parameters()),
         "ticket_parameters": ticket["parameters"], "full_ticket_parameters": full_ticket["parameters"],
+        "ticket_density": ticket["parameters"] / sum(p.numel() for p in model.parameters()),
         "dense_forward_flops": f_dense, "ticket_forward_flops": ticket["forward_flops"],
         "full_ticket_forward_flops": full_ticket["forward_flops"],
         "early_bird_training_flops": search_flops + retrain_eb,

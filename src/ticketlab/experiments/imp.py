@@ -30,8 +30,8 @@ from ..prunable import output_parameter_name
 from ..pruning.magnitude import imp_prune
 from ..pruning.selection import random_mask_like
 from ..steps import to_iterations
-from ..store import Store, StoreError
-from ..training import Callback, default_device, lr_factor
+from ..store import Store, StoreError, index_fields
+from ..training import Callback, resolve_device, lr_factor
 from .common import (running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit,
                      training_length)
 
@@ -68,7 +68,7 @@ def level_mask(s: Setup, level: int, previous: Mask, previous_weights: dict[str,
                output_name: str) -> Mask:
     path = s.run.file(f"level_{level:02d}", "mask.safetensors")
     if path.exists():
-        return Mask.load(path)
+        return Mask.load(path, require_checksum=True)
     p = s.config.prune
     mask = imp_prune(previous_weights, previous, level=level, rate=p.rate, scope=p.scope,
                      output_name=output_name, output_rate=p.output_rate)
@@ -92,15 +92,18 @@ def run_imp(
     k = to_iterations(config.rewind_step, len(data.train) // config.train.batch_size)
     if k >= total:
         raise ValueError(f"rewind step {config.rewind_step} ({k} it) must be before the end of training ({total} it)")
-    dev = torch.device(device) if device is not None else default_device()
-    with running(store, config) as run:
+    dev = resolve_device(device)
+    with running(store, config, log) as run:
+        if (done := run.complete_summary()) is not None:
+            log(f"IMP run {run.hash} is complete; nothing recomputed")
+            return done["levels"]
         ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
         s = Setup(config, ctx, total, k)
         log(f"IMP run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, reset={config.reset})")
         rows = _levels(s)
         summary = {"status": "complete", "levels": rows}
-        run.write_json(summary, "summary.json")
-        run.update_index(status="complete", summary=_index_summary(rows))
+        run.mark_complete({"levels": rows})
+        run.update_index(status="complete", summary=index_fields(summary))
     return rows
 
 
@@ -120,9 +123,11 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
     summary = train_unit(s.ctx, unit_name(0, "ticket"), model, mask, start_step=0,
                          callbacks=[_rewind_callback(s)] if needs_rewind else ())
     if needs_rewind and not run.file("rewind.safetensors").exists():
-        raise StoreError(f"rewind point at step {s.rewind_step} was not saved in {run.path}")
+        raise StoreError(f"rewind point at step {s.rewind_step} ({run.file('rewind.safetensors')}) is missing; "
+                         f"delete {run.file('level_00')} to train the dense network again and recreate it")
     rows.append({"level": 0, "branch": "ticket", **summary})
-    run.write_jsonl(rows, "levels.jsonl")
+    stored_rows = run.read_jsonl("levels.jsonl") if run.file("levels.jsonl").exists() else []
+    stored_rows = _write_levels(s, rows, stored_rows)
 
     for level in range(1, config.levels + 1):
         final_weights = {k: v.clone() for k, v in model.state_dict().items()}
@@ -150,9 +155,22 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
                                  start_step=baseline_start, lr_override=baseline_lr)
             rows.append({"level": level, "branch": branch, **summary})
         model.load_state_dict(ticket_final)
-        run.write_jsonl(rows, "levels.jsonl")
-        run.update_index(summary=_index_summary(rows))
+        if len(rows) > len(stored_rows):
+            stored_rows = _write_levels(s, rows, stored_rows)
+            run.update_index(summary=index_fields({"levels": rows}))
     return rows
+
+
+def _write_levels(s: Setup, rows: list[dict[str, Any]], stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Extend ``levels.jsonl`` with newly completed levels; never shorten or rewrite what it holds
+    (a rerun that stops half-way leaves the file as it was)."""
+    if len(rows) <= len(stored):
+        return stored
+    if rows[:len(stored)] != stored:
+        raise StoreError(f"{s.run.file('levels.jsonl')} disagrees with the stored units it summarises; move it "
+                         "aside to rebuild it from them")
+    s.run.write_jsonl(rows, "levels.jsonl")
+    return list(rows)  # a copy: ``rows`` keeps growing
 
 
 def _reset_state(s: Setup, init_state: dict[str, torch.Tensor],
@@ -179,17 +197,8 @@ def _segment(s: Setup) -> tuple[int, float | None]:
 def _random_mask(s: Setup, level: int, ticket: Mask) -> Mask:
     path = s.run.file(f"level_{level:02d}", "random_mask.safetensors")
     if path.exists():
-        return Mask.load(path)
+        return Mask.load(path, require_checksum=True)
     g = torch.Generator().manual_seed(derived_seed(s.config.seed, "random", level))
     mask = random_mask_like(ticket, g)
     mask.save(path)
     return mask
-
-
-def _index_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    tickets = [r for r in rows if r["branch"] == "ticket"]
-    last = tickets[-1]
-    return {"levels_done": last["level"], "density": last["density"],
-            "final_test_accuracy": last["final_test_accuracy"],
-            "dense_test_accuracy": tickets[0]["final_test_accuracy"]}
-

@@ -22,8 +22,8 @@ from ..masks import Mask
 from ..pruning.prune import prune
 from ..pruning.scores import ScoreSource
 from ..pruning.selection import random_mask_like
-from ..store import Store
-from ..training import default_device
+from ..store import Store, index_fields
+from ..training import resolve_device
 from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
     training_length
 
@@ -71,21 +71,24 @@ def run_prune_at_init(
     data, validation = prepare_data(config.data, config.seed)
     model = build_seeded_model(config.model, data, config.seed)  # validates the model before the store is touched
     training_length(config.train, data)
-    dev = torch.device(device) if device is not None else default_device()
-    with running(store, config) as run:
+    dev = resolve_device(device)
+    with running(store, config, log) as run:
+        if (done := run.complete_summary()) is not None:
+            log(f"prune-at-init run {run.hash} is complete; nothing recomputed")
+            return {k: v for k, v in done.items() if k != "status"}
         log(f"prune-at-init run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
             f"{config.method}, density {config.density}, {config.distribution}, sanity={config.sanity})")
         load_or_save_init(run, model)
         mask_path = run.file("mask.safetensors")
-        if mask_path.exists():
-            mask = Mask.load(mask_path)
+        if mask_path.exists() and run.file("pruning.json").exists():
+            mask = Mask.load(mask_path, require_checksum=True)
             prune_seconds = run.read_json("pruning.json")["seconds"]
-        else:
+        else:  # the mask file is the marker: written last, after the record of how it was made
             started = time.perf_counter()
             mask = compute_mask(config, model, data, dev, progress)
             prune_seconds = time.perf_counter() - started
-            mask.save(mask_path)
             run.write_json({"seconds": prune_seconds, "rounds": config.effective_rounds}, "pruning.json")
+            mask.save(mask_path)
         trained_mask = mask
         if config.sanity == "shuffle":
             trained_mask = random_mask_like(mask, torch.Generator().manual_seed(_seed(config.seed, _SALT_SHUFFLE)))
@@ -102,8 +105,8 @@ def run_prune_at_init(
             "disconnected": is_disconnected(model, trained_mask, data.input_shape),
         }
         ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
-        summary = train_unit(ctx, "train", model, trained_mask, start_step=0, extra_summary=extra)
-        run.write_json({"status": "complete", **summary}, "summary.json")
-        run.update_index(status="complete", summary={k: summary[k] for k in (
-            "density", "final_test_accuracy", "effective_density", "method", "sanity")})
+        summary = train_unit(ctx, "train", model, trained_mask, start_step=0, extra_summary=extra,
+                             expected_density=config.density)
+        run.mark_complete(summary)
+        run.update_index(status="complete", summary=index_fields(summary))
     return summary

@@ -18,8 +18,8 @@ from ..masks import Mask
 from ..pruning.distributions import layer_counts, shapes_of
 from ..pruning.dynamic import DropGrow, GradualMagnitude
 from ..steps import to_iterations
-from ..store import Store
-from ..training import Callback, default_device
+from ..store import Store, index_fields
+from ..training import Callback, resolve_device
 from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
     training_length
 
@@ -98,8 +98,11 @@ def run_sparse_training(
     model = build_seeded_model(config.model, data, config.seed)
     ipe, total = training_length(config.train, data)
     callback, updater = mask_updater(config, total, ipe)
-    dev = torch.device(device) if device is not None else default_device()
-    with running(store, config) as run:
+    dev = resolve_device(device)
+    with running(store, config, log) as run:
+        if (done := run.complete_summary()) is not None:
+            log(f"sparse training run {run.hash} is complete; nothing recomputed")
+            return {k: v for k, v in done.items() if k != "status"}
         log(f"sparse training run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
             f"{config.method}, density {config.density}, {config.effective_distribution})")
         load_or_save_init(run, model)
@@ -110,21 +113,22 @@ def run_sparse_training(
         else:
             start_mask = dense
         log(f"start mask: density {start_mask.density:.4f}\n{start_mask.table()}")
+        updates = [t for t in range(total) if config.method == "rigl" and updater.is_update_step(t + 1)]
+
+        def extra(trainer) -> dict[str, Any]:
+            """Method, distribution and training FLOPs from the mask's history, stored with the unit."""
+            events = trainer.history.mask_events
+            flops = flops_summary(layer_flops(model, data.input_shape), dense, start_mask, events, total,
+                                  config.train.batch_size, updates)
+            return {"method": config.method, "distribution": config.effective_distribution, **flops,
+                    "mask_updates": len([e for e in events if e["step"] > 0])}
+
         ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
         summary = train_unit(ctx, "train", model, start_mask, start_step=0,
-                             callbacks=[callback] if callback is not None else [],
-                             extra_summary={"method": config.method,
-                                            "distribution": config.effective_distribution})
-        events = run.read_jsonl("train", "mask_events.jsonl") if run.file("train", "mask_events.jsonl").exists() \
-            else []
-        updates = [t for t in range(total) if config.method == "rigl" and updater.is_update_step(t + 1)]
-        flops = flops_summary(layer_flops(model, data.input_shape), dense, start_mask, events, total,
-                              config.train.batch_size, updates)
-        summary.update(flops, mask_updates=len([e for e in events if e["step"] > 0]))
-        run.write_json(summary, "train", "summary.json")
-        run.write_json({"status": "complete", **summary}, "summary.json")
-        run.update_index(status="complete", summary={k: summary[k] for k in (
-            "density", "final_test_accuracy", "method", "training_flops_relative")})
+                             callbacks=[callback] if callback is not None else [], extra_summary=extra,
+                             expected_density=None if config.method == "dense" else config.density)
+        run.mark_complete(summary)
+        run.update_index(status="complete", summary=index_fields(summary))
         log(f"training FLOPs relative to dense: {summary['training_flops_relative']:.4f}")
     return summary
 

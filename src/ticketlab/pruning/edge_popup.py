@@ -11,13 +11,20 @@ themselves are frozen and never change.
 
 The user's layers are not rewritten: each masked parameter gets a
 ``torch.nn.utils.parametrize`` parametrization holding its scores, so any model with Linear/Conv
-layers works. ``EdgePopup.remove()`` bakes the current mask into plain weights and removes the
-parametrizations again.
+layers works, and so do raw parameters used through ``F.linear`` / ``F.conv2d`` that
+``include`` names (see ``prunable_parameters``). ``EdgePopup.remove()`` bakes the current mask into
+plain weights and removes the parametrizations again.
+
+Shared (tied) parameters, e.g. an embedding whose weight is also the output layer's
+(``self.out.weight = self.emb.weight``), get ONE score tensor and one mask, registered as the same
+parametrization on every module that holds the parameter, so every use sees the same masked
+weight while training; the mask is named as ``named_parameters()`` names the parameter (its first
+name) and ``remove()`` restores the tie (both modules hold the same, now masked, parameter again).
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +33,7 @@ from torch.nn.utils import parametrize
 
 from ..data import DataSplits
 from ..masks import Mask
-from ..prunable import prunable_layers, prunable_parameters
+from ..prunable import parameter_names, prunable_layers, prunable_parameters
 
 WEIGHT_INITS = ("kaiming_normal", "signed_constant", "keep")
 BIAS_INITS = ("keep", "normal")
@@ -127,7 +134,10 @@ class EdgePopup:
     paper's code), for weights and biases alike.
 
     Mask names are the model's original parameter names (``"0.weight"``, ``"0.bias"``), so the
-    Mask fits the model returned by ``remove()``.
+    Mask fits the model returned by ``remove()``. ``include`` / ``exclude`` choose the masked
+    weights like ``prunable_parameters`` (e.g. ``include=["w1"]`` for a raw parameter used through
+    ``F.linear``); a parameter shared by several modules has one score tensor (module docstring).
+    Biases (``include_bias``) are those of the Linear/Conv layers whose weights are masked.
     """
 
     def __init__(
@@ -141,6 +151,8 @@ class EdgePopup:
         score_init: str = "kaiming_uniform",
         generator: torch.Generator | None = None,
         bias_init: str = "keep",
+        include: Iterable[str] = (),
+        exclude: Iterable[str] = (),
     ):
         _check_density(density)
         if weight_init not in WEIGHT_INITS:
@@ -157,18 +169,23 @@ class EdgePopup:
         self._removed = False
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
 
-        weight_names = prunable_parameters(model)
-        modules = dict(prunable_layers(model))
+        weights = prunable_parameters(model, include=include, exclude=exclude)
+        canonical = parameter_names(model)
+        holders = _holders(model)
         self._requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
 
-        # (original parameter name, module, attribute name, parametrization)
-        self._entries: list[tuple[str, nn.Module, str, ScoreMask]] = []
-        for wname in weight_names:
-            module_name = wname[: -len(".weight")] if wname != "weight" else ""
-            module = modules[module_name]
-            weight = module.weight
+        # Linear/Conv layers by the parameter they use as weight (several for a shared weight)
+        layers_of: dict[int, list[nn.Module]] = {}
+        for _, module in prunable_layers(model):
+            if isinstance(getattr(module, "weight", None), nn.Parameter):
+                layers_of.setdefault(id(module.weight), []).append(module)
+
+        # (original parameter name, parametrization, [(module, attribute), ...] holding it)
+        self._entries: list[tuple[str, ScoreMask, list[tuple[nn.Module, str]]]] = []
+        biases_seen: set[int] = set()
+        for wname, weight in weights.items():
             fan_in = _fan_in(weight)
             if weight_init != "keep":
                 std = _GAIN / math.sqrt(fan_in)
@@ -181,22 +198,27 @@ class EdgePopup:
                     new = signs * std
                 with torch.no_grad():
                     weight.copy_(new.to(dtype=weight.dtype))
-            if bias_init == "normal" and getattr(module, "bias", None) is not None:
-                bias = module.bias
-                new_bias = torch.randn(bias.shape, generator=gen) * (_GAIN / math.sqrt(fan_in))
-                with torch.no_grad():
-                    bias.copy_(new_bias.to(dtype=bias.dtype))
-            targets = [("weight", wname)]
-            if include_bias and getattr(module, "bias", None) is not None:
-                targets.append(("bias", (module_name + "." if module_name else "") + "bias"))
+            targets = [(wname, weight)]
+            for layer in layers_of.get(id(weight), []):
+                bias = getattr(layer, "bias", None)
+                if not isinstance(bias, nn.Parameter) or id(bias) in biases_seen:
+                    continue
+                biases_seen.add(id(bias))
+                if bias_init == "normal":
+                    new_bias = torch.randn(bias.shape, generator=gen) * (_GAIN / math.sqrt(fan_in))
+                    with torch.no_grad():
+                        bias.copy_(new_bias.to(dtype=bias.dtype))
+                if include_bias and canonical[id(bias)] not in weights:  # else scored as a weight
+                    targets.append((canonical[id(bias)], bias))
             bound = 1.0 / math.sqrt(fan_in)
-            for attr, full_name in targets:
-                param = getattr(module, attr)
+            for full_name, param in targets:
                 scores = (torch.rand(param.shape, generator=gen) * 2 - 1) * bound
                 scores = scores.to(device=param.device, dtype=param.dtype)
                 pm = ScoreMask(scores, _kept_count(self.density, param.numel()))
-                parametrize.register_parametrization(module, attr, pm)
-                self._entries.append((full_name, module, attr, pm))
+                where = holders[id(param)]
+                for module, attr in where:  # one parametrization, shared by every holder
+                    parametrize.register_parametrization(module, attr, pm)
+                self._entries.append((full_name, pm, where))
 
     # --- API ------------------------------------------------------------------------------------
     def _check_alive(self) -> None:
@@ -206,25 +228,25 @@ class EdgePopup:
     def scores(self) -> list[nn.Parameter]:
         """The trainable score tensors (what the optimiser trains), in parameter order."""
         self._check_alive()
-        return [pm.scores for _, _, _, pm in self._entries]
+        return [pm.scores for _, pm, _ in self._entries]
 
     def named_scores(self) -> dict[str, nn.Parameter]:
         """Original parameter name -> its score tensor."""
         self._check_alive()
-        return {name: pm.scores for name, _, _, pm in self._entries}
+        return {name: pm.scores for name, pm, _ in self._entries}
 
     def set_density(self, density: float) -> None:
         """Change the kept fraction of every masked tensor (annealed edge-popup)."""
         self._check_alive()
         _check_density(density)
         self.density = float(density)
-        for _, _, _, pm in self._entries:
+        for _, pm, _ in self._entries:
             pm.k = _kept_count(self.density, pm.scores.numel())
 
     def mask(self) -> Mask:
         """The current top-k mask per masked parameter, under the original parameter names."""
         self._check_alive()
-        return Mask({name: pm.current_mask() for name, _, _, pm in self._entries})
+        return Mask({name: pm.current_mask() for name, pm, _ in self._entries})
 
     def remove(self) -> nn.Module:
         """Bake the current mask into plain weights (w * mask), drop the parametrizations.
@@ -233,15 +255,30 @@ class EdgePopup:
         so the returned model can be fine-tuned like any other. Returns the model (same object).
         """
         self._check_alive()
-        for _, module, attr, pm in self._entries:
+        for _, pm, where in self._entries:
             mask = pm.current_mask()
-            parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            for module, attr in where:  # every holder gets the original (shared) parameter back
+                parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
+            module, attr = where[0]
             with torch.no_grad():
                 getattr(module, attr).mul_(mask.to(dtype=getattr(module, attr).dtype))
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
         self._removed = True
         return self.model
+
+
+def _holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
+    """id(parameter) -> every (module, attribute name) that holds it (several for tied weights)."""
+    out: dict[int, list[tuple[nn.Module, str]]] = {}
+    seen: set[tuple[int, str]] = set()
+    for _, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module._parameters.items():
+            if p is None or (id(module), attr) in seen:
+                continue
+            seen.add((id(module), attr))
+            out.setdefault(id(p), []).append((module, attr))
+    return out
 
 
 def _check_density(density: float) -> None:
@@ -267,6 +304,8 @@ def train_edge_popup(
     bias_init: str = "keep",
     device: torch.device | str | None = None,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
 ) -> dict:
     """Train only the edge-popup scores of ``model`` on ``data`` with ``loss`` (network output,
     target) -> mean loss; cross-entropy classification by default.
@@ -275,6 +314,9 @@ def train_edge_popup(
     0; each epoch draws a seeded permutation and uses ``len(train) // batch_size`` full batches
     (the Trainer's convention). ``anneal``: epoch e (0-based) trains at density
     ``density ** ((e + 1) / epochs)``, so the last epoch and the result use ``density``.
+
+    ``include`` / ``exclude`` choose the masked weights as in ``prunable_parameters``. Inputs may
+    be integer token ids (models that start with an ``nn.Embedding``).
 
     ``model`` is modified in place and stays parametrized; call ``result["edge_popup"].remove()``
     for a plain pruned model. Returns ``test_accuracy``, ``test_loss``, ``density`` (kept fraction
@@ -294,7 +336,7 @@ def train_edge_popup(
     gen = torch.Generator().manual_seed(int(seed))
     start_density = density ** (1 / epochs) if anneal else density
     ep = EdgePopup(model, start_density, include_bias=include_bias, weight_init=weight_init,
-                   scale_fan=scale_fan, generator=gen, bias_init=bias_init)
+                   scale_fan=scale_fan, generator=gen, bias_init=bias_init, include=include, exclude=exclude)
     train, test = data.train.to(dev), data.test.to(dev)
     per_epoch = len(train) // batch_size
     if per_epoch == 0:

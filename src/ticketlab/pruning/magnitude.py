@@ -10,12 +10,27 @@ from collections.abc import Mapping
 
 import torch
 
-from ..masks import Mask
+from ..masks import Mask, MaskError
 from .selection import keep_top
 
 
 def magnitude_scores(weights: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:
-    """|w| for every masked parameter."""
+    """|w| for every masked parameter.
+
+    ``weights`` maps parameter names to tensors (``dict(model.named_parameters())`` or a state
+    dict); masks name a shared (tied) parameter by its first name, which both contain.
+    """
+    missing = [n for n in mask if n not in weights]
+    if missing:
+        raise MaskError(
+            f"the weights given to magnitude pruning lack the masked parameters {missing}; they have "
+            f"{list(weights)[:12]}{'...' if len(weights) > 12 else ''}. Pass dict(model.named_parameters()) "
+            "or model.state_dict() of the model the mask was built for (Mask.dense(model))"
+        )
+    wrong = [f"{n}: weight {tuple(weights[n].shape)} vs mask {tuple(mask[n].shape)}"
+             for n in mask if tuple(weights[n].shape) != tuple(mask[n].shape)]
+    if wrong:
+        raise MaskError("weights do not fit the mask: " + "; ".join(wrong))
     return {n: weights[n].detach().abs().cpu() for n in mask}
 
 

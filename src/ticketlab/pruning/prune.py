@@ -7,7 +7,8 @@ current mask each round; the last round lands exactly on the requested count(s).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -17,6 +18,35 @@ from .scores import ScoreSource, compute_scores
 from .selection import keep_top
 
 SCHEDULES = ("exponential", "linear")
+ON_COLLAPSE = ("warn", "raise", "ignore")
+
+
+class LayerCollapseWarning(UserWarning):
+    """A pruned mask keeps no weight at all in some layers (layer collapse: the net is cut there).
+
+    ``layers`` holds the names of the empty layers.
+    """
+
+    def __init__(self, message: str, layers: Sequence[str] = ()):
+        super().__init__(message)
+        self.layers = list(layers)
+
+
+class LayerCollapseError(DistributionError):
+    """``prune(..., on_collapse="raise")`` left a layer with no kept weight; ``layers`` names them."""
+
+    def __init__(self, message: str, layers: Sequence[str] = ()):
+        super().__init__(message)
+        self.layers = list(layers)
+
+
+def collapse_message(method: str, mask: Mask, density: float, distribution: str) -> str:
+    empty = mask.empty_layers()
+    return (f"prune({method!r}, density={density}, distribution={distribution!r}) left {len(empty)} of "
+            f"{len(mask)} layers with no kept weight (layer collapse: the network is cut there and "
+            f"outputs constants, or the layers are dead): {empty}. Consider distribution='erk' or "
+            f"'uniform' (every layer keeps weights), more rounds (SynFlow's iterative pruning), or a "
+            f"higher density. Mask.empty_layers() lists them.")
 
 
 def round_density(density: float, k: int, rounds: int, schedule: str) -> float:
@@ -63,6 +93,7 @@ def prune(
     schedule: str = "exponential",
     invert: bool = False,
     progress: Callable[[int, Mask], None] | None = None,
+    on_collapse: str = "warn",
     **score_options,
 ) -> Mask:
     """Prune ``mask`` down to ``density`` (fraction of all masked weights kept) with ``method``.
@@ -70,7 +101,15 @@ def prune(
     ``distribution`` 'global' ranks all layers together; 'uniform', 'erk', 'smart', 'smart_vgg' fix
     each layer's count first. ``invert`` keeps the *lowest* scores (a sanity check). The model is
     not modified.
+
+    Layer collapse: when the result keeps no weight at all in some layers, ``on_collapse``
+    'warn' (default) emits a :class:`LayerCollapseWarning` naming them (its ``layers`` attribute
+    lists them), 'raise' raises a :class:`LayerCollapseError` instead and 'ignore' says nothing.
+    Either way ``mask.empty_layers()`` of the result names them. (A layer whose kept weights lie on
+    no input-output path is collapsed too; ``analysis.connectivity.collapsed_layers`` finds those.)
     """
+    if on_collapse not in ON_COLLAPSE:
+        raise DistributionError(f"on_collapse must be one of {ON_COLLAPSE}, got {on_collapse!r}")
     if not 0.0 < density <= 1.0:
         raise DistributionError(f"density (fraction kept) must be in (0, 1], got {density}")
     if distribution != "global" and distribution not in DISTRIBUTIONS:
@@ -88,4 +127,10 @@ def prune(
         mask = keep_top(scores, mask, round_targets(mask, density, distribution, k, rounds, schedule))
         if progress is not None:
             progress(k, mask)
+    empty = mask.empty_layers()
+    if empty and on_collapse != "ignore":
+        message = collapse_message(method, mask, density, distribution)
+        if on_collapse == "raise":
+            raise LayerCollapseError(message, empty)
+        warnings.warn(LayerCollapseWarning(message, empty), stacklevel=2)
     return mask

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..masks import Mask
+from ..probe import probe_input, run_probe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -28,9 +29,11 @@ class ScoreError(ValueError):
 class ScoreSource:
     """What a score may look at. ``batches()`` yields the same (x, y) batches on every call.
 
-    SynFlow is data-free and never calls ``batches``; it needs only ``input_shape``. ``loss``
+    SynFlow is data-free and never calls ``batches``; it needs only ``input_shape`` (and
+    ``example_input`` for a model that cannot run on a synthetic input, see ``synflow``). ``loss``
     (network output, target) -> scalar is what SNIP and GraSP differentiate (cross-entropy by
-    default; e.g. ``F.mse_loss`` for regression).
+    default; e.g. ``F.mse_loss`` for regression). Inputs may be floating point or integer token
+    ids (for models that start with an ``nn.Embedding``).
     """
 
     batches: Callable[[], Iterable[Batch]]
@@ -38,6 +41,7 @@ class ScoreSource:
     generator: torch.Generator
     device: torch.device = torch.device("cpu")
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(default=F.cross_entropy)
+    example_input: torch.Tensor | None = None
 
 
 ScoreFn = Callable[..., dict[str, torch.Tensor]]
@@ -152,6 +156,19 @@ def synflow(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torc
 
     Computed in float64 on a copy (so deep networks do not overflow and the caller's weights and
     signs are untouched), BatchNorm in eval mode as the paper specifies.
+
+    Token models. The paper's all-ones *input* has no literal meaning for a model whose input
+    goes through an ``nn.Embedding`` (token ids index a table). An embedding lookup is a Linear
+    layer on one-hot vectors, and the all-ones input of that Linear layer is every token at once:
+    the lookup returns the sum of all rows of |W| (see :mod:`ticketlab.probe`). So the |theta|
+    network is run with every embedding lookup replaced by that row sum, at every position of the
+    input; every table row gets the score |w| * (paths from its output to R), exactly as the
+    input columns of a first Linear layer do, and no data is read. The input itself is all ones
+    of ``source.input_shape`` (its values reach only embedding lookups, which ignore them), or,
+    when ``source.example_input`` is given, its first sample: integer token ids as they are, a
+    floating input replaced by ones of its shape. A model that cannot run on the synthetic input
+    (it indexes with or one-hot encodes the ids itself) raises a ScoreError asking for
+    ``example_input``.
     """
     net = masked_copy(model, mask, source.device, dtype=torch.float64)
     net.eval()
@@ -159,7 +176,12 @@ def synflow(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torc
         for p in net.parameters():
             p.abs_()
     weights = _weights(net, mask)
-    x = torch.ones((1, *source.input_shape), dtype=torch.float64, device=source.device)
-    R = net(x).sum()
-    grads = torch.autograd.grad(R, list(weights.values()))
-    return {n: (w.detach() * g).abs() for (n, w), g in zip(weights.items(), grads)}
+    x = probe_input(source.input_shape, source.example_input, fill=1.0, dtype=torch.float64,
+                    device=source.device)
+    out = run_probe(net, x, ScoreError, "SynFlow", example_given=source.example_input is not None)
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        raise ScoreError(f"SynFlow needs a floating tensor output, got {type(out).__name__}")
+    R = out.sum()
+    grads = torch.autograd.grad(R, list(weights.values()), allow_unused=True)
+    return {n: (w.detach() * g).abs() if g is not None else torch.zeros_like(w)
+            for (n, w), g in zip(weights.items(), grads)}

@@ -1,0 +1,197 @@
+"""Fault injection: a kill at every file-write boundary of every procedure, then a rerun.
+
+Each procedure is first run uninterrupted while every write boundary is recorded: the moment a
+file's temp copy is complete but not yet renamed into place (a kill there leaves a stray, torn temp
+file behind, as a real SIGKILL would), the moment right after the rename, and every update of the
+SQLite index. Then, for each boundary, a fresh store is killed exactly there and the same command
+is run again; the rerun must end with a run folder identical to the uninterrupted one (timing
+fields aside), with no temp file or checkpoint left behind.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import ticketlab.atomic as atomic
+from ticketlab.config import (DataConfig, EarlyBirdConfig, IMPConfig, ModelConfig, PruneAtInitConfig,
+                              SparseTrainConfig, TrainConfig)
+from ticketlab.experiments.early_bird import run_early_bird
+from ticketlab.experiments.imp import run_imp
+from ticketlab.experiments.prune_at_init import run_prune_at_init
+from ticketlab.experiments.sparse_training import run_sparse_training
+from ticketlab.integrity import CHECKSUM_KEY
+from ticketlab.store import Store
+
+MLP_DATA = DataConfig(name="synthetic_mlp", val_size=32, options={"n_train": 160, "n_test": 64, "dim": 8})
+MLP = ModelConfig(name="mlp", options={"hidden": [16]})
+SHORT = TrainConfig(optimizer="adam", lr=3e-3, batch_size=32, steps="2ep", eval_every="1ep")
+
+
+class Kill(BaseException):
+    """A simulated SIGKILL: not an Exception, so no ``except Exception`` handler swallows it."""
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+PROCEDURES: dict[str, Callable[[Store], Any]] = {
+    "imp": lambda store: run_imp(IMPConfig(data=MLP_DATA, model=MLP, train=SHORT, levels=2, reset="rewind",
+                                           rewind_step="2it", baselines=("reinit", "random")),
+                                 store, device="cpu", progress=False, log=quiet),
+    "prune": lambda store: run_prune_at_init(PruneAtInitConfig(data=MLP_DATA, model=MLP, train=SHORT, method="synflow",
+                                                               density=0.2, rounds=3, sanity="shuffle"),
+                                             store, device="cpu", progress=False, log=quiet),
+    "sparse": lambda store: run_sparse_training(SparseTrainConfig(data=MLP_DATA, model=MLP, train=SHORT, method="rigl",
+                                                                  density=0.3, delta_t=2),
+                                                store, device="cpu", progress=False, log=quiet),
+    "early-bird": lambda store: run_early_bird(
+        EarlyBirdConfig(data=DataConfig(name="synthetic_mlp", options={"n_train": 128, "n_test": 32, "dim": 8}),
+                        model=MLP, train=TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=32,
+                                                     steps="5ep", eval_every="2ep"),
+                        kind="unstructured", window=2, epsilon=0.5, prune_ratio=0.5),
+        store, device="cpu", progress=False, log=quiet),
+}
+
+
+def _boundaries(monkeypatch, kill_at: int | None) -> list[tuple[str, str]]:
+    """Install hooks that record every write boundary and raise Kill at boundary ``kill_at``."""
+    seen: list[tuple[str, str]] = []
+
+    def reached(event: str, name: str) -> None:
+        seen.append((event, name))
+        if kill_at is not None and len(seen) - 1 == kill_at:
+            raise Kill(f"{event} {name}")
+
+    def hook(event: str, tmp: Path, path: Path) -> None:
+        if event == "before_rename" and kill_at is not None and len(seen) == kill_at:
+            torn = tmp.with_name(tmp.name[:-len(".tmp")] + "killed.tmp")  # what a kill mid-write leaves
+            torn.write_bytes(tmp.read_bytes()[: max(1, tmp.stat().st_size // 2)])
+        reached(event, path.name)
+
+    original_update = Store.update
+
+    def update(self, run_hash, **fields):
+        reached("index", str(fields.get("status", "summary")))
+        return original_update(self, run_hash, **fields)
+
+    monkeypatch.setattr(atomic, "fault_hook", hook)
+    monkeypatch.setattr(Store, "update", update)
+    return seen
+
+
+def _timing_free(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _timing_free(v) for k, v in obj.items()
+                if k != CHECKSUM_KEY and not k.endswith("seconds")}
+    if isinstance(obj, list):
+        return [_timing_free(v) for v in obj]
+    return obj
+
+
+def snapshot(root: Path) -> dict[str, Any]:
+    """Every stored file's content, comparable across runs (timing fields and checksums aside)."""
+    from safetensors.torch import load
+
+    from ticketlab.integrity import verify_safetensors
+
+    out: dict[str, Any] = {}
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.name in ("index.sqlite", ".lock"):
+            continue
+        rel = str(path.relative_to(root))
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            out[rel] = _timing_free(json.loads(data))
+        elif path.suffix == ".jsonl":
+            out[rel] = _timing_free([json.loads(line) for line in data.splitlines() if line.strip()])
+        elif path.suffix == ".safetensors":
+            meta = verify_safetensors(data, path)
+            out[rel] = ({k: v.numpy().tobytes() for k, v in load(data).items()}, _timing_free(meta))
+        else:
+            out[rel] = data
+    return out
+
+
+def index_of(root: Path) -> list[tuple]:
+    return [(r["hash"], r["status"], _timing_free(r["summary"])) for r in Store(root).list()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Each procedure run once without faults: its snapshot, index rows and write boundaries."""
+    results = {}
+    mp = pytest.MonkeyPatch()
+    try:
+        for name, procedure in PROCEDURES.items():
+            root = tmp_path_factory.mktemp(f"clean-{name}")
+            seen = _boundaries(mp, None)
+            procedure(Store(root))
+            results[name] = (snapshot(root), list(seen), index_of(root))
+    finally:
+        mp.undo()
+    return results
+
+
+@pytest.mark.parametrize("name", list(PROCEDURES))
+def test_kill_at_every_write_boundary_then_rerun_gives_the_uninterrupted_result(name, uninterrupted, tmp_path,
+                                                                                monkeypatch):
+    expected, boundaries, index_rows = uninterrupted[name]
+    assert len(boundaries) > 10, boundaries  # the procedure really writes through the hooked paths
+    for k, (event, file) in enumerate(boundaries):
+        root = tmp_path / f"kill-{k}"
+        with monkeypatch.context() as mp:
+            _boundaries(mp, k)
+            with pytest.raises(Kill):
+                PROCEDURES[name](Store(root))
+        PROCEDURES[name](Store(root))  # the rerun, no faults
+        assert not list(root.rglob("*.tmp")), f"kill at {event} {file}: temp files left"
+        assert not list(root.rglob("checkpoint.safetensors")), f"kill at {event} {file}: checkpoints left"
+        got = snapshot(root)
+        assert sorted(got) == sorted(expected), f"kill at {event} {file}: files differ"
+        for rel in expected:
+            assert got[rel] == expected[rel], f"kill at boundary {k} ({event} {file}): {rel} differs"
+        assert index_of(root) == index_rows, f"kill at boundary {k} ({event} {file}): index differs"
+
+
+def test_a_rerun_of_a_complete_run_rewrites_nothing(tmp_path):
+    PROCEDURES["imp"](Store(tmp_path))
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*")
+              if p.is_file() and p.name not in ("index.sqlite", ".lock")}
+    PROCEDURES["imp"](Store(tmp_path))
+    after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.rglob("*")
+             if p.is_file() and p.name not in ("index.sqlite", ".lock")}
+    assert after == before
+
+
+def test_plant_killed_at_each_output_write_reruns_to_the_same_outputs(tmp_path, monkeypatch):
+    """``ticketlab plant`` keeps no partial state: a kill at any of its writes, then the same command,
+    gives the same tables as an uninterrupted run."""
+    from ticketlab.cli import main
+
+    argv = ["plant", "--tasks", "relu", "--methods", "magnitude", "--kept", "0.5", "--seeds", "1", "--depth", "3",
+            "--width", "8", "--epochs", "1", "--workers", "1", "--no-progress"]
+    clean = tmp_path / "clean"
+    seen = _boundaries(monkeypatch, None)
+    assert main([*argv, "--out", str(clean)]) == 0
+    writes = [b for b in seen if b[0] != "index"]
+    assert len(writes) >= 4
+    for k in range(len(seen)):
+        out = tmp_path / f"kill-{k}"
+        with monkeypatch.context() as mp:
+            _boundaries(mp, k)
+            with pytest.raises(Kill):
+                main([*argv, "--out", str(out)])
+        assert main([*argv, "--out", str(out)]) == 0
+        rows = lambda folder: _timing_free(json.loads((folder / "rows.json").read_text()))  # noqa: E731
+        assert rows(out) == rows(clean)
+        strip = lambda text: "\n".join(line for line in text.splitlines() if " cells in " not in line)  # noqa: E731
+        assert strip((out / "report.md").read_text()) == strip((clean / "report.md").read_text())
+        assert not list(out.rglob("*.tmp"))
+        shutil.rmtree(out)
