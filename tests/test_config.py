@@ -185,7 +185,7 @@ def test_to_dict_is_plain_json():
     assert d["baselines"] == ["random"]
     assert d["data"]["root"] == "/data/cifar"
     assert d["prune"] == {"rate": 0.2, "scope": "layerwise", "output_rate": 0.1,
-                          "include_first": True, "include_output": True}
+                          "include_first": True, "include_output": True, "include": [], "exclude": []}
     assert json.loads(json.dumps(d)) == d
 
 
@@ -195,6 +195,7 @@ def test_to_dict_for_hash_leaves_out_root_and_later_options_at_their_default():
     assert "root" not in hashed["data"]
     full["data"].pop("root")
     assert full["train"].pop("precision") == "fp32"  # added later: at its default it leaves the hash as it was
+    assert full["prune"].pop("include") == full["prune"].pop("exclude") == []  # added later too
     assert hashed == full
 
 

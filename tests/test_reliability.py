@@ -364,3 +364,17 @@ def test_threads_and_versions_are_recorded_and_a_different_resume_warns(complete
         imp(root)
     later = json.loads((run_dir / "environment.json").read_text())["later_sessions"]
     assert later and later[0]["threads"] == torch.get_num_threads()
+
+
+def test_early_bird_search_counts_the_steps_it_trained(tmp_path):
+    """The search stops at the draw: its training FLOPs count the steps trained, not the schedule."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_fault_injection import PROCEDURES
+
+    store = Store(tmp_path)
+    summary = PROCEDURES["early-bird"](store)
+    [run] = store.runs()
+    search = run.read_json("search", "summary.json")
+    assert search["final_step"] == summary["drawn_epoch"] * 4 < 5 * 4  # 128 samples / batch 32 = 4 it per epoch
+    assert search["unit_training_flops"] == 3 * search["forward_flops"] * search["final_step"] * 32
+    assert search["dense_run_training_flops"] == 3 * search["forward_flops_dense"] * 5 * 4 * 32

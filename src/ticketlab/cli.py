@@ -79,6 +79,17 @@ def _add_data_model_training(p: argparse.ArgumentParser) -> None:
     _add_common(p)
 
 
+def _add_prunable_names(g: Any) -> None:
+    """--prune-param / --keep-dense: the weights a procedure prunes besides, or instead of, the default."""
+    g.add_argument("--prune-param", dest="include", action="append", default=[], metavar="NAME",
+                   help="also prune this parameter, or the >=2-D weights under this module, e.g. a raw "
+                        "nn.Parameter used through F.linear or an embedding (by default only Linear/Conv "
+                        "weights are pruned); repeatable")
+    g.add_argument("--keep-dense", dest="exclude", action="append", default=[], metavar="NAME",
+                   help="never prune this parameter, or anything under this module (wins over --prune-param); "
+                        "repeatable")
+
+
 def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_model_training(p)
     g = p.add_argument_group("pruning")
@@ -91,6 +102,7 @@ def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reset", choices=RESET_MODES, help="init (LTH), rewind (to step k), lr_rewind, finetune")
     g.add_argument("--rewind-step", help="k for rewind / lr_rewind / finetune, e.g. 2000it")
     g.add_argument("--baselines", nargs="*", choices=BASELINES, help="baselines per level (default: both)")
+    _add_prunable_names(g)
 
 
 def _add_sparse_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,6 +124,7 @@ def _add_sparse_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gmp-initial-sparsity", type=float, default=0.0)
     g.add_argument("--no-prune-first", action="store_true", help="keep the first layer dense")
     g.add_argument("--no-prune-output", action="store_true", help="keep the output layer dense")
+    _add_prunable_names(g)
 
 
 def _add_early_bird_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,6 +139,7 @@ def _add_early_bird_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--search-lr", type=float, help="a larger LR for the cheap search phase")
     g.add_argument("--search-precision", choices=("fp32", "bf16"), default="fp32")
     g.add_argument("--retrain-from", choices=("ticket", "reinit"), default="ticket")
+    _add_prunable_names(g)  # unstructured kind only
 
 
 def early_bird_config_from_args(args: argparse.Namespace) -> EarlyBirdConfig:
@@ -133,7 +147,7 @@ def early_bird_config_from_args(args: argparse.Namespace) -> EarlyBirdConfig:
     return EarlyBirdConfig(**_data_model_train(opts, args), kind=args.kind, prune_ratio=args.prune_ratio,
                            epsilon=args.epsilon, window=args.window, slimming=args.slimming,
                            search_lr=args.search_lr, search_precision=args.search_precision,
-                           retrain_from=args.retrain_from, seed=opts.get("seed", 0))
+                           retrain_from=args.retrain_from, seed=opts.get("seed", 0), **_names(args))
 
 
 def _add_prune_arguments(p: argparse.ArgumentParser) -> None:
@@ -155,6 +169,7 @@ def _add_prune_arguments(p: argparse.ArgumentParser) -> None:
                    help="shuffle the mask within layers, re-initialise kept weights, or invert the scores")
     g.add_argument("--no-prune-first", action="store_true", help="keep the first layer dense")
     g.add_argument("--no-prune-output", action="store_true", help="keep the output layer dense")
+    _add_prunable_names(g)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -185,6 +200,12 @@ def _options(args: argparse.Namespace, base: dict[str, Any] | None, keys: Sequen
     return opts
 
 
+def _names(args: argparse.Namespace) -> dict[str, tuple[str, ...]]:
+    """include / exclude from --prune-param / --keep-dense."""
+    return {"include": tuple(getattr(args, "include", None) or ()),
+            "exclude": tuple(getattr(args, "exclude", None) or ())}
+
+
 def _data_model_train(opts: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         data=DataConfig(name=opts.get("dataset", "mnist"), root=opts.get("data_root"),
@@ -200,7 +221,8 @@ def imp_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None =
     opts = _options(args, base, ("levels", "rate", "scope", "output_rate", "reset", "rewind_step", "baselines"))
     prune = PruneConfig(rate=opts.get("rate", 0.2), scope=opts.get("scope", "global"),
                         output_rate=None if args.no_prune_output else opts.get("output_rate"),
-                        include_first=not args.no_prune_first, include_output=not args.no_prune_output)
+                        include_first=not args.no_prune_first, include_output=not args.no_prune_output,
+                        **_names(args))
     return IMPConfig(
         **_data_model_train(opts, args), prune=prune, levels=opts.get("levels", 10), reset=opts.get("reset", "init"),
         rewind_step=opts.get("rewind_step", "0it"), baselines=tuple(opts.get("baselines", BASELINES)),
@@ -219,6 +241,7 @@ def prune_config_from_args(args: argparse.Namespace, base: dict[str, Any] | None
         score_batches=args.score_batches, score_batch_size=args.score_batch_size,
         grasp_temperature=args.grasp_temperature, sanity=args.sanity,
         include_first=not args.no_prune_first, include_output=not args.no_prune_output, seed=opts.get("seed", 0),
+        **_names(args),
     )
 
 
@@ -234,7 +257,7 @@ def sparse_config_from_args(args: argparse.Namespace) -> SparseTrainConfig:
         distribution=args.distribution, delta_t=args.delta_t, t_end=args.t_end, alpha=args.alpha,
         gmp_start=args.gmp_start, gmp_end=args.gmp_end, gmp_every=args.gmp_every,
         gmp_initial_sparsity=args.gmp_initial_sparsity, include_first=not args.no_prune_first,
-        include_output=not args.no_prune_output, seed=opts.get("seed", 0),
+        include_output=not args.no_prune_output, seed=opts.get("seed", 0), **_names(args),
     )
 
 

@@ -33,6 +33,39 @@ def _check_step(what: str, value: str) -> None:
         raise ConfigError(f"{what}: {exc}") from None
 
 
+def _names(what: str, value: Any) -> tuple[str, ...]:
+    """``include`` / ``exclude``: parameter or module names, as a sorted tuple without repeats.
+
+    A list (from JSON or the CLI) becomes a tuple, so the config stays hashable and compares equal
+    however it was written; a single string is one name.
+    """
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (tuple, list)):
+        raise ConfigError(f"{what} must be a list of parameter or module names, got {value!r}")
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        raise ConfigError(f"{what} must hold non-empty parameter or module names (strings), got {bad!r}")
+    return tuple(sorted(set(value)))
+
+
+def _names_field() -> Any:
+    """``include`` / ``exclude``: added after runs existed, so at their default () they leave the
+    hash (and every stored run) as it was."""
+    return field(default=(), metadata={"omit_default": True})
+
+
+def _check_names(config: Any) -> None:
+    object.__setattr__(config, "include", _names("include", config.include))
+    object.__setattr__(config, "exclude", _names("exclude", config.exclude))
+
+
+def _prunable_options(config: Any) -> dict[str, Any]:
+    """Keyword arguments for ``Mask.dense`` / ``prunable_parameters``."""
+    return dict(include_first=config.include_first, include_output=config.include_output,
+                include=config.include, exclude=config.exclude)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set, and how much of its training set is held out for validation."""
@@ -118,6 +151,10 @@ class PruneConfig:
     'global' ranks all layers together, 'layerwise' prunes each layer by ``rate``. ``output_rate``
     (LTH prunes LeNet's output layer at half the rate) prunes the output layer separately at its
     own rate in either scope.
+
+    ``include`` names parameters (or modules: their >=2-D weights) pruned besides the Linear/Conv
+    weights, e.g. a raw ``nn.Parameter`` used through ``F.linear`` or an embedding; ``exclude``
+    names parameters or modules never pruned (see :func:`ticketlab.prunable.prunable_parameters`).
     """
 
     rate: float = 0.2
@@ -125,8 +162,11 @@ class PruneConfig:
     output_rate: float | None = None
     include_first: bool = True
     include_output: bool = True
+    include: tuple[str, ...] = _names_field()
+    exclude: tuple[str, ...] = _names_field()
 
     def __post_init__(self) -> None:
+        _check_names(self)
         if not 0 <= self.rate < 1:
             raise ConfigError(f"prune rate must be in [0, 1) (fraction of remaining weights removed), got {self.rate}")
         if self.output_rate is not None and not 0 <= self.output_rate < 1:
@@ -135,6 +175,11 @@ class PruneConfig:
             raise ConfigError("output_rate is set but include_output is False: the output layer is not pruned at all")
         if self.scope not in SCOPES:
             raise ConfigError(f"scope {self.scope!r} is unknown; choose one of {SCOPES}")
+
+    @property
+    def prunable_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Mask.dense`` / ``prunable_parameters``."""
+        return _prunable_options(self)
 
 
 @dataclass(frozen=True)
@@ -181,7 +226,7 @@ class PruneAtInitConfig:
     ``density`` is the fraction of prunable weights kept. ``rounds`` None means the method's
     default (100 for SynFlow, as in the paper; 1 otherwise). ``sanity`` applies one check of Su et
     al. / Frankle et al. 2021: ``shuffle`` the mask within each layer, ``reinit`` the kept weights,
-    or ``invert`` the scores (keep the lowest).
+    or ``invert`` the scores (keep the lowest). ``include`` / ``exclude`` as in :class:`PruneConfig`.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -199,10 +244,13 @@ class PruneAtInitConfig:
     include_first: bool = True
     include_output: bool = True
     seed: int = 0
+    include: tuple[str, ...] = _names_field()
+    exclude: tuple[str, ...] = _names_field()
 
     experiment = "prune"
 
     def __post_init__(self) -> None:
+        _check_names(self)
         if self.method not in PAI_METHODS:
             raise ConfigError(f"method {self.method!r} is unknown; choose one of {PAI_METHODS}")
         if not 0 < self.density <= 1:
@@ -222,6 +270,11 @@ class PruneAtInitConfig:
             raise ConfigError(f"sanity check {self.sanity!r} is unknown; choose one of {SANITY_CHECKS}")
 
     @property
+    def prunable_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Mask.dense`` / ``prunable_parameters``."""
+        return _prunable_options(self)
+
+    @property
     def effective_rounds(self) -> int:
         return self.rounds if self.rounds is not None else (100 if self.method == "synflow" else 1)
 
@@ -239,6 +292,7 @@ class SparseTrainConfig:
     Gupta). RigL/SET update every ``delta_t`` iterations until ``t_end`` (a fraction of training),
     dropping ``alpha`` (cosine-decayed) of each layer's active weights. GMP prunes every
     ``gmp_every`` from ``gmp_start`` to ``gmp_end`` (step strings; end default 75% of training).
+    ``include`` / ``exclude`` as in :class:`PruneConfig`.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -257,10 +311,13 @@ class SparseTrainConfig:
     include_first: bool = True
     include_output: bool = True
     seed: int = 0
+    include: tuple[str, ...] = _names_field()
+    exclude: tuple[str, ...] = _names_field()
 
     experiment = "sparse"
 
     def __post_init__(self) -> None:
+        _check_names(self)
         if self.method not in SPARSE_METHODS:
             raise ConfigError(f"method {self.method!r} is unknown; choose one of {SPARSE_METHODS}")
         if not 0 < self.density <= 1:
@@ -282,6 +339,11 @@ class SparseTrainConfig:
             raise ConfigError("RigL grows by the dense gradient of pruned weights; it cannot run with mask_gradients")
 
     @property
+    def prunable_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Mask.dense`` / ``prunable_parameters``."""
+        return _prunable_options(self)
+
+    @property
     def effective_distribution(self) -> str:
         if self.distribution is not None:
             return self.distribution
@@ -299,7 +361,8 @@ class EarlyBirdConfig:
     ``epsilon``. The search may use a larger LR (``search_lr``) and bfloat16 (``search_precision``).
     The ticket is retrained for the full schedule from its weights at the draw (``retrain_from``
     'ticket') or from a fresh init ('reinit'); the same is done for the ticket drawn after full
-    training, the usual train -> prune -> retrain pipeline.
+    training, the usual train -> prune -> retrain pipeline. ``include`` / ``exclude`` (unstructured
+    kind only) choose the weights the masks cover, as in :class:`PruneConfig`.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -314,10 +377,16 @@ class EarlyBirdConfig:
     search_precision: str = "fp32"
     retrain_from: str = "ticket"
     seed: int = 0
+    include: tuple[str, ...] = _names_field()
+    exclude: tuple[str, ...] = _names_field()
 
     experiment = "early_bird"
 
     def __post_init__(self) -> None:
+        _check_names(self)
+        if self.kind == "channel" and (self.include or self.exclude):
+            raise ConfigError("include / exclude choose the weights of unstructured masks; kind 'channel' prunes "
+                              "BatchNorm channels (use kind 'unstructured')")
         if self.kind not in ("channel", "unstructured"):
             raise ConfigError(f"kind {self.kind!r} is unknown; choose 'channel' or 'unstructured'")
         if not 0 < self.prune_ratio < 1:
@@ -334,6 +403,11 @@ class EarlyBirdConfig:
             raise ConfigError(f"search_precision must be 'fp32' or 'bf16', got {self.search_precision!r}")
         if self.retrain_from not in ("ticket", "reinit"):
             raise ConfigError(f"retrain_from must be 'ticket' or 'reinit', got {self.retrain_from!r}")
+
+    @property
+    def prunable_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Mask.dense`` (unstructured masks cover every Linear/Conv weight)."""
+        return dict(include=self.include, exclude=self.exclude)
 
 
 def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:

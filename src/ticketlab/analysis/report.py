@@ -31,6 +31,9 @@ def imp_table(rows: Sequence[dict[str, Any]]) -> str:
     head = ["level", "remaining %", "ticket final acc", "ticket acc @ early stop", "early-stop it", "ticket max acc"]
     head += [f"{b} final acc" for b in branches] + [f"{b} early-stop it" for b in branches]
     head += ["inference FLOPs / dense", "training FLOPs to here / one dense run"]
+    connectivity = any("effective_density" in r for r in rows)  # runs from before it was recorded lack it
+    if connectivity:
+        head += ["ticket effective density", "collapsed layers"]
     spent = 0.0  # IMP's cost grows with every level trained, baselines excluded
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for level in sorted(by_level):
@@ -50,6 +53,10 @@ def imp_table(rows: Sequence[dict[str, Any]]) -> str:
             cells += [f"{t['forward_flops'] / t['forward_flops_dense']:.3f}", f"{spent:.2f}"]
         else:  # runs from before FLOPs were recorded
             cells += ["", ""]
+        if connectivity:
+            eff = t.get("effective_density")
+            cells += ["" if eff is None else f"{eff:.4f}",
+                      ", ".join(t.get("collapsed_layers", [])) or ("none" if "collapsed_layers" in t else "")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -107,11 +114,12 @@ def prune_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (model, data, method, dist, sanity, density), rs in _prune_groups(rows).items():
         accs = [r["final_test_accuracy"] for r in rs]
-        eff = sum(r["effective_density"] for r in rs) / len(rs)
+        effs = [r.get("effective_density") for r in rs]
+        eff = f"{sum(effs) / len(effs):.4g}" if None not in effs else ""  # None: not computable for the model
         collapsed = sorted({n for r in rs for n in r["collapsed_layers"]})
         lines.append("| " + " | ".join([
             model, data, method, dist, sanity, f"{density:g}", str(len(rs)), f"{sum(accs) / len(accs):.4f}",
-            f"[{min(accs):.4f}, {max(accs):.4f}]", f"{eff:.4g}", ", ".join(collapsed) or "none",
+            f"[{min(accs):.4f}, {max(accs):.4f}]", eff, ", ".join(collapsed) or "none",
             f"{sum(r['forward_flops'] / r['forward_flops_dense'] for r in rs) / len(rs):.4f}"
             if all("forward_flops" in r for r in rs) else "",
         ]) + " |")
@@ -160,6 +168,9 @@ def sparse_table(rows: Sequence[dict[str, Any]]) -> str:
     order = {"dense": 0, "static": 1, "set": 2, "rigl": 3, "gmp": 4}
     head = ["model", "data", "density", "method", "distribution", "seeds", "test acc mean", "test acc [min, max]",
             "training FLOPs / dense", "inference FLOPs / dense"]
+    connectivity = any("effective_density" in r for r in rows)  # runs from before it was recorded lack it
+    if connectivity:
+        head += ["effective density (end)", "collapsed layers (end)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(groups, key=lambda k: (k[0], k[1], -k[2], order.get(k[3], 9), k[4])):
         rs = groups[key]
@@ -167,10 +178,15 @@ def sparse_table(rows: Sequence[dict[str, Any]]) -> str:
         train = sum(r["training_flops_relative"] for r in rs) / len(rs)
         infer = sum(r["forward_flops_end"] / r["forward_flops_dense"] for r in rs) / len(rs)
         model, data, density, method, dist = key
-        lines.append("| " + " | ".join([
+        cells = [
             model, data, f"{density:g}", method, dist if method != "dense" else "-", str(len(rs)),
             f"{sum(accs) / len(accs):.4f}", f"[{min(accs):.4f}, {max(accs):.4f}]", f"{train:.3f}", f"{infer:.3f}",
-        ]) + " |")
+        ]
+        if connectivity:
+            effs = [r.get("effective_density") for r in rs]
+            cells += [f"{sum(effs) / len(effs):.4g}" if None not in effs else "",
+                      ", ".join(sorted({n for r in rs for n in r.get("collapsed_layers", [])})) or "none"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from ..config import DataConfig, ModelConfig, TrainConfig, to_dict
 from ..data import ArrayData, DataSplits, load_dataset, split_validation
 from ..masks import Mask
 from ..models import build_model
+from ..prunable import UnprunedWeightsWarning
 from ..steps import to_iterations
 from ..store import CorruptFileError, Run, Store, index_fields
 from ..training import Callback, DivergenceError, History, Trainer
@@ -44,6 +45,48 @@ def build_seeded_model(cfg: ModelConfig, data: DataSplits, seed: int) -> nn.Modu
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_model(cfg.name, data.input_shape, data.num_classes, **cfg.options)
+
+
+def example_input(data: DataSplits) -> torch.Tensor:
+    """A batch of one real training input for the analyses that run the network on a probe input
+    (SynFlow, connectivity, FLOPs): token ids are used as they are, floating inputs only give the
+    probe its shape (see :mod:`ticketlab.probe`)."""
+    return data.train.x[:1]
+
+
+def connectivity(model: nn.Module, mask: Mask, data: DataSplits) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``({"effective_density", "collapsed_layers"}, layer_report rows)`` of ``mask`` on ``model``.
+
+    ``effective_density``: kept weights on some input->output path / all masked weights;
+    ``collapsed_layers``: masked parameters with no kept or no effective weight (the net is cut
+    there). Depends on the mask and the model's structure only (not its weights), so it is the
+    same on every rerun. A model whose connectivity cannot be computed exactly (a ConnectivityError,
+    e.g. a forward pass that subtracts) gets ``effective_density`` None, the layers with no kept
+    weight as ``collapsed_layers`` and the reason in ``connectivity_error``; the procedure goes on.
+    """
+    from ..analysis.connectivity import ConnectivityError, layer_report
+
+    try:
+        rows = layer_report(model, mask, data.input_shape, example_input(data))
+    except ConnectivityError as exc:
+        return {"effective_density": None, "collapsed_layers": mask.empty_layers(),
+                "connectivity_error": str(exc)}, []
+    return {"effective_density": sum(r["effective"] for r in rows) / mask.num_total,
+            "collapsed_layers": [r["name"] for r in rows if r["collapsed"]]}, rows
+
+
+def connectivity_line(what: str, mask: Mask, conn: dict[str, Any], prefix: str = "") -> str:
+    """One log line: density, effective density and collapsed layers, loud when any collapsed."""
+    eff = conn.get("effective_density")
+    collapsed = conn.get("collapsed_layers") or []
+    text = (f"{what}: density {mask.density:.4f} ({mask.num_kept}/{mask.num_total}), effective density "
+            + (f"{eff:.4f}" if eff is not None else f"not computed ({conn.get('connectivity_error')})"))
+    if collapsed:
+        text += (f"; LAYER COLLAPSE: {len(collapsed)} of {len(mask)} layers keep no weight on an input->output "
+                 f"path: {collapsed}")
+    else:
+        text += "; no collapsed layer"
+    return prefix + text
 
 
 def training_length(train: TrainConfig, data: DataSplits) -> tuple[int, int]:
@@ -69,6 +112,8 @@ class UnitContext:
     device: torch.device
     progress: bool
     log: Log
+    # Mask.dense options for summarising a unit trained without a mask (as dense)
+    prunable: dict[str, Any] = field(default_factory=dict)
 
     @property
     def iterations_per_epoch(self) -> int:
@@ -144,14 +189,19 @@ def train_unit(
         ctx.log(f"  {unit}: resuming from step {begin}")
     trainer.train(begin, max(begin, end), lr_override=lr_override, resumed=resumed)
     # procedures may change the mask; an unmasked model is summarised as dense
-    final_mask = trainer.mask if trainer.mask is not None else (mask if mask is not None else Mask.dense(model))
+    if trainer.mask is not None or mask is not None:
+        final_mask = trainer.mask if trainer.mask is not None else mask
+    else:
+        with warnings.catch_warnings():  # the procedure named the weights left dense when it checked its options
+            warnings.simplefilter("ignore", UnprunedWeightsWarning)
+            final_mask = Mask.dense(model, **ctx.prunable)
     if trainer.mask is not None or mask is not None:
         check_pruned_weights(model, final_mask, unit, expected_density)
     trained = trainer.history.records[-1]["step"] - start_step  # a callback may have stopped it early
     extra = extra_summary(trainer) if callable(extra_summary) else (extra_summary or {})
     summary = {**summarize(trainer.history, final_mask, start_step), **extra,
                **_flops(model, final_mask, ctx.data.input_shape, trained,
-                        trainer.total_steps, ctx.train.batch_size)}
+                        trainer.total_steps, ctx.train.batch_size, example_input(ctx.data))}
     save_weights(model, run.file(unit, "final.safetensors"))
     run.write_jsonl(trainer.history.records, unit, "metrics.jsonl")
     if trainer.history.mask_events:
@@ -188,12 +238,13 @@ def check_pruned_weights(model: nn.Module, mask: Mask, unit: str, expected_densi
 
 
 def _flops(model: nn.Module, mask: Mask, input_shape: tuple[int, ...], steps: int, schedule_steps: int,
-           batch_size: int) -> dict[str, Any]:
+           batch_size: int, example: torch.Tensor | None = None) -> dict[str, Any]:
     """Forward FLOPs per sample (final mask, and dense), this unit's training FLOPs with that mask,
     and those of one dense run of the whole schedule (3 x forward per sample and step)."""
     from ..analysis.flops import dense_forward_flops, forward_flops
 
-    sparse, dense = forward_flops(model, input_shape, mask), dense_forward_flops(model, input_shape)
+    sparse = forward_flops(model, input_shape, mask, example_input=example)
+    dense = dense_forward_flops(model, input_shape, example_input=example)
     return {"forward_flops": sparse, "forward_flops_dense": dense,
             "unit_training_flops": 3 * sparse * steps * batch_size,
             "dense_run_training_flops": 3 * dense * schedule_steps * batch_size}

@@ -8,9 +8,13 @@ Units of a run:
   tickets are physically smaller models (``pruning/channels.py``); unstructured tickets stay masked.
 
 Per-epoch masks are stored in the run folder, so a resumed search rebuilds its distance history.
+Unstructured tickets cover the weights ``include`` / ``exclude`` choose (raw parameters,
+embeddings besides the Linear/Conv weights); their retraining units record, and the run logs, the
+ticket's effective density and collapsed layers.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,13 +26,14 @@ from ..checkpoint import load_weights, save_weights
 from ..config import EarlyBirdConfig
 from ..integrity import verify_safetensors
 from ..masks import Mask
+from ..prunable import UnprunedWeightsWarning
 from ..pruning.channels import channel_mask_distance, channel_mask_from_bn, shrink
 from ..pruning.selection import keep_top
 from ..store import Run, Store, StoreError, index_fields, load_tensors, save_tensors
 from ..training import Callback, Trainer, resolve_device
 from ..analysis.flops import dense_forward_flops, forward_flops
-from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
-    training_length
+from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
+    load_or_save_init, prepare_data, train_unit, training_length
 
 AnyMask = dict[str, torch.Tensor]
 
@@ -41,11 +46,14 @@ def slimming_penalty(strength: float):
     return penalty
 
 
-def current_mask(model: nn.Module, kind: str, prune_ratio: float) -> AnyMask:
-    """The ticket's mask if it were drawn now: BN channels (global |gamma|) or weights (global |w|)."""
+def current_mask(model: nn.Module, kind: str, prune_ratio: float, **prunable: Any) -> AnyMask:
+    """The ticket's mask if it were drawn now: BN channels (global |gamma|) or weights (global |w|).
+
+    ``prunable`` (``include`` / ``exclude``) chooses the weights of an unstructured mask.
+    """
     if kind == "channel":
         return channel_mask_from_bn(model, prune_ratio)
-    dense = Mask.dense(model)
+    dense = Mask.dense(model, **prunable)
     params = dict(model.named_parameters())
     scores = {n: params[n].detach().abs().cpu() for n in dense}
     keep = int(round(dense.num_total * (1.0 - prune_ratio)))
@@ -89,7 +97,10 @@ class EarlyBirdDetector:
         if step == 0 or step % self.ipe:
             return
         epoch = step // self.ipe
-        mask = current_mask(trainer.model, self.cfg.kind, self.cfg.prune_ratio)
+        prunable = {k: v for k, v in self.cfg.prunable_options.items() if v}  # only the options given
+        with warnings.catch_warnings():  # run_early_bird warned once about weights left dense
+            warnings.simplefilter("ignore", UnprunedWeightsWarning)
+            mask = current_mask(trainer.model, self.cfg.kind, self.cfg.prune_ratio, **prunable)
         save_tensors(self.mask_dir / f"epoch_{epoch:03d}.safetensors", {k: v.to(torch.uint8) for k, v in mask.items()})
         self._record(epoch, mask)
         # Compare with the state, not _record's answer: a resumed search reloads the masks of epochs
@@ -142,16 +153,19 @@ def _retrain(cfg: EarlyBirdConfig, ctx: UnitContext, unit: str, source_weights: 
     load_weights(model, source_weights)
     if cfg.retrain_from == "reinit":
         model = build_seeded_model(cfg.model, ctx.data, cfg.seed + 7919)
+    example = example_input(ctx.data)
     if cfg.kind == "channel":
         small = shrink(model, mask)
         summary = train_unit(ctx, unit, small, None, start_step=0)
         return {**summary, "parameters": sum(p.numel() for p in small.parameters()),
-                "forward_flops": forward_flops(small, ctx.data.input_shape)}
+                "forward_flops": forward_flops(small, ctx.data.input_shape, example_input=example)}
     weight_mask = Mask(mask)
-    summary = train_unit(ctx, unit, model, weight_mask, start_step=0)
+    conn, _ = connectivity(model, weight_mask, ctx.data)
+    ctx.log(connectivity_line(f"{unit} ticket", weight_mask, conn))
+    summary = train_unit(ctx, unit, model, weight_mask, start_step=0, extra_summary=conn)
     pruned = weight_mask.num_total - weight_mask.num_kept  # counted like dense_parameters: every parameter
     return {**summary, "parameters": sum(p.numel() for p in model.parameters()) - pruned,
-            "forward_flops": forward_flops(model, ctx.data.input_shape, weight_mask)}
+            "forward_flops": forward_flops(model, ctx.data.input_shape, weight_mask, example_input=example)}
 
 
 def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch.device | None = None,
@@ -161,6 +175,8 @@ def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch
     model = build_seeded_model(config.model, data, config.seed)
     if config.kind == "channel":
         channel_mask_from_bn(model, config.prune_ratio)  # fails clearly for models without prunable BN
+    else:
+        Mask.dense(model, **config.prunable_options)  # checks include / exclude, names weights left dense
     ipe, total = training_length(config.train, data)
     epochs = total // ipe
     if epochs < config.window + 1:
@@ -175,7 +191,8 @@ def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch
             f"prune ratio {config.prune_ratio})")
         load_or_save_init(run, model)
         init = {k: v.clone() for k, v in model.state_dict().items()}
-        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log,
+                          prunable=config.prunable_options if config.kind == "unstructured" else {})
         search, detector = _search(config, ctx, run, init, cheap=True)
         full, reference = _search(config, ctx, run, init, cheap=False)
         drawn = detector.drawn_epoch
@@ -201,7 +218,7 @@ def _costs(cfg: EarlyBirdConfig, model: nn.Module, data, ipe: int, total: int, d
            full: dict, ticket: dict, full_ticket: dict, reference: EarlyBirdDetector) -> dict[str, Any]:
     """Epochs and training FLOPs (3 x forward per sample) of early-bird vs. train-prune-retrain."""
     samples_per_epoch = ipe * cfg.train.batch_size
-    f_dense = dense_forward_flops(model, data.input_shape)
+    f_dense = dense_forward_flops(model, data.input_shape, example_input=example_input(data))
     epochs = total // ipe
     search_flops = 3 * f_dense * samples_per_epoch * drawn
     full_flops = 3 * f_dense * samples_per_epoch * epochs
@@ -226,6 +243,8 @@ def _costs(cfg: EarlyBirdConfig, model: nn.Module, data, ipe: int, total: int, d
         "training_flops_saved": 1.0 - (search_flops + retrain_eb) / (full_flops + retrain_full),
         "search_flops_saved": 1.0 - search_flops / full_flops,
         "final_distances": reference.distances[-cfg.window:],
+        **({f"{which}_{k}": unit[k] for which, unit in (("ticket", ticket), ("full_ticket", full_ticket))
+            for k in ("effective_density", "collapsed_layers") if k in unit} if cfg.kind == "unstructured" else {}),
     }
 
 

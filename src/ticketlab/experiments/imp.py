@@ -15,9 +15,16 @@ weights. In ``init``/``rewind`` mode baselines train the ticket's segment (k..T)
 
 Each (level, branch) is one unit in the Store; a rerun skips complete units and resumes an
 interrupted one from its last checkpoint.
+
+Every unit's summary records the connectivity of the mask it trains (``effective_density``: kept
+weights on some input->output path / all masked weights; ``collapsed_layers``: layers with no such
+weight), and every level logs it for the ticket and the random-mask baseline. ``config.prune``'s
+``include`` / ``exclude`` choose the weights besides the Linear/Conv ones (raw parameters,
+embeddings) that the masks cover.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +33,14 @@ import torch
 from ..checkpoint import save_weights
 from ..config import IMPConfig
 from ..masks import Mask
-from ..prunable import output_parameter_name
+from ..prunable import PrunableError, UnprunedWeightsWarning, output_parameter_name
 from ..pruning.magnitude import imp_prune
 from ..pruning.selection import random_mask_like
 from ..steps import to_iterations
 from ..store import Store, StoreError, index_fields
 from ..training import Callback, resolve_device, lr_factor
-from .common import (running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit,
-                     training_length)
+from .common import (running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line,
+                     load_or_save_init, prepare_data, train_unit, training_length)
 
 
 @dataclass
@@ -65,7 +72,7 @@ def _rewind_callback(s: Setup) -> Callback:
 
 
 def level_mask(s: Setup, level: int, previous: Mask, previous_weights: dict[str, torch.Tensor],
-               output_name: str) -> Mask:
+               output_name: str | None) -> Mask:
     path = s.run.file(f"level_{level:02d}", "mask.safetensors")
     if path.exists():
         return Mask.load(path, require_checksum=True)
@@ -87,7 +94,11 @@ def run_imp(
     """Run (or continue) IMP and return one row per (level, branch)."""
     data, validation = prepare_data(config.data, config.seed)
     # Everything that can be wrong with the request is checked before the store is touched.
-    build_seeded_model(config.model, data, config.seed)
+    model = build_seeded_model(config.model, data, config.seed)
+    dense = Mask.dense(model, **config.prune.prunable_options)  # names weights left dense, checks include/exclude
+    if config.prune.output_rate is not None and output_parameter_name(model) not in dense:
+        raise PrunableError(f"output_rate is set but the output layer's weight {output_parameter_name(model)!r} is "
+                            f"not pruned (exclude={list(config.prune.exclude)}); drop output_rate or the exclusion")
     _, total = training_length(config.train, data)
     k = to_iterations(config.rewind_step, len(data.train) // config.train.batch_size)
     if k >= total:
@@ -97,7 +108,8 @@ def run_imp(
         if (done := run.complete_summary()) is not None:
             log(f"IMP run {run.hash} is complete; nothing recomputed")
             return done["levels"]
-        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log,
+                          prunable=config.prune.prunable_options)
         s = Setup(config, ctx, total, k)
         log(f"IMP run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, reset={config.reset})")
         rows = _levels(s)
@@ -112,16 +124,17 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
     model = build_seeded_model(config.model, s.ctx.data, config.seed)
     load_or_save_init(run, model)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
-    prunable = dict(
-        include_first=config.prune.include_first, include_output=config.prune.include_output
-    )
-    mask = Mask.dense(model, **prunable)
-    output_name = output_parameter_name(model)
+    with warnings.catch_warnings():  # run_imp warned about weights left dense when it checked the options
+        warnings.simplefilter("ignore", UnprunedWeightsWarning)
+        mask = Mask.dense(model, **config.prune.prunable_options)
+    # only output_rate prunes the output layer apart (a model of raw parameters may have no Linear output)
+    output_name = output_parameter_name(model) if config.prune.output_rate is not None else None
     needs_rewind = config.reset != "init"
     rows: list[dict[str, Any]] = []
 
+    conn = _connectivity(s, model, mask, 0, "dense network")
     summary = train_unit(s.ctx, unit_name(0, "ticket"), model, mask, start_step=0,
-                         callbacks=[_rewind_callback(s)] if needs_rewind else ())
+                         callbacks=[_rewind_callback(s)] if needs_rewind else (), extra_summary=conn)
     if needs_rewind and not run.file("rewind.safetensors").exists():
         raise StoreError(f"rewind point at step {s.rewind_step} ({run.file('rewind.safetensors')}) is missing; "
                          f"delete {run.file('level_00')} to train the dense network again and recreate it")
@@ -133,11 +146,12 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
         final_weights = {k: v.clone() for k, v in model.state_dict().items()}
         mask = level_mask(s, level, mask, final_weights, output_name)
         s.ctx.log(f"level {level}: pruned to density {mask.density:.4f}\n{mask.table()}")
+        conn = _connectivity(s, model, mask, level, "ticket")
         reset_state = _reset_state(s, init_state, final_weights)
         start, lr_override = _segment(s)
         model.load_state_dict(reset_state)
         summary = train_unit(s.ctx, unit_name(level, "ticket"), model, mask, start_step=start,
-                             lr_override=lr_override)
+                             lr_override=lr_override, extra_summary=conn)
         rows.append({"level": level, "branch": "ticket", **summary})
         ticket_final = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -146,19 +160,27 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
         for branch in config.baselines:
             if branch == "reinit":
                 b_model = build_seeded_model(config.model, s.ctx.data, derived_seed(config.seed, "reinit", level))
-                b_mask = mask
+                b_mask, b_conn = mask, conn  # the ticket's mask
             else:
                 b_model = build_seeded_model(config.model, s.ctx.data, config.seed)
                 b_model.load_state_dict(reset_state if config.reset in ("init", "rewind") else init_state)
                 b_mask = _random_mask(s, level, mask)
+                b_conn = _connectivity(s, b_model, b_mask, level, "random-mask baseline")
             summary = train_unit(s.ctx, unit_name(level, branch), b_model, b_mask,
-                                 start_step=baseline_start, lr_override=baseline_lr)
+                                 start_step=baseline_start, lr_override=baseline_lr, extra_summary=b_conn)
             rows.append({"level": level, "branch": branch, **summary})
         model.load_state_dict(ticket_final)
         if len(rows) > len(stored_rows):
             stored_rows = _write_levels(s, rows, stored_rows)
             run.update_index(summary=index_fields({"levels": rows}))
     return rows
+
+
+def _connectivity(s: Setup, model: torch.nn.Module, mask: Mask, level: int, what: str) -> dict[str, Any]:
+    """Effective density and collapsed layers of ``mask``, logged as one line (stored with the unit)."""
+    conn, _ = connectivity(model, mask, s.ctx.data)
+    s.ctx.log(connectivity_line(f"level {level} {what}", mask, conn))
+    return conn
 
 
 def _write_levels(s: Setup, rows: list[dict[str, Any]], stored: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -5,7 +5,11 @@ stored (``mask.safetensors``); a rerun reuses it. With a sanity check the traine
 differ from the method's: ``shuffle`` permutes the kept positions within each layer (same
 layer-wise densities), ``reinit`` draws fresh weights for the same mask, ``invert`` keeps the
 lowest scores. Each summary also records the layer-wise connectivity: effective density (kept
-weights on some input-output path) and collapsed layers.
+weights on some input-output path) and collapsed layers; the run logs them (loudly when a layer
+collapsed), so :func:`compute_mask` asks ``prune`` for no LayerCollapseWarning of its own.
+``include`` / ``exclude`` choose the weights besides the Linear/Conv ones (raw parameters,
+embeddings) that the mask covers. The probe inputs (SynFlow, connectivity, FLOPs) are built from
+a real training input, so token models work.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..analysis.connectivity import format_layer_report, is_disconnected, layer_report
+from ..analysis.connectivity import ConnectivityError, format_layer_report, is_disconnected
 from ..config import PruneAtInitConfig
 from ..data import DataSplits
 from ..masks import Mask
@@ -24,8 +28,8 @@ from ..pruning.scores import ScoreSource
 from ..pruning.selection import random_mask_like
 from ..store import Store, index_fields
 from ..training import resolve_device
-from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
-    training_length
+from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
+    load_or_save_init, prepare_data, train_unit, training_length
 
 _SALT_SHUFFLE, _SALT_REINIT, _SALT_SCORES, _SALT_BATCHES = 11, 12, 13, 14
 
@@ -41,19 +45,27 @@ def scoring_source(data: DataSplits, cfg: PruneAtInitConfig, device: torch.devic
     x, y = data.train.x[perm], data.train.y[perm]
     batches = [(x[i:i + cfg.score_batch_size], y[i:i + cfg.score_batch_size]) for i in range(0, n, cfg.score_batch_size)]
     return ScoreSource(batches=lambda: iter(batches), input_shape=data.input_shape,
-                       generator=torch.Generator().manual_seed(_seed(cfg.seed, _SALT_SCORES)), device=device)
+                       generator=torch.Generator().manual_seed(_seed(cfg.seed, _SALT_SCORES)), device=device,
+                       example_input=example_input(data))
 
 
 def compute_mask(cfg: PruneAtInitConfig, model: torch.nn.Module, data: DataSplits, device: torch.device,
-                 progress: bool = False) -> Mask:
-    """The method's mask at ``cfg.density`` (before any shuffle), for the model as given."""
-    dense = Mask.dense(model, include_first=cfg.include_first, include_output=cfg.include_output)
+                 progress: bool = False, dense: Mask | None = None) -> Mask:
+    """The method's mask at ``cfg.density`` (before any shuffle), for the model as given.
+
+    ``dense`` is ``Mask.dense(model, **cfg.prunable_options)`` when the caller already has it.
+    Layer collapse is not warned about here: :func:`run_prune_at_init` reports it (with the
+    layers whose kept weights lie on no path) in its log and summary.
+    """
+    if dense is None:
+        dense = Mask.dense(model, **cfg.prunable_options)
     rounds = cfg.effective_rounds
     bar = tqdm(total=rounds, desc=f"{cfg.method} rounds", leave=False) if progress and rounds > 1 else None
     options = {"temperature": cfg.grasp_temperature} if cfg.method == "grasp" else {}
     mask = prune(cfg.method, model, dense, scoring_source(data, cfg, device), cfg.density,
                  distribution=cfg.distribution, rounds=rounds, schedule=cfg.schedule, invert=cfg.sanity == "invert",
-                 progress=(lambda k, m: bar.update(1)) if bar is not None else None, **options)
+                 progress=(lambda k, m: bar.update(1)) if bar is not None else None, on_collapse="ignore",
+                 **options)
     if bar is not None:
         bar.close()
     return mask
@@ -70,6 +82,7 @@ def run_prune_at_init(
     """Run (or continue) one prune-at-init experiment and return its summary."""
     data, validation = prepare_data(config.data, config.seed)
     model = build_seeded_model(config.model, data, config.seed)  # validates the model before the store is touched
+    dense = Mask.dense(model, **config.prunable_options)  # and the include / exclude names
     training_length(config.train, data)
     dev = resolve_device(device)
     with running(store, config, log) as run:
@@ -85,7 +98,7 @@ def run_prune_at_init(
             prune_seconds = run.read_json("pruning.json")["seconds"]
         else:  # the mask file is the marker: written last, after the record of how it was made
             started = time.perf_counter()
-            mask = compute_mask(config, model, data, dev, progress)
+            mask = compute_mask(config, model, data, dev, progress, dense=dense)
             prune_seconds = time.perf_counter() - started
             run.write_json({"seconds": prune_seconds, "rounds": config.effective_rounds}, "pruning.json")
             mask.save(mask_path)
@@ -94,17 +107,21 @@ def run_prune_at_init(
             trained_mask = random_mask_like(mask, torch.Generator().manual_seed(_seed(config.seed, _SALT_SHUFFLE)))
         if config.sanity == "reinit":
             model = build_seeded_model(config.model, data, _seed(config.seed, _SALT_REINIT))
-        layers = layer_report(model, trained_mask, data.input_shape)
-        log(f"pruned with {config.method} to density {trained_mask.density:.4f}\n{format_layer_report(layers)}")
+        conn, layers = connectivity(model, trained_mask, data)
+        if layers:
+            log(f"pruned with {config.method} to density {trained_mask.density:.4f}\n{format_layer_report(layers)}")
+        log(connectivity_line(f"{config.method} mask", trained_mask, conn))
+        try:
+            disconnected = is_disconnected(model, trained_mask, data.input_shape, example_input(data))
+        except ConnectivityError:
+            disconnected = None  # conn says why
         extra = {
             "method": config.method, "distribution": config.distribution, "sanity": config.sanity,
             "requested_density": config.density, "rounds": config.effective_rounds,
-            "prune_seconds": prune_seconds,
-            "effective_density": sum(r["effective"] for r in layers) / trained_mask.num_total,
-            "collapsed_layers": [r["name"] for r in layers if r["collapsed"]],
-            "disconnected": is_disconnected(model, trained_mask, data.input_shape),
+            "prune_seconds": prune_seconds, **conn, "disconnected": disconnected,
         }
-        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log,
+                          prunable=config.prunable_options)
         summary = train_unit(ctx, "train", model, trained_mask, start_step=0, extra_summary=extra,
                              expected_density=config.density)
         run.mark_complete(summary)

@@ -5,6 +5,11 @@ All five share one Trainer; SET/RigL and GMP are callbacks that change the mask 
 layer-wise densities (ERK by default); GMP and dense start dense. Each run records its training
 FLOPs relative to dense training, counted as the RigL paper does: every step 3 f_S(t) per sample,
 plus f_D - f_S at each RigL update step (the dense gradient); f_S(t) follows every mask change.
+
+Each run also logs and records the connectivity of its start mask (``start_effective_density``,
+``start_collapsed_layers``) and of its final mask, after RigL/SET/GMP changed it
+(``effective_density``, ``collapsed_layers``). ``include`` / ``exclude`` choose the weights
+besides the Linear/Conv ones (raw parameters, embeddings) that the masks cover.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ from ..pruning.dynamic import DropGrow, GradualMagnitude
 from ..steps import to_iterations
 from ..store import Store, index_fields
 from ..training import Callback, resolve_device
-from .common import running, Log, UnitContext, build_seeded_model, load_or_save_init, prepare_data, train_unit, \
-    training_length
+from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
+    load_or_save_init, prepare_data, train_unit, training_length
 
 _SALT_INIT_MASK = 21
 
@@ -61,9 +66,16 @@ def mask_updater(cfg: SparseTrainConfig, total_steps: int, ipe: int) -> tuple[Ca
 
 def flops_summary(rows: list[dict[str, Any]], dense_mask: Mask, start_mask: Mask, events: list[dict],
                   total_steps: int, batch_size: int, dense_gradient_steps: list[int]) -> dict[str, Any]:
-    """Training FLOPs of the run and relative to dense training, from the mask's history."""
-    per_weight = {r["weight"]: r["dense_flops"] / dense_mask[r["weight"]].numel()
-                  for r in rows if r["weight"] in dense_mask}
+    """Training FLOPs of the run and relative to dense training, from the mask's history.
+
+    ``rows`` are ``layer_flops`` rows; a weight used by several rows (a tied weight: an embedding
+    shared with the output layer, a layer called twice) adds up the FLOPs per weight of every use.
+    """
+    per_weight: dict[str, float] = {}
+    for r in rows:
+        name = r["weight"]
+        if name in dense_mask:
+            per_weight[name] = per_weight.get(name, 0.0) + r["dense_flops"] / dense_mask[name].numel()
     fixed = sum(r["dense_flops"] for r in rows if r["weight"] not in dense_mask)
     f_dense = sum(r["dense_flops"] for r in rows)
 
@@ -96,6 +108,7 @@ def run_sparse_training(
     """Run (or continue) one sparse training run and return its summary."""
     data, validation = prepare_data(config.data, config.seed)
     model = build_seeded_model(config.model, data, config.seed)
+    dense = Mask.dense(model, **config.prunable_options)  # checks the include / exclude names before the store
     ipe, total = training_length(config.train, data)
     callback, updater = mask_updater(config, total, ipe)
     dev = resolve_device(device)
@@ -106,24 +119,31 @@ def run_sparse_training(
         log(f"sparse training run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
             f"{config.method}, density {config.density}, {config.effective_distribution})")
         load_or_save_init(run, model)
-        dense = Mask.dense(model, include_first=config.include_first, include_output=config.include_output)
         if config.method in ("static", "set", "rigl"):
             g = torch.Generator().manual_seed((config.seed * 1_000_003 + _SALT_INIT_MASK) % (2**31 - 1))
             start_mask = random_sparse_mask(dense, config.effective_distribution, config.density, g)
         else:
             start_mask = dense
         log(f"start mask: density {start_mask.density:.4f}\n{start_mask.table()}")
+        start_conn, _ = connectivity(model, start_mask, data)
+        log(connectivity_line("start mask", start_mask, start_conn))
         updates = [t for t in range(total) if config.method == "rigl" and updater.is_update_step(t + 1)]
 
         def extra(trainer) -> dict[str, Any]:
-            """Method, distribution and training FLOPs from the mask's history, stored with the unit."""
+            """Method, distribution, training FLOPs from the mask's history and the connectivity of the
+            start and final masks, stored with the unit."""
             events = trainer.history.mask_events
-            flops = flops_summary(layer_flops(model, data.input_shape), dense, start_mask, events, total,
-                                  config.train.batch_size, updates)
+            flops = flops_summary(layer_flops(model, data.input_shape, example_input=example_input(data)), dense,
+                                  start_mask, events, total, config.train.batch_size, updates)
+            final_mask = trainer.mask if trainer.mask is not None else start_mask
+            final_conn, _ = connectivity(model, final_mask, data)
+            log(connectivity_line(f"final mask ({config.method})", final_mask, final_conn))
             return {"method": config.method, "distribution": config.effective_distribution, **flops,
-                    "mask_updates": len([e for e in events if e["step"] > 0])}
+                    "mask_updates": len([e for e in events if e["step"] > 0]),
+                    **{f"start_{k}": v for k, v in start_conn.items()}, **final_conn}
 
-        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log)
+        ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log,
+                          prunable=config.prunable_options)
         summary = train_unit(ctx, "train", model, start_mask, start_step=0,
                              callbacks=[callback] if callback is not None else [], extra_summary=extra,
                              expected_density=None if config.method == "dense" else config.density)
