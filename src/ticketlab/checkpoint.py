@@ -61,7 +61,7 @@ def load_checkpoint(trainer: Trainer, path: Path) -> int:
     for key, value in tensors.items():
         if key.startswith("optim."):
             _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value.to(trainer.device)
+            state.setdefault(int(idx), {})[name] = value.to(trainer.device, copy=True)  # own, writable memory
     for idx, values in scalars.items():
         state.setdefault(int(idx), {}).update(values)
     opt = trainer.optimizer.state_dict()
@@ -70,7 +70,10 @@ def load_checkpoint(trainer: Trainer, path: Path) -> int:
     trainer.history.records = history
     masks = {k[len("mask."):]: v.bool() for k, v in tensors.items() if k.startswith("mask.")}
     if masks:
-        trainer.set_mask(Mask(masks))
+        # In the model's parameter order, as before the kill: a file's tensor order is not the
+        # saved dict's, and methods that seed per layer by position (SET) depend on the order.
+        order = [n for n, _ in trainer.model.named_parameters() if n in masks]
+        trainer.set_mask(Mask({n: masks[n] for n in order + sorted(set(masks) - set(order))}))
     trainer.history.mask_events = events
     trainer.reapply_mask()
     return step

@@ -67,9 +67,10 @@ def load_tensors(path: Path, *, require_checksum: bool = True) -> dict[str, torc
 
     data = read_verified(path, require=require_checksum)
     try:
-        return load(data)
+        tensors = load(data)
     except Exception as exc:  # safetensors raises several error types for damaged files
         raise CorruptFileError(path, f"safetensors cannot read it ({exc})") from exc
+    return dict(sorted(tensors.items()))  # safetensors returns them in an order that varies between processes
 
 
 def _now() -> str:

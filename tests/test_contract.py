@@ -1,0 +1,206 @@
+"""The contract every registered pruning method keeps, tested over the registries themselves.
+
+For every registered score x every selection (global and each registered distribution) x layer kind
+(Linear, Conv, grouped + depthwise Conv) x density: the mask keeps exactly the asked number of
+weights (per layer where a distribution fixes the layers), the same seed gives the same mask, and
+pruned weights stay exactly zero through training. Every score also runs as a stored prune-at-init
+experiment that is killed mid-training and resumed to the uninterrupted result. A method that
+registers itself is tested here without a line of new test code.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import ticketlab.atomic as atomic
+from ticketlab.config import DataConfig, ModelConfig, PruneAtInitConfig, TrainConfig
+from ticketlab.data import ArrayData, DataSplits
+from ticketlab.experiments.prune_at_init import run_prune_at_init
+from ticketlab.masks import Mask
+from ticketlab.models.registry import MODELS, register_model
+from ticketlab.pruning.distributions import DISTRIBUTIONS, layer_counts, shapes_of
+from ticketlab.pruning.prune import prune
+from ticketlab.pruning.scores import SCORES, ScoreSource
+from ticketlab.store import Store
+from ticketlab.training import Trainer
+
+SELECTIONS = ["global", *DISTRIBUTIONS]
+DENSITIES = [0.5, 0.1, 0.02]
+
+
+def linear_net(input_shape, num_classes) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(torch.tensor(input_shape).prod()), 32), nn.ReLU(),
+                         nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def conv_net(input_shape, num_classes) -> nn.Module:
+    c = input_shape[0]
+    return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, num_classes))
+
+
+def grouped_conv_net(input_shape, num_classes) -> nn.Module:
+    c = input_shape[0]
+    return nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1, groups=4), nn.ReLU(),       # grouped
+                         nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),     # depthwise
+                         nn.Conv2d(16, 16, 1), nn.ReLU(),                           # pointwise
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+LAYER_KINDS = {"linear": linear_net, "conv": conv_net, "grouped_conv": grouped_conv_net}
+for _kind, _factory in LAYER_KINDS.items():
+    if f"contract_{_kind}" not in MODELS:
+        register_model(f"contract_{_kind}")(_factory)
+
+INPUT_SHAPE, CLASSES = (3, 8, 8), 4
+
+
+def data(seed: int = 0) -> DataSplits:
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(96, *INPUT_SHAPE, generator=g), torch.randint(0, CLASSES, (96,), generator=g)
+    return DataSplits(name="contract", train=ArrayData(x[:64], y[:64]), test=ArrayData(x[64:], y[64:]),
+                      num_classes=CLASSES,
+                      input_shape=INPUT_SHAPE)
+
+
+def model_of(kind: str, seed: int = 0) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LAYER_KINDS[kind](INPUT_SHAPE, CLASSES)
+
+
+def source(seed: int = 0) -> ScoreSource:
+    d = data(seed)
+    batches = [(d.train.x[:32], d.train.y[:32])]
+    return ScoreSource(batches=lambda: batches, input_shape=INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
+
+
+def pruned(method: str, kind: str, selection: str, density: float) -> tuple[nn.Module, Mask, Mask]:
+    model = model_of(kind)
+    dense = Mask.dense(model)
+    mask = prune(method, model, dense, source(), density, distribution=selection, on_collapse="ignore")
+    return model, dense, mask
+
+
+@pytest.mark.parametrize("density", DENSITIES)
+@pytest.mark.parametrize("kind", sorted(LAYER_KINDS))
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize("method", sorted(SCORES))
+def test_every_score_and_selection_keeps_exact_counts_and_is_deterministic(method, selection, kind, density):
+    model, dense, mask = pruned(method, kind, selection, density)
+    assert list(mask) == list(dense)
+    assert all(mask[n].shape == dense[n].shape for n in dense)
+    if selection == "global":
+        assert mask.num_kept == round(density * dense.num_total)
+    else:
+        assert mask.kept_per_layer() == layer_counts(selection, shapes_of(dense), density)
+    assert pruned(method, kind, selection, density)[2] == mask  # same seed, same mask
+
+
+@pytest.mark.parametrize("kind", sorted(LAYER_KINDS))
+@pytest.mark.parametrize("method", sorted(SCORES))
+def test_pruned_weights_stay_zero_through_training(method, kind):
+    model, _, mask = pruned(method, kind, "erk", 0.1)
+    cfg = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-3, batch_size=16, steps="8it",
+                      eval_every="4it")
+    trainer = Trainer(model, data(), cfg, mask, device="cpu", seed=0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer.train()
+    params = dict(model.named_parameters())
+    for name in mask:
+        assert torch.count_nonzero(params[name][~mask[name]]) == 0, name
+        assert not torch.equal(params[name][mask[name]], before[name][mask[name]]), f"{name} did not train"
+
+
+class Kill(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("method", sorted(SCORES))
+def test_every_score_as_a_stored_run_resumes_identically_after_a_kill(method, tmp_path):
+    cfg = PruneAtInitConfig(
+        data=DataConfig(name="synthetic_images", options={"n_train": 64, "n_test": 32, "shape": list(INPUT_SHAPE)}),
+        model=ModelConfig(name="contract_grouped_conv"),
+        train=TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=16, steps="3ep", eval_every="1ep"),
+        method=method, density=0.1, distribution="erk", rounds=2)
+
+    def run(root):
+        return run_prune_at_init(cfg, Store(root), device="cpu", progress=False, log=lambda _: None)
+
+    clean = run(tmp_path / "clean")
+
+    def kill_after_first_checkpoint(event, tmp, path):
+        if event == "after_rename" and path.name == "checkpoint.safetensors":
+            raise Kill
+
+    atomic.fault_hook = kill_after_first_checkpoint
+    try:
+        with pytest.raises(Kill):
+            run(tmp_path / "killed")
+    finally:
+        atomic.fault_hook = None
+    resumed = run(tmp_path / "killed")
+    timing = ("prune_seconds",)
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in clean.items() if k not in timing}
+    [a], [b] = (list((tmp_path / d).glob("*/train/final.safetensors")) for d in ("clean", "killed"))
+    assert a.read_bytes() == b.read_bytes()
+    [ma], [mb] = (list((tmp_path / d).glob("*/mask.safetensors")) for d in ("clean", "killed"))
+    assert ma.read_bytes() == mb.read_bytes()
+    metrics = [json.loads(line) for line in (b.parent / "metrics.jsonl").read_text().splitlines()[:-1]]
+    assert [r["step"] for r in metrics] == [0, 4, 8, 12]
+
+
+# --- sparse training methods --------------------------------------------------------------------------
+SPARSE = {m: m for m in __import__("ticketlab.config", fromlist=["SPARSE_METHODS"]).SPARSE_METHODS}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYER_KINDS))
+@pytest.mark.parametrize("method", sorted(SPARSE))
+def test_every_sparse_method_keeps_its_counts_and_resumes_identically(method, kind, tmp_path):
+    from ticketlab.config import SparseTrainConfig
+    from ticketlab.experiments.sparse_training import run_sparse_training
+
+    cfg = SparseTrainConfig(
+        data=DataConfig(name="synthetic_images", options={"n_train": 64, "n_test": 32, "shape": list(INPUT_SHAPE)}),
+        model=ModelConfig(name=f"contract_{kind}"),
+        train=TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=16, steps="3ep", eval_every="1ep"),
+        method=method, density=1.0 if method == "dense" else 0.2, delta_t=2, gmp_every="2it", gmp_end="8it")
+
+    def run(root):
+        return run_sparse_training(cfg, Store(root), device="cpu", progress=False, log=lambda _: None)
+
+    clean = run(tmp_path / "clean")
+    [final] = list((tmp_path / "clean").glob("*/train/final.safetensors"))
+    from ticketlab.store import load_tensors
+
+    weights = load_tensors(final)
+    dense = Mask.ones({n: weights[n] for n in Mask.dense(model_of(kind))})  # the data set's class count
+    kept = Mask.from_nonzero({n: weights[n] for n in dense})
+    if method == "dense":
+        assert kept.num_kept == dense.num_total
+    elif method == "gmp":  # dense to sparse, each layer to the final density by the end (uniform)
+        for name, k in kept.kept_per_layer().items():
+            assert abs(k - 0.2 * dense[name].numel()) <= 1, name
+        assert clean["density"] == kept.density
+    else:  # static, SET, RigL keep ERK's counts in every layer (grown weights start at exactly 0)
+        final_counts = {n: round(d * dense[n].numel()) for n, d in clean["layer_density"].items()}
+        assert final_counts == layer_counts("erk", shapes_of(dense), 0.2)
+        assert all(kept[n].sum() <= final_counts[n] for n in dense)
+
+    def kill_after_first_checkpoint(event, tmp, path):
+        if event == "after_rename" and path.name == "checkpoint.safetensors":
+            raise Kill
+
+    atomic.fault_hook = kill_after_first_checkpoint
+    try:
+        with pytest.raises(Kill):
+            run(tmp_path / "killed")
+    finally:
+        atomic.fault_hook = None
+    assert run(tmp_path / "killed") == clean
+    [again] = list((tmp_path / "killed").glob("*/train/final.safetensors"))
+    assert again.read_bytes() == final.read_bytes()
