@@ -52,6 +52,7 @@ from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.prunable import prunable_layers
 from ticketlab.pruning.prune import prune, round_targets
+from ticketlab.pruning.schedules import Iterative
 from ticketlab.pruning.scores import ScoreSource, compute_scores
 from ticketlab.pruning.selection import keep_top
 
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"\n{method}: scored in {score_s:.1f} s")
         for i, e in enumerate(exponents):
             t = time.perf_counter()
-            mask = keep_top(scores, dense, round_targets(dense, 10.0 ** -e, "global", 1, 1, "exponential"))
+            mask = keep_top(scores, dense, round_targets(dense, Iterative(10.0 ** -e, 1), "global", 1))
             select_s = time.perf_counter() - t
             if method == "magnitude" and i == 0:  # one-shot selection from one scoring == prune(rounds=1)
                 assert mask == prune(method, model, dense, source, 10.0 ** -e), "selection differs from prune()"
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(2):  # the first call also warms up allocators and caches
             t = time.perf_counter()
             s = compute_scores("synflow", model, dense, source)
-            keep_top(s, dense, round_targets(dense, 10.0 ** -exponents[-1], "global", 1, rounds, "exponential"))
+            keep_top(s, dense, round_targets(dense, Iterative(10.0 ** -exponents[-1], rounds), "global", 1))
             per_round.append(time.perf_counter() - t)
         estimate = per_round[-1] * rounds * len(exponents)
         budget = args.synflow_budget_min * 60

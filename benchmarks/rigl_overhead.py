@@ -21,6 +21,7 @@ from ticketlab.data import load_dataset
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.pruning.dynamic import DropGrow
+from ticketlab.pruning.schedules import CosineDrop
 from ticketlab.experiments.sparse_training import random_sparse_mask
 from ticketlab.training import Callback, Trainer
 
@@ -33,8 +34,8 @@ def one_run(data, mask: Mask, cfg: TrainConfig, steps: int, method: str, delta_t
     callbacks = []
     updater = None
     if method != "static":
-        updater = DropGrow(grow="gradient" if method == "rigl" else "random", delta_t=delta_t,
-                           t_end=int(0.75 * steps), alpha=0.3)
+        updater = DropGrow(grow="gradient" if method == "rigl" else "random",
+                           schedule=CosineDrop(alpha=0.3, every=delta_t, end=int(0.75 * steps)))
         callbacks.append(Callback(updater, every=delta_t))
     trainer = Trainer(model, data, cfg, mask, device="cpu", callbacks=callbacks)
     started = time.perf_counter()

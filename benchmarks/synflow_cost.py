@@ -42,6 +42,7 @@ from ticketlab.data import DataSplits, RandomCropFlip, load_dataset
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.pruning.prune import prune, round_targets
+from ticketlab.pruning.schedules import Iterative
 from ticketlab.pruning.scores import ScoreSource, compute_scores
 from ticketlab.pruning.selection import keep_top
 from ticketlab.training import Callback, Trainer
@@ -85,7 +86,7 @@ def breakdown(model: torch.nn.Module, density: float, rounds: int, repeats: int)
     """Median seconds of scoring and of selection for round 1 (from the dense mask)."""
     dense = Mask.dense(model)
     source = ScoreSource(batches=lambda: [], input_shape=INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
-    targets = round_targets(dense, density, "global", 1, rounds, "exponential")
+    targets = round_targets(dense, Iterative(density, rounds), "global", 1)
     score_s, select_s = [], []
     for i in range(repeats + 1):
         t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from ticketlab.masks import Mask, MaskError
 from ticketlab.prunable import UnprunedWeightsWarning, output_parameter_name, prunable_parameters
 from ticketlab.pruning.distributions import layer_counts, shapes_of
 from ticketlab.pruning.dynamic import DropGrow
+from ticketlab.pruning.schedules import CosineDrop
 from ticketlab.pruning.edge_popup import EdgePopup, train_edge_popup
 from ticketlab.pruning.magnitude import imp_prune
 from ticketlab.pruning.prune import LayerCollapseError, LayerCollapseWarning, prune
@@ -378,7 +379,7 @@ def test_rigl_drop_grow(case):
     cls, data, _ = CASES[case]
     model = seeded(cls)
     start = prune("random", model, dense_mask(case, model), source(data), 0.4, distribution="erk")
-    rigl = DropGrow(grow="gradient", delta_t=2, t_end=8, alpha=0.3)
+    rigl = DropGrow(grow="gradient", schedule=CosineDrop(alpha=0.3, every=2, end=8))
     seen = []
     trainer = Trainer(model, data, cfg(8), start, device="cpu",
                       callbacks=[Callback(rigl, every=1), Callback(lambda t, s: seen.append(t.mask), every=1)])

@@ -204,3 +204,51 @@ def test_every_sparse_method_keeps_its_counts_and_resumes_identically(method, ki
     assert run(tmp_path / "killed") == clean
     [again] = list((tmp_path / "killed").glob("*/train/final.safetensors"))
     assert again.read_bytes() == final.read_bytes()
+
+
+# --- schedules x distributions ------------------------------------------------------------------------------
+@pytest.mark.parametrize("selection", DISTRIBUTIONS)
+@pytest.mark.parametrize("kind", sorted(__import__("ticketlab.pruning.schedules", fromlist=["x"]).SCHEDULE_KINDS))
+def test_every_schedule_with_every_distribution(kind, selection):
+    """Any schedule composes with any distribution: at every update step the per-layer counts are
+    exact for the schedule's density; densities never rise and end where the schedule says."""
+    from ticketlab.pruning.schedules import SCHEDULE_KINDS
+
+    schedule = SCHEDULE_KINDS[kind].example()
+    assert hash(schedule) == hash(SCHEDULE_KINDS[kind].example())  # frozen, comparable, hashable
+    horizon = 200
+    densities = [schedule.density_at(t) for t in range(horizon + 1)]
+    assert all(0 < d <= 1 for d in densities)
+    assert all(b <= a for a, b in zip(densities, densities[1:])), "a pruning schedule never adds weights back"
+    final = getattr(schedule, "density", None)
+    if final is None:  # IMP levels: (1 - rate) ** levels after the last level
+        final = (1 - schedule.rate) ** schedule.levels
+        densities[-1] = schedule.density_at(schedule.levels)
+    assert densities[-1] == pytest.approx(final, rel=1e-12)
+    updates = [t for t in range(horizon + 1) if schedule.is_update_step(t)]
+    assert updates, f"{kind} never updates within {horizon} steps"
+    shapes = shapes_of(Mask.dense(model_of("grouped_conv")))
+    total = sum(torch.Size(s).numel() for s in shapes.values())
+    for t in updates:
+        counts = layer_counts(selection, shapes, schedule.density_at(t))
+        assert sum(counts.values()) == round(schedule.density_at(t) * total)
+        assert all(0 <= counts[n] <= torch.Size(shapes[n]).numel() for n in shapes)
+
+
+def test_every_stored_procedure_is_in_the_fault_injection_suite():
+    """Each command that writes runs into the store is killed at every write boundary and rerun in
+    tests/test_fault_injection.py: a new procedure cannot land without that coverage."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from ticketlab.cli import build_parser
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_fault_injection import PROCEDURES
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    storing = {name for name, p in sub.choices.items()
+               if any("--runs-dir" in a.option_strings for a in p._actions)
+               and name not in ("ls", "report", "verify", "demo")}
+    assert storing and storing <= set(PROCEDURES), storing - set(PROCEDURES)

@@ -520,3 +520,19 @@ def test_register_dataset_and_name_normalisation(tmp_path: Path) -> None:
         DATASETS.pop("tiny_test_set")
     _write_mnist(tmp_path)
     assert load_dataset("Fashion-MNIST", str(tmp_path)).name == "fashion_mnist"
+
+
+def test_array_data_holds_float_regression_targets() -> None:
+    x = torch.randn(5, 2)
+    for y in (torch.randn(5), torch.randn(5, 3), torch.randn(5, 3, dtype=torch.float64)):
+        data = ArrayData(x, y)
+        assert len(data) == 5 and data.subset(torch.tensor([4, 0])).y.shape == (2, *y.shape[1:])
+    splits = DataSplits("reg", ArrayData(x, torch.randn(5, 3)), ArrayData(x[:2], torch.randn(2, 3)),
+                        num_classes=3, input_shape=(2,))
+    assert splits.to("cpu").train.y.dtype == torch.float32
+    with pytest.raises(DataError, match="1-D"):  # class labels stay (N,)
+        ArrayData(x, torch.zeros(5, 3, dtype=torch.long))
+    with pytest.raises(DataError, match="regression targets"):
+        ArrayData(x, torch.zeros(5, dtype=torch.bool))
+    with pytest.raises(DataError, match="number of samples"):
+        ArrayData(x, torch.randn(4, 3))

@@ -16,7 +16,8 @@ from ticketlab.data import load_dataset
 from ticketlab.experiments.sparse_training import random_sparse_mask, run_sparse_training
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
-from ticketlab.pruning.dynamic import DropGrow, GradualMagnitude, cosine_drop_fraction, gmp_sparsity
+from ticketlab.pruning.dynamic import DropGrow, GradualMagnitude
+from ticketlab.pruning.schedules import CosineDrop, Cubic
 from ticketlab.store import Store
 from ticketlab.training import Callback, Trainer
 
@@ -86,8 +87,8 @@ def run_with_checks(updater: DropGrow, steps: int, check, *, optimizer="adam", f
 
     model = make_model(seed)
     trainer = Trainer(model, DATA, train_cfg(steps, optimizer, fused), sparse_start(model), device="cpu",
-                      callbacks=[Callback(before, every=updater.delta_t), Callback(updater, every=updater.delta_t),
-                                 Callback(after, every=updater.delta_t)])
+                      callbacks=[Callback(before, every=updater.schedule.every), Callback(updater, every=updater.schedule.every),
+                                 Callback(after, every=updater.schedule.every)])
     trainer.train()
     return trainer
 
@@ -96,12 +97,12 @@ def run_with_checks(updater: DropGrow, steps: int, check, *, optimizer="adam", f
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("fused", [True, False])
 def test_update_keeps_counts_and_grows_at_zero_with_fresh_optimizer_state(grow, optimizer, fused):
-    updater = DropGrow(grow=grow, delta_t=5, t_end=30, alpha=0.3, seed=0)
+    updater = DropGrow(grow=grow, schedule=CosineDrop(alpha=0.3, every=5, end=30), seed=0)
     checked = []
     state_keys = {"sgd": {"momentum_buffer"}, "adam": {"exp_avg", "exp_avg_sq"}}[optimizer]
 
     def check(trainer, step, before):
-        f = cosine_drop_fraction(step, 0.3, 30)
+        f = CosineDrop(alpha=0.3, every=1, end=30).drop_fraction(step)
         changed_total, stale_state = 0, 0
         for n, p in flat_params(trainer).items():
             old, new = before[n]["mask"], trainer.mask[n].reshape(-1)
@@ -133,11 +134,11 @@ def test_update_keeps_counts_and_grows_at_zero_with_fresh_optimizer_state(grow, 
 
 
 def test_rigl_drops_smallest_weights_and_grows_largest_gradients():
-    updater = DropGrow(grow="gradient", delta_t=4, t_end=32, alpha=0.4)
+    updater = DropGrow(grow="gradient", schedule=CosineDrop(alpha=0.4, every=4, end=32))
     seen = []
 
     def check(trainer, step, before):
-        f = cosine_drop_fraction(step, 0.4, 32)
+        f = CosineDrop(alpha=0.4, every=1, end=32).drop_fraction(step)
         logged_changed = 0
         for n, p in flat_params(trainer).items():
             b = before[n]
@@ -168,7 +169,7 @@ def test_rigl_drops_smallest_weights_and_grows_largest_gradients():
 
 
 def test_no_update_after_t_end_and_cosine_drop_fractions():
-    updater = DropGrow(grow="gradient", delta_t=10, t_end=60, alpha=0.3)
+    updater = DropGrow(grow="gradient", schedule=CosineDrop(alpha=0.3, every=10, end=60))
     masks: dict[int, Mask] = {}
     model = make_model()
     trainer = Trainer(model, DATA, train_cfg(100), sparse_start(model), device="cpu",
@@ -183,18 +184,18 @@ def test_no_update_after_t_end_and_cosine_drop_fractions():
     for r in updater.log:
         assert r["drop_fraction"] == 0.3 / 2 * (1 + math.cos(math.pi * r["step"] / 60))
     assert updater.log[0]["drop_fraction"] == pytest.approx(0.15 * (1 + math.sqrt(3) / 2))
-    assert cosine_drop_fraction(60, 0.3, 60) == 0.0 == cosine_drop_fraction(70, 0.3, 60)
-    assert cosine_drop_fraction(0, 0.3, 60) == 0.3
-    assert cosine_drop_fraction(30, 0.3, 60) == pytest.approx(0.15)
+    assert CosineDrop(alpha=0.3, every=1, end=60).drop_fraction(60) == 0.0 == CosineDrop(alpha=0.3, every=1, end=60).drop_fraction(70)
+    assert CosineDrop(alpha=0.3, every=1, end=60).drop_fraction(0) == 0.3
+    assert CosineDrop(alpha=0.3, every=1, end=60).drop_fraction(30) == pytest.approx(0.15)
 
 
 def set_run(seed: int, steps: int = 24):
-    updater = DropGrow(grow="random", delta_t=4, t_end=steps, alpha=0.3, seed=seed)
+    updater = DropGrow(grow="random", schedule=CosineDrop(alpha=0.3, every=4, end=steps), seed=seed)
     masks: dict[int, Mask] = {}
     grown_ok = []
 
     def check(trainer, step, before):
-        f = cosine_drop_fraction(step, 0.3, steps)
+        f = CosineDrop(alpha=0.3, every=1, end=steps).drop_fraction(step)
         for n in trainer.mask:
             old, new = before[n]["mask"], trainer.mask[n].reshape(-1)
             active = old.nonzero().reshape(-1)
@@ -222,7 +223,7 @@ def test_set_is_seeded_and_grows_among_inactive_after_drop():
 
 
 def test_pruned_weights_stay_zero_through_rigl_training():
-    updater = DropGrow(grow="gradient", delta_t=3, t_end=45, alpha=0.5)
+    updater = DropGrow(grow="gradient", schedule=CosineDrop(alpha=0.5, every=3, end=45))
     model = make_model(3)
     start = sparse_start(model, density=0.2, seed=3)
     trainer = Trainer(model, DATA, train_cfg(48, "sgd"), start, device="cpu", callbacks=[Callback(updater, every=3)])
@@ -238,23 +239,27 @@ def test_pruned_weights_stay_zero_through_rigl_training():
 
 # --- gradual magnitude pruning ------------------------------------------------------------------
 
+def cubic(initial_sparsity: float, final_sparsity: float, start: int, end: int) -> Cubic:
+    return Cubic(density=1 - final_sparsity, start=start, end=end, every=1, initial_density=1 - initial_sparsity)
+
+
 def test_gmp_sparsity_hand_values():
-    assert gmp_sparsity(0, 0.0, 0.9, 0, 100) == 0.0
-    assert gmp_sparsity(50, 0.0, 0.9, 0, 100) == pytest.approx(0.7875)  # 0.9 - 0.9 * 0.5^3
-    assert gmp_sparsity(25, 0.0, 0.9, 0, 100) == pytest.approx(0.9 - 0.9 * 0.75**3)
-    assert gmp_sparsity(100, 0.0, 0.9, 0, 100) == 0.9
-    assert gmp_sparsity(150, 0.0, 0.9, 0, 100) == 0.9
-    assert gmp_sparsity(5, 0.2, 0.9, 10, 110) == 0.2  # before start: the initial sparsity
-    assert gmp_sparsity(60, 0.2, 0.9, 10, 110) == pytest.approx(0.9 - 0.7 * 0.125)
-    values = [gmp_sparsity(t, 0.0, 0.9, 0, 100) for t in range(0, 101, 10)]
+    assert cubic(0.0, 0.9, 0, 100).sparsity_at(0) == 0.0
+    assert cubic(0.0, 0.9, 0, 100).sparsity_at(50) == pytest.approx(0.7875)  # 0.9 - 0.9 * 0.5^3
+    assert cubic(0.0, 0.9, 0, 100).sparsity_at(25) == pytest.approx(0.9 - 0.9 * 0.75**3)
+    assert cubic(0.0, 0.9, 0, 100).sparsity_at(100) == 0.9
+    assert cubic(0.0, 0.9, 0, 100).sparsity_at(150) == 0.9
+    assert cubic(0.2, 0.9, 10, 110).sparsity_at(5) == pytest.approx(0.2, abs=1e-15)  # before start: the initial
+    assert cubic(0.2, 0.9, 10, 110).sparsity_at(60) == pytest.approx(0.9 - 0.7 * 0.125)
+    values = [cubic(0.0, 0.9, 0, 100).sparsity_at(t) for t in range(0, 101, 10)]
     assert values == sorted(values)  # monotone, and the steps shrink (cubic)
     gaps = [b - a for a, b in zip(values, values[1:])]
     assert gaps == sorted(gaps, reverse=True)
 
 
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
+@pytest.mark.parametrize("scope", ["global", "uniform"])
 def test_gmp_counts_nested_and_frozen_after_end(scope):
-    gmp = GradualMagnitude(final_sparsity=0.9, start=0, end=100, every=10, scope=scope)
+    gmp = GradualMagnitude(Cubic(density=0.1, start=0, end=100, every=10), distribution=scope)
     masks: dict[int, Mask] = {}
     model = make_model()
     trainer = Trainer(model, DATA, train_cfg(120), Mask.dense(model), device="cpu",
@@ -262,7 +267,7 @@ def test_gmp_counts_nested_and_frozen_after_end(scope):
                                  Callback(lambda t, s: masks.__setitem__(s, Mask(dict(t.mask.items()))), every=1)])
     trainer.train()
     for t in range(0, 101, 10):
-        density = 1 - gmp_sparsity(t, 0.0, 0.9, 0, 100)
+        density = gmp.schedule.density_at(t)
         if scope == "global":
             assert masks[t].num_kept == round(N * density), t
         else:
@@ -279,18 +284,18 @@ def test_gmp_counts_nested_and_frozen_after_end(scope):
 
 
 def test_gmp_prunes_smallest_magnitudes_globally():
-    gmp = GradualMagnitude(final_sparsity=0.5, start=2, end=4, every=2, scope="global")
+    gmp = GradualMagnitude(Cubic(density=0.5, start=2, end=4, every=2), distribution="global")
     seen = []
 
     def before(trainer, step):
-        if gmp.is_prune_step(step):
+        if gmp.is_update_step(step):
             seen.append((step, torch.cat([p.detach().abs().reshape(-1).clone() for p in flat_params(trainer).values()]),
                          torch.cat([trainer.mask[n].reshape(-1).clone() for n in trainer.mask])))
 
     def after(trainer, step):
-        if gmp.is_prune_step(step):
+        if gmp.is_update_step(step):
             s, w, old = seen[-1]
-            keep = round(N * (1 - gmp_sparsity(step, 0.0, 0.5, 2, 4)))
+            keep = round(N * gmp.schedule.density_at(step))
             expected = torch.zeros(N, dtype=torch.bool)
             expected[list(largest(w, old.nonzero().reshape(-1), keep))] = True
             got = torch.cat([trainer.mask[n].reshape(-1) for n in trainer.mask])

@@ -10,7 +10,8 @@ from torch import nn
 
 from ticketlab.masks import Mask
 from ticketlab.pruning.distributions import DistributionError, layer_counts, shapes_of
-from ticketlab.pruning.prune import prune, round_density, round_targets
+from ticketlab.pruning.prune import prune, round_targets
+from ticketlab.pruning.schedules import Iterative, ScheduleError
 from ticketlab.pruning.scores import SCORES, ScoreSource, compute_scores
 
 METHODS = sorted(SCORES)
@@ -111,7 +112,7 @@ def test_iterative_layerwise_follows_round_targets():
                 progress=lambda k, m: seen.append(m))
     previous = mask
     for k, m in enumerate(seen, start=1):
-        targets = round_targets(mask, 0.1, "erk", k, 4, "exponential")
+        targets = round_targets(mask, Iterative(0.1, 4, "exponential"), "erk", k)
         assert m.kept_per_layer() == {names[0]: c for names, c in targets.items()}
         assert is_subset(m, previous)
         previous = m
@@ -125,7 +126,7 @@ def test_linear_schedule_last_round_is_exact():
         for i in range(1, 200):
             d = i / 200
             for rounds in (1, 3, 5):
-                got = round_targets(mask, d, "global", rounds, rounds, "linear")
+                got = round_targets(mask, Iterative(d, rounds, "linear"), "global", rounds)
                 assert got == {("w",): round(d * total)}, (total, d, rounds)
     # End to end: 15 weights at density 0.1 keep round(1.5) = 2.
     net = nn.Linear(5, 3, bias=False)
@@ -135,11 +136,13 @@ def test_linear_schedule_last_round_is_exact():
 
 
 def test_round_density():
-    assert round_density(0.01, 1, 2, "exponential") == pytest.approx(0.1)
-    assert round_density(0.01, 2, 2, "exponential") == 0.01
-    assert round_density(0.2, 1, 4, "linear") == pytest.approx(0.8)
+    assert Iterative(0.01, 2, "exponential").density_at(1) == pytest.approx(0.1)
+    assert Iterative(0.01, 2, "exponential").density_at(2) == 0.01
+    assert Iterative(0.2, 4, "linear").density_at(1) == pytest.approx(0.8)
+    with pytest.raises(ScheduleError, match="schedule"):
+        Iterative(0.2, 4, "cosine")
     with pytest.raises(DistributionError, match="schedule"):
-        round_density(0.2, 1, 4, "cosine")
+        prune("magnitude", nn.Linear(3, 2), Mask.dense(nn.Linear(3, 2)), None, 0.5, rounds=2, schedule="cosine")
 
 
 LENET_MASK = Mask({"a": torch.ones(300, 784, dtype=torch.bool), "b": torch.ones(100, 300, dtype=torch.bool),
@@ -153,7 +156,8 @@ def test_round_targets_layerwise_monotone_and_exact(distribution, schedule, dens
     rounds = 7
     sizes = {n: t.numel() for n, t in LENET_MASK.items()}
     final = layer_counts(distribution, shapes_of(LENET_MASK), density)
-    history = [round_targets(LENET_MASK, density, distribution, k, rounds, schedule) for k in range(1, rounds + 1)]
+    plan = Iterative(density, rounds, schedule)
+    history = [round_targets(LENET_MASK, plan, distribution, k) for k in range(1, rounds + 1)]
     assert history[-1] == {(n,): final[n] for n in LENET_MASK}
     previous = {(n,): sizes[n] for n in LENET_MASK}
     for targets in history:
@@ -167,7 +171,7 @@ def test_round_targets_layerwise_monotone_and_exact(distribution, schedule, dens
 
 def test_round_targets_global():
     for k in range(1, 6):
-        got = round_targets(LENET_MASK, 0.02, "global", k, 5, "exponential")
+        got = round_targets(LENET_MASK, Iterative(0.02, 5), "global", k)
         assert got == {tuple(LENET_MASK): round(LENET_MASK.num_total * 0.02 ** (k / 5))}
 
 

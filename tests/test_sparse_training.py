@@ -11,7 +11,7 @@ from ticketlab.cli import main
 from ticketlab.config import DataConfig, ModelConfig, SparseTrainConfig, TrainConfig, config_hash
 from ticketlab.experiments.sparse_training import run_sparse_training
 from ticketlab.pruning.distributions import layer_counts
-from ticketlab.pruning.dynamic import gmp_sparsity
+from ticketlab.pruning.schedules import Cubic
 from ticketlab.store import Store
 
 SHAPES = {"hidden.0.weight": (32, 16), "hidden.2.weight": (16, 32), "fc.weight": (4, 16)}
@@ -102,7 +102,7 @@ def test_gmp_reaches_final_density_and_costs_between_it_and_dense(tmp_path, dist
     else:
         assert summary["kept"] == round(F_DENSE * DENSITY)
     for e in events:
-        density = 1 - gmp_sparsity(e["step"], 0.0, 1 - DENSITY, 0, 24)
+        density = Cubic(density=DENSITY, start=0, end=24, every=4).density_at(e["step"])
         if distribution == "uniform":
             assert e["kept"] == {n: round(s * density) for n, s in SIZES.items()}
         else:
@@ -152,7 +152,8 @@ def test_cli_sparse_rigl_writes_report(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "static"], "--method static needs --density or --sparsity"),
-    (["--method", "gmp", "--density", "0.2", "--distribution", "erk"], "does not apply to gmp"),
+    (["--method", "rigl", "--density", "0.2", "--distribution", "global"], "does not apply to rigl"),
+    (["--method", "gmp", "--density", "0.2", "--distribution", "erks"], "does not apply to gmp"),
 ])
 def test_cli_sparse_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
     assert main(["sparse", *argv, *SMALL, "--runs-dir", str(tmp_path)]) == 2

@@ -1,7 +1,9 @@
 """Trainer checkpoints as safetensors plus JSON metadata, so a killed run resumes mid-training.
 
-Saved: model state, optimiser state (tensors in the file, scalars in the metadata), the step and
-the evaluation history. Data order needs no saving: the Trainer derives it from (seed, step).
+Saved: model state, optimiser state (tensors in the file, scalars in the metadata; by index into
+the trained parameters, whose shapes are saved too, so a trainer that trains another set of
+parameters is refused), the step and the evaluation history. Data order needs no saving: the
+Trainer derives it from (seed, step).
 """
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from .integrity import CorruptFileError, verify_safetensors
 from .masks import Mask
 from .store import StoreError, load_tensors, read_verified, save_tensors
 from .training import Trainer
+
+
+def _optimizer_shapes(trainer: Trainer) -> list[list[int]]:
+    """Shapes of the optimiser's parameters in order: its state is saved by index into them."""
+    return [list(p.shape) for group in trainer.optimizer.param_groups for p in group["params"]]
 
 
 def save_checkpoint(trainer: Trainer, step: int, path: Path) -> None:
@@ -31,7 +38,7 @@ def save_checkpoint(trainer: Trainer, step: int, path: Path) -> None:
                 scalars.setdefault(str(idx), {})[key] = value
     meta = {"step": str(step), "history": json.dumps(trainer.history.records),
             "mask_events": json.dumps(trainer.history.mask_events),
-            "optim_scalars": json.dumps(scalars)}
+            "optim_scalars": json.dumps(scalars), "trained_shapes": json.dumps(_optimizer_shapes(trainer))}
     save_tensors(path, tensors, metadata=meta)  # one atomic file: tensors and metadata together
 
 
@@ -50,6 +57,7 @@ def load_checkpoint(trainer: Trainer, path: Path) -> int:
         history = json.loads(meta["history"])
         events = json.loads(meta.get("mask_events", "[]"))
         scalars = json.loads(meta["optim_scalars"])
+        saved_shapes = json.loads(meta.get("trained_shapes", "null"))  # absent in older checkpoints
     except (KeyError, ValueError) as exc:
         raise CorruptFileError(path, f"its checkpoint metadata is unreadable ({exc})") from exc
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -64,6 +72,9 @@ def load_checkpoint(trainer: Trainer, path: Path) -> int:
             state.setdefault(int(idx), {})[name] = value.to(trainer.device, copy=True)  # own, writable memory
     for idx, values in scalars.items():
         state.setdefault(int(idx), {}).update(values)
+    if saved_shapes is not None and saved_shapes != _optimizer_shapes(trainer):
+        raise StoreError(f"checkpoint {path} was saved while training other parameters ({len(saved_shapes)} tensors) "
+                         f"than this trainer trains ({len(_optimizer_shapes(trainer))}): its optimiser state does not fit")
     opt = trainer.optimizer.state_dict()
     opt["state"] = state
     trainer.optimizer.load_state_dict(opt)

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import BASELINES, DISTRIBUTION_CHOICES, OPTIMIZERS, PAI_METHODS, PRUNE_SCHEDULES, RESET_MODES, \
+from .config import BASELINES, DISTRIBUTION_CHOICES, OPTIMIZERS, PRUNE_SCHEDULES, \
     SANITY_CHECKS, SCHEDULES, SCOPES, SPARSE_METHODS, ConfigError, DataConfig, EarlyBirdConfig, IMPConfig, ModelConfig, \
-    PruneAtInitConfig, PruneConfig, SparseTrainConfig, TrainConfig, config_hash
+    PruneAtInitConfig, PruneConfig, SparseTrainConfig, TrainConfig, config_hash, pai_methods, reset_modes
 
 # Standard settings from the papers (see METHODS.md); any flag given on the command line wins.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -99,7 +99,7 @@ def _add_imp_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--output-rate", type=float, help="prune the output layer separately at this rate")
     g.add_argument("--no-prune-first", action="store_true", help="keep the first layer dense")
     g.add_argument("--no-prune-output", action="store_true", help="keep the output layer dense")
-    g.add_argument("--reset", choices=RESET_MODES, help="init (LTH), rewind (to step k), lr_rewind, finetune")
+    g.add_argument("--reset", choices=reset_modes(), help="init (LTH), rewind (to step k), lr_rewind, finetune")
     g.add_argument("--rewind-step", help="k for rewind / lr_rewind / finetune, e.g. 2000it")
     g.add_argument("--baselines", nargs="*", choices=BASELINES, help="baselines per level (default: both)")
     _add_prunable_names(g)
@@ -113,8 +113,8 @@ def _add_sparse_arguments(p: argparse.ArgumentParser) -> None:
     amount = g.add_mutually_exclusive_group()
     amount.add_argument("--density", type=float, help="fraction of prunable weights kept (final, for gmp)")
     amount.add_argument("--sparsity", type=float, help="fraction removed (1 - density)")
-    g.add_argument("--distribution", help="sparse init for static/set/rigl: uniform, erk (default), smart; "
-                                          "gmp: global or uniform (default)")
+    g.add_argument("--distribution", help="sparse init for static/set/rigl: uniform, erk (default), smart, "
+                                          "smart_vgg; gmp: global, uniform (default), erk, smart, smart_vgg")
     g.add_argument("--delta-t", type=int, default=100, help="RigL/SET: iterations between mask updates")
     g.add_argument("--t-end", type=float, default=0.75, help="RigL/SET: last update, as a fraction of training")
     g.add_argument("--alpha", type=float, default=0.3, help="RigL/SET: initial drop fraction (cosine-decayed)")
@@ -153,7 +153,7 @@ def early_bird_config_from_args(args: argparse.Namespace) -> EarlyBirdConfig:
 def _add_prune_arguments(p: argparse.ArgumentParser) -> None:
     _add_data_model_training(p)
     g = p.add_argument_group("pruning at initialisation")
-    g.add_argument("--method", choices=PAI_METHODS, required=True)
+    g.add_argument("--method", choices=pai_methods(), required=True)
     amount = g.add_mutually_exclusive_group(required=True)
     amount.add_argument("--density", type=float, help="fraction of prunable weights kept, e.g. 0.02")
     amount.add_argument("--sparsity", type=float, help="fraction removed (1 - density), e.g. 0.98")

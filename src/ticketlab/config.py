@@ -17,7 +17,14 @@ from .steps import StepError, parse_step
 CONFIG_VERSION = 2
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "multistep", "cosine", "linear")
-RESET_MODES = ("init", "rewind", "lr_rewind", "finetune")
+
+
+def reset_modes() -> tuple[str, ...]:
+    """The registered IMP reset actions (``experiments/resets.py``), in registration order."""
+    from .experiments.resets import RESETS
+
+    return tuple(RESETS)
+
 BASELINES = ("reinit", "random")
 SCOPES = ("global", "layerwise")
 
@@ -201,8 +208,8 @@ class IMPConfig:
     def __post_init__(self) -> None:
         if self.levels < 0:
             raise ConfigError(f"levels must be >= 0, got {self.levels}")
-        if self.reset not in RESET_MODES:
-            raise ConfigError(f"reset {self.reset!r} is unknown; choose one of {RESET_MODES}")
+        if self.reset not in reset_modes():
+            raise ConfigError(f"reset {self.reset!r} is unknown; choose one of {reset_modes()}")
         _check_step("rewind_step", self.rewind_step)
         object.__setattr__(self, "baselines", tuple(self.baselines))
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -213,7 +220,14 @@ class IMPConfig:
                               "use --reset rewind to rewind weights to that step")
 
 
-PAI_METHODS = ("magnitude", "random", "snip", "grasp", "synflow")
+
+
+def pai_methods() -> tuple[str, ...]:
+    """The registered scores (``pruning/scores.py``): every one can prune at initialisation."""
+    from .pruning.scores import SCORES
+
+    return tuple(SCORES)
+
 DISTRIBUTION_CHOICES = ("global", "uniform", "erk", "smart", "smart_vgg")
 SANITY_CHECKS = ("none", "shuffle", "reinit", "invert")
 PRUNE_SCHEDULES = ("exponential", "linear")
@@ -251,8 +265,8 @@ class PruneAtInitConfig:
 
     def __post_init__(self) -> None:
         _check_names(self)
-        if self.method not in PAI_METHODS:
-            raise ConfigError(f"method {self.method!r} is unknown; choose one of {PAI_METHODS}")
+        if self.method not in pai_methods():
+            raise ConfigError(f"method {self.method!r} is unknown; choose one of {pai_methods()}")
         if not 0 < self.density <= 1:
             raise ConfigError(f"density (fraction kept) must be in (0, 1], got {self.density}; "
                               f"sparsity 0.98 is density 0.02")
@@ -288,8 +302,8 @@ class SparseTrainConfig:
 
     ``density`` is the fraction of prunable weights kept (throughout for static/SET/RigL, at the
     end for GMP). ``distribution`` spreads it over layers: the sparse init of static/SET/RigL
-    (default ERK, as in RigL) or GMP's scope ('global' or 'uniform', default uniform as in Zhu &
-    Gupta). RigL/SET update every ``delta_t`` iterations until ``t_end`` (a fraction of training),
+    (default ERK, as in RigL) or GMP's targets at every prune (any of them or 'global'; default
+    uniform as in Zhu & Gupta). RigL/SET update every ``delta_t`` iterations until ``t_end`` (a fraction of training),
     dropping ``alpha`` (cosine-decayed) of each layer's active weights. GMP prunes every
     ``gmp_every`` from ``gmp_start`` to ``gmp_end`` (step strings; end default 75% of training).
     ``include`` / ``exclude`` as in :class:`PruneConfig`.
@@ -322,7 +336,7 @@ class SparseTrainConfig:
             raise ConfigError(f"method {self.method!r} is unknown; choose one of {SPARSE_METHODS}")
         if not 0 < self.density <= 1:
             raise ConfigError(f"density (fraction kept) must be in (0, 1], got {self.density}")
-        allowed = ("global", "uniform") if self.method == "gmp" else DISTRIBUTION_CHOICES[1:]
+        allowed = DISTRIBUTION_CHOICES if self.method == "gmp" else DISTRIBUTION_CHOICES[1:]
         if self.distribution is not None and self.distribution not in allowed:
             raise ConfigError(f"distribution {self.distribution!r} does not apply to {self.method}; choose one of {allowed}")
         if self.delta_t < 1:

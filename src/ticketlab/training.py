@@ -8,13 +8,19 @@ fed by its nonzero gradient), the multiply puts it back to zero before the next 
 Steps are counted in iterations; epochs only decide data order. Data order and augmentation are
 derived from (seed, epoch) and (seed, step), so a run resumed at step s sees exactly the batches
 an uninterrupted run would.
+
+Every training in ticketlab runs through this one loop: the loss (cross-entropy by default, MSE or
+any callable), the evaluation metrics, the optimiser and the set of trained parameters are
+arguments, so frozen-weight methods (edge-popup trains only its scores) and the planted benchmark
+(a scaled regression loss) use it too.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +30,11 @@ from .config import TrainConfig
 from .data import ArrayData, DataSplits
 from .masks import Mask
 from .steps import to_iterations
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> mean loss (scalar)
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> SUM over the batch
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
 class DivergenceError(RuntimeError):
@@ -143,28 +154,54 @@ def _batch_generator(seed: int, salt: int, index: int) -> torch.Generator:
     return g
 
 
+def correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Number of samples whose largest output is the target class (the "accuracy" metric's sum)."""
+    return (output.argmax(1) == target).sum()
+
+
+def default_metrics(data: ArrayData) -> dict[str, Metric]:
+    """Accuracy for int64 class labels; nothing for floating-point (regression) targets."""
+    return {"accuracy": correct} if data.y.dtype == torch.int64 else {}
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ArrayData, batch_size: int = 1000) -> dict[str, float]:
-    """Mean cross-entropy loss and accuracy of ``model`` on ``data`` (already on the device)."""
+def evaluate(model: nn.Module, data: ArrayData, batch_size: int = 1000, loss: Loss = F.cross_entropy,
+             metrics: Mapping[str, Metric] | None = None) -> dict[str, float]:
+    """Mean ``loss`` and the mean of each metric of ``model`` on ``data`` (already on the device).
+
+    ``metrics`` maps a name to a per-batch *sum* (``correct`` -> accuracy); default:
+    ``default_metrics(data)``. A batch adds its mean loss times its size; cross-entropy is summed
+    exactly (``reduction="sum"``).
+    """
+    metrics = default_metrics(data) if metrics is None else metrics
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
+    loss_sum, sums = 0.0, dict.fromkeys(metrics, 0)
     for i in range(0, len(data), batch_size):
         x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
         out = model(x)
-        loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
-        correct += int((out.argmax(1) == y).sum())
+        if loss is F.cross_entropy:
+            loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
+        else:
+            loss_sum += float(loss(out, y)) * len(y)
+        for name, metric in metrics.items():
+            sums[name] += metric(out, y).item()
     model.train(was_training)
     n = max(1, len(data))
-    return {"loss": loss_sum / n, "accuracy": correct / n}
+    return {"loss": loss_sum / n, **{name: total / n for name, total in sums.items()}}
 
 
 class Trainer:
     """Train ``model`` on ``data`` under ``mask``, evaluating on a schedule and running callbacks.
 
-    Works with any ``nn.Module`` classifier. ``start_step`` lets a run begin mid-schedule (weight
-    rewinding trains steps k..T with the LR the full schedule has there). ``lr_override`` fixes a
-    constant LR (fine-tuning).
+    Works with any ``nn.Module``. ``loss(output, target)`` is minimised and evaluated
+    (cross-entropy by default); ``metrics`` are evaluated too (see ``evaluate``; records hold
+    ``test_<name>`` / ``val_<name>``). ``parameters`` are the ones trained (default: all of the
+    model's; they must belong to the model, whose state is what checkpoints save); the others stay
+    as they are. ``optimizer(parameters)`` builds the optimiser (default: ``make_optimizer`` from
+    ``cfg``); the LR schedule of ``cfg`` sets the LR of all its groups every step.
+    ``start_step`` lets a run begin mid-schedule (weight rewinding trains steps k..T with the LR the
+    full schedule has there). ``lr_override`` fixes a constant LR (fine-tuning).
     """
 
     def __init__(
@@ -181,6 +218,10 @@ class Trainer:
         progress: bool = False,
         desc: str = "train",
         regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+        loss: Loss = F.cross_entropy,
+        metrics: Mapping[str, Metric] | None = None,
+        parameters: Iterable[nn.Parameter] | None = None,
+        optimizer: OptimizerFactory | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
@@ -204,8 +245,15 @@ class Trainer:
         self.step: int | None = None  # completed iterations while training, else None
         self.regularizer = regularizer  # added to the loss, e.g. network slimming's L1 on BN scales
         self.stop_requested = False  # a callback may end training early (early-bird tickets)
+        self.loss = loss
+        self.metrics = default_metrics(self.test_data) if metrics is None else dict(metrics)
         self.set_mask(mask)
-        self.optimizer = make_optimizer(list(self.model.parameters()), cfg)
+        params = list(self.model.parameters()) if parameters is None else list(parameters)
+        known = {id(p) for p in self.model.parameters()}
+        if not params or any(id(p) not in known for p in params):
+            raise ValueError("parameters to train must be a non-empty selection of the model's own parameters "
+                             "(checkpoints save the model's state)")
+        self.optimizer = (optimizer or partial(make_optimizer, cfg=cfg))(params)
 
     # --- masking --------------------------------------------------------------------------------
     def set_mask(self, mask: Mask | None) -> None:
@@ -260,11 +308,10 @@ class Trainer:
         record: dict[str, float] = {"step": step}
         if train_loss is not None:
             record["train_loss"] = train_loss
-        if self.val_data is not None:
-            v = evaluate(self.model, self.val_data)
-            record["val_loss"], record["val_accuracy"] = v["loss"], v["accuracy"]
-        t = evaluate(self.model, self.test_data)
-        record["test_loss"], record["test_accuracy"] = t["loss"], t["accuracy"]
+        for split, data in (("val", self.val_data), ("test", self.test_data)):
+            if data is not None:
+                for key, value in evaluate(self.model, data, loss=self.loss, metrics=self.metrics).items():
+                    record[f"{split}_{key}"] = value
         if self.mask is not None:  # masks may change while training (RigL, GMP): keep their history
             record["density"] = self.mask.density
             record["layer_density"] = self.mask.densities()
@@ -299,7 +346,7 @@ class Trainer:
             self.set_lr(step, lr_override)
             x, y = self.batch(step)
             with self._autocast():
-                loss = F.cross_entropy(self.model(x), y)
+                loss = self.loss(self.model(x), y)
             if self.regularizer is not None:
                 loss = loss + self.regularizer(self.model)
             self.optimizer.zero_grad(set_to_none=True)
@@ -317,7 +364,8 @@ class Trainer:
                 loss_sum.zero_()
                 loss_count = 0
                 if bar is not None:
-                    bar.set_postfix(test_acc=f"{rec['test_accuracy']:.4f}", refresh=False)
+                    shown = "test_accuracy" if "test_accuracy" in rec else "test_loss"
+                    bar.set_postfix({shown: f"{rec[shown]:.4f}"}, refresh=False)
             self._run_callbacks(done)
             if bar is not None:
                 bar.update(1)

@@ -47,7 +47,8 @@ class ArrayData:
     """Inputs and labels of one split, held as tensors so batches are plain slices.
 
     ``x`` is floating point (features, images) or integer token ids (int64 or int32, e.g. N x L
-    sequences for a model whose first layer is an ``nn.Embedding``); ``y`` int64 class labels.
+    sequences for a model whose first layer is an ``nn.Embedding``); ``y`` int64 class labels (N,)
+    or floating-point regression targets (N,) or (N, outputs).
     uint8 and bool inputs are refused: they are almost always unnormalised images or masks.
     """
 
@@ -60,8 +61,8 @@ class ArrayData:
                 f"ArrayData needs tensors, got x={type(self.x).__name__}, y={type(self.y).__name__}; "
                 "convert with torch.as_tensor first"
             )
-        if self.y.dim() != 1:
-            raise DataError(f"ArrayData labels must be 1-D (N,), got shape {tuple(self.y.shape)}")
+        if self.y.dim() != 1 and not (self.y.is_floating_point() and self.y.dim() >= 1):
+            raise DataError(f"ArrayData class labels must be 1-D (N,), got shape {tuple(self.y.shape)}")
         if self.x.dim() < 1 or self.x.shape[0] != self.y.shape[0]:
             raise DataError(
                 f"ArrayData x and y disagree on the number of samples: x {tuple(self.x.shape)}, "
@@ -73,8 +74,9 @@ class ArrayData:
                 f"token ids (for models that start with an nn.Embedding), got {self.x.dtype}; "
                 "convert images with images_to_tensor or x.float(), token ids with x.long()"
             )
-        if self.y.dtype != torch.int64:
-            raise DataError(f"ArrayData y must be int64 class labels, got {self.y.dtype}; use y.long()")
+        if self.y.dtype != torch.int64 and not self.y.is_floating_point():
+            raise DataError(f"ArrayData y must be int64 class labels or floating-point regression targets, got "
+                            f"{self.y.dtype}; use y.long() for labels, y.float() for targets")
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -106,7 +108,7 @@ class DataSplits:
     name: str
     train: ArrayData
     test: ArrayData
-    num_classes: int
+    num_classes: int  # for regression targets: the number of outputs
     input_shape: tuple[int, ...]  # one sample's shape: (C, H, W), (features,), or (length,) for token ids
     augment: Augment | None = None
 

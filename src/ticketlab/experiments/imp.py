@@ -1,7 +1,8 @@
 """Iterative magnitude pruning (Frankle & Carbin 2019; Frankle et al. 2020; Renda et al. 2020).
 
 Level 0 trains the dense network. Level L >= 1 prunes ``rate`` of the weights the level-(L-1)
-ticket still keeps, by final |w|, then resets the kept weights and trains again:
+ticket still keeps, by final |w|, then resets the kept weights by a registered reset action
+(``resets.py``) and trains again:
 
 - ``init``      weights <- theta_0 (the original lottery ticket), train steps 0..T;
 - ``rewind``    weights <- theta_k (weights after k iterations of dense training), train k..T;
@@ -39,6 +40,7 @@ from ..pruning.selection import random_mask_like
 from ..steps import to_iterations
 from ..store import Store, StoreError, index_fields
 from ..training import Callback, resolve_device, lr_factor
+from .resets import RESETS, Reset, ResetInputs
 from .common import (running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line,
                      load_or_save_init, prepare_data, train_unit, training_length)
 
@@ -129,7 +131,8 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
         mask = Mask.dense(model, **config.prune.prunable_options)
     # only output_rate prunes the output layer apart (a model of raw parameters may have no Linear output)
     output_name = output_parameter_name(model) if config.prune.output_rate is not None else None
-    needs_rewind = config.reset != "init"
+    reset = RESETS[config.reset]
+    needs_rewind = reset.needs_rewind_point
     rows: list[dict[str, Any]] = []
 
     conn = _connectivity(s, model, mask, 0, "dense network")
@@ -147,23 +150,24 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
         mask = level_mask(s, level, mask, final_weights, output_name)
         s.ctx.log(f"level {level}: pruned to density {mask.density:.4f}\n{mask.table()}")
         conn = _connectivity(s, model, mask, level, "ticket")
-        reset_state = _reset_state(s, init_state, final_weights)
-        start, lr_override = _segment(s)
+        reset_state = reset.start_weights(ResetInputs(init=init_state, final=final_weights,
+                                                      rewind=lambda: run.load_tensors("rewind.safetensors")))
+        start, lr_override = _segment(s, reset)
         model.load_state_dict(reset_state)
         summary = train_unit(s.ctx, unit_name(level, "ticket"), model, mask, start_step=start,
                              lr_override=lr_override, extra_summary=conn)
         rows.append({"level": level, "branch": "ticket", **summary})
         ticket_final = {k: v.clone() for k, v in model.state_dict().items()}
 
-        baseline_start = start if config.reset in ("init", "rewind") else 0
-        baseline_lr = lr_override if config.reset in ("init", "rewind") else None
+        baseline_start = start if reset.baselines_share_segment else 0
+        baseline_lr = lr_override if reset.baselines_share_segment else None
         for branch in config.baselines:
             if branch == "reinit":
                 b_model = build_seeded_model(config.model, s.ctx.data, derived_seed(config.seed, "reinit", level))
                 b_mask, b_conn = mask, conn  # the ticket's mask
             else:
                 b_model = build_seeded_model(config.model, s.ctx.data, config.seed)
-                b_model.load_state_dict(reset_state if config.reset in ("init", "rewind") else init_state)
+                b_model.load_state_dict(reset_state if reset.baselines_share_segment else init_state)
                 b_mask = _random_mask(s, level, mask)
                 b_conn = _connectivity(s, b_model, b_mask, level, "random-mask baseline")
             summary = train_unit(s.ctx, unit_name(level, branch), b_model, b_mask,
@@ -195,25 +199,13 @@ def _write_levels(s: Setup, rows: list[dict[str, Any]], stored: list[dict[str, A
     return list(rows)  # a copy: ``rows`` keeps growing
 
 
-def _reset_state(s: Setup, init_state: dict[str, torch.Tensor],
-                 final_weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if s.config.reset == "init":
-        return init_state
-    if s.config.reset == "rewind":
-        return s.run.load_tensors("rewind.safetensors")
-    return final_weights
-
-
-def _segment(s: Setup) -> tuple[int, float | None]:
-    """(start step, constant LR or None) of a level's training under the reset mode."""
-    mode = s.config.reset
-    if mode == "init":
-        return 0, None
-    if mode == "finetune":
-        final_lr = s.config.train.lr * lr_factor(s.total_steps - 1, s.config.train, s.total_steps,
-                                                 s.ctx.iterations_per_epoch)
-        return s.rewind_step, final_lr
-    return s.rewind_step, None
+def _segment(s: Setup, reset: Reset) -> tuple[int, float | None]:
+    """(start step, constant LR or None) of a level's training under the reset action."""
+    start = s.rewind_step if reset.starts_at_rewind_step else 0
+    if reset.constant_final_lr:
+        return start, s.config.train.lr * lr_factor(s.total_steps - 1, s.config.train, s.total_steps,
+                                                    s.ctx.iterations_per_epoch)
+    return start, None
 
 
 def _random_mask(s: Setup, level: int, ticket: Mask) -> Mask:

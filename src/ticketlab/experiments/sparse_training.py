@@ -1,8 +1,10 @@
 """Sparse training runs: dense, static sparse, SET, RigL and gradual magnitude pruning (GMP).
 
 All five share one Trainer; SET/RigL and GMP are callbacks that change the mask (see
-``pruning/dynamic.py``). Static, SET and RigL start from a random mask with the distribution's
-layer-wise densities (ERK by default); GMP and dense start dense. Each run records its training
+``pruning/dynamic.py``), each driven by a schedule (``pruning/schedules.py``: ``CosineDrop``,
+``Cubic``). Static, SET and RigL start from a random mask with the distribution's layer-wise
+densities (ERK by default); GMP and dense start dense, and GMP prunes along the distribution
+('global', 'uniform' (default), 'erk', 'smart', 'smart_vgg'). Each run records its training
 FLOPs relative to dense training, counted as the RigL paper does: every step 3 f_S(t) per sample,
 plus f_D - f_S at each RigL update step (the dense gradient); f_S(t) follows every mask change.
 
@@ -22,6 +24,7 @@ from ..config import SparseTrainConfig
 from ..masks import Mask
 from ..pruning.distributions import layer_counts, shapes_of
 from ..pruning.dynamic import DropGrow, GradualMagnitude
+from ..pruning.schedules import CosineDrop, Cubic
 from ..steps import to_iterations
 from ..store import Store, index_fields
 from ..training import Callback, resolve_device
@@ -45,8 +48,9 @@ def random_sparse_mask(dense: Mask, distribution: str, density: float, generator
 def mask_updater(cfg: SparseTrainConfig, total_steps: int, ipe: int) -> tuple[Callback | None, Any]:
     """The callback that changes the mask for this method (None for dense / static)."""
     if cfg.method in ("set", "rigl"):
-        updater = DropGrow(grow="gradient" if cfg.method == "rigl" else "random", delta_t=cfg.delta_t,
-                           t_end=int(cfg.t_end * total_steps), alpha=cfg.alpha, seed=cfg.seed)
+        schedule = CosineDrop(alpha=cfg.alpha, every=cfg.delta_t, end=int(cfg.t_end * total_steps),
+                              density=cfg.density)
+        updater = DropGrow(grow="gradient" if cfg.method == "rigl" else "random", schedule=schedule, seed=cfg.seed)
         return Callback(updater, every=cfg.delta_t), updater
     if cfg.method == "gmp":
         end = to_iterations(cfg.gmp_end, ipe) if cfg.gmp_end is not None else int(0.75 * total_steps)
@@ -57,9 +61,9 @@ def mask_updater(cfg: SparseTrainConfig, total_steps: int, ipe: int) -> tuple[Ca
         end = start + max(1, (end - start) // every) * every  # a whole number of pruning intervals
         if end > total_steps:
             raise ValueError(f"GMP ends at step {end}, after training ends ({total_steps})")
-        updater = GradualMagnitude(final_sparsity=1.0 - cfg.density, start=start, end=end, every=every,
-                                   initial_sparsity=cfg.gmp_initial_sparsity,
-                                   scope="global" if cfg.effective_distribution == "global" else "layerwise")
+        schedule = Cubic(density=cfg.density, start=start, end=end, every=every,
+                         initial_density=1.0 - cfg.gmp_initial_sparsity)
+        updater = GradualMagnitude(schedule, distribution=cfg.effective_distribution)
         return Callback(updater, every=1), updater
     return None, None
 

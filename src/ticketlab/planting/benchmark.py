@@ -15,7 +15,8 @@ One cell = (task, method, kept fraction, seed):
    density kept^(epoch / epochs)); "ticket" returns T itself (the reference).
 3. strong = test performance right after pruning (edge-popup: after score training), weak = after
    training the kept weights (and all biases, except biases edge-popup pruned) with Adam
-   (``lr``, batch ``batch_size``, ``epochs``), pruned weights held at zero by ``Mask.attach``.
+   (``lr``, batch ``batch_size``, ``epochs``), all through the ``Trainer`` with the task's
+   (scaled) loss, pruned weights held at zero by its mask.
 4. Recovery of the found weight mask against T: recall, precision, Jaccard, effective density,
    number of collapsed layers.
 
@@ -33,17 +34,20 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import TrainConfig
+from ..data import ArrayData, DataSplits
 from ..masks import Mask
 from ..pruning.edge_popup import train_edge_popup
 from ..pruning.prune import prune
+from ..pruning.schedules import Iterative
 from ..pruning.scores import ScoreSource
+from ..training import Trainer
 from .plant import host_network, plant
 from .recovery import recovery_metrics
 from .targets import target_network
@@ -58,27 +62,10 @@ _SCORE_METHODS = {"random": ("random", 1), "magnitude": ("magnitude", 1), "snip"
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-# --- data containers shaped like DataSplits (whose ArrayData only holds int64 labels) -----------
-@dataclass(frozen=True)
-class _Split:
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def to(self, device: torch.device | str) -> "_Split":
-        return _Split(self.x.to(device), self.y.to(device))
-
-
-@dataclass(frozen=True)
-class _Splits:
-    train: _Split
-    test: _Split
-    augment: None = None
-
-    def to(self, device: torch.device | str) -> "_Splits":
-        return _Splits(self.train.to(device), self.test.to(device))
+def _splits(data: TaskData, device: torch.device) -> DataSplits:
+    """The task as the Trainer's data (float targets for regression, int64 labels for classification)."""
+    return DataSplits(data.name, ArrayData(data.x_train, data.y_train), ArrayData(data.x_test, data.y_test),
+                      data.output_dim, (data.input_dim,)).to(device)
 
 
 def _scaled_loss(kind: str, scale: torch.Tensor) -> Loss:
@@ -105,24 +92,12 @@ def _performance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torc
     return {"perf": float((out.argmax(1) == y).double().mean()), "loss": float(F.cross_entropy(out, y))}
 
 
-def _train(model: nn.Module, mask: Mask, x: torch.Tensor, y: torch.Tensor, loss: Loss, epochs: int, lr: float,
-           batch_size: int, seed: int) -> None:
-    """Adam on all parameters, pruned entries of ``mask`` held at zero; full batches per epoch."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    handle = mask.attach(model, optimizer)
-    gen = torch.Generator().manual_seed(int(seed))
-    n = x.shape[0]
-    per_epoch = max(1, n // batch_size)
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=gen).to(x.device)
-        for i in range(per_epoch):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            batch_loss = loss(model(x[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            optimizer.step()
-    handle.remove()
+def _fit(model: nn.Module, mask: Mask, splits: DataSplits, loss: Loss, epochs: int, lr: float, batch_size: int,
+         seed: int, device: torch.device) -> None:
+    """Adam on all parameters for ``epochs`` epochs through the Trainer, pruned entries of ``mask`` held at zero."""
+    cfg = TrainConfig(optimizer="adam", lr=lr, batch_size=batch_size, steps=f"{epochs}ep",
+                      eval_every=f"{max(1, epochs)}ep")
+    Trainer(model, splits, cfg, mask, seed=seed, device=device, loss=loss).train()
 
 
 def _resolve_density(kept: float | str, ticket: Mask) -> float:
@@ -156,8 +131,8 @@ def run_cell(task: str, method: str, kept: float | str, seed: int, *, depth: int
         raise ValueError(f"readout must be 'none' or 'scale', got {readout!r}")
     scale = planted.output_scale.to(dev) if readout == "scale" else torch.ones(data.output_dim, device=dev)
     loss = _scaled_loss(kind, scale)
-    x_tr, y_tr = data.x_train.to(dev), data.y_train.to(dev)
-    x_te, y_te = data.x_test.to(dev), data.y_test.to(dev)
+    splits = _splits(data, dev)
+    (x_tr, y_tr), (x_te, y_te) = (splits.train.x, splits.train.y), (splits.test.x, splits.test.y)
     input_shape = (data.input_dim,)
     dense = Mask.dense(H)
     gen = torch.Generator().manual_seed(int(seed))
@@ -178,13 +153,13 @@ def run_cell(task: str, method: str, kept: float | str, seed: int, *, depth: int
         train_mask = found
     elif method == "imp":
         found = dense
+        schedule = Iterative(density, imp_rounds)  # multishot: density ** (r / rounds) after round r
         for r in range(1, imp_rounds + 1):
-            _train(model, found, x_tr, y_tr, loss, imp_epochs, lr, batch_size, seed * 1_000 + r)
-            found = prune("magnitude", model, found, source, density ** (r / imp_rounds))
+            _fit(model, found, splits, loss, imp_epochs, lr, batch_size, seed * 1_000 + r, dev)
+            found = prune("magnitude", model, found, source, schedule.density_at(r))
             model = copy.deepcopy(H).to(dev)  # reset to the planted init
         train_mask = found
     else:  # edge-popup
-        splits = _Splits(_Split(x_tr, y_tr), _Split(x_te, y_te))
         result = train_edge_popup(model, splits, density, epochs=epochs, lr=0.1, momentum=0.9, weight_decay=5e-4,
                                   batch_size=batch_size, anneal=method == "edgepopup_anneal", seed=seed,
                                   include_bias=True, weight_init="keep", bias_init="keep", device=dev, loss=loss)
@@ -196,7 +171,7 @@ def run_cell(task: str, method: str, kept: float | str, seed: int, *, depth: int
 
     strong = _performance(model, x_te, y_te, scale, kind)
     recovery = recovery_metrics(found, T, copy.deepcopy(model).cpu(), input_shape)
-    _train(model, train_mask, x_tr, y_tr, loss, epochs, lr, batch_size, seed * 1_000 + 999)
+    _fit(model, train_mask, splits, loss, epochs, lr, batch_size, seed * 1_000 + 999, dev)
     weak = _performance(model, x_te, y_te, scale, kind)
     nan = float("nan")
     row = {

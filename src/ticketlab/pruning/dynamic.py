@@ -1,34 +1,35 @@
 """Masks that change during training, as Trainer callbacks (no second training loop).
 
-- ``DropGrow``: sparse-to-sparse training. Every ``delta_t`` steps until ``t_end``, each layer
-  drops the fraction f(t) = alpha/2 (1 + cos(pi t / t_end)) of its active weights with the
-  smallest |w| and grows as many inactive connections: by largest |dense gradient| (RigL, Evci et
-  al. 2020) or at random (SET, Mocanu et al. 2018). As in RigL's Algorithm 1 the grow candidates
-  are the connections inactive *after* the drop (a just-dropped one may come back, at 0). Grown
-  weights start at exactly 0 and their optimiser state (momentum, Adam moments) is reset; every
-  layer keeps its active count. The dense gradient is the one the Trainer's backward pass of the
-  update step already computed (pruned weights' gradients are not masked), so it costs nothing
-  extra here; FLOPs accounting charges it as RigL's paper does.
-- ``GradualMagnitude``: dense-to-sparse (Zhu & Gupta 2017). At t = t0, t0 + dt, ..., t0 + n dt the
-  sparsity is s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3, reached by removing the smallest |w|
-  among the weights still kept, globally or per layer.
+Each callback composes a schedule (``pruning/schedules.py``: when, and how much in total) with
+what the method does at an update step:
+
+- ``DropGrow``: sparse-to-sparse training under a ``CosineDrop`` schedule. At every update step
+  (every ``delta_t`` steps until ``t_end``) each layer drops the fraction f(t) = alpha/2 (1 +
+  cos(pi t / t_end)) of its active weights with the smallest |w| and grows as many inactive
+  connections: by largest |dense gradient| (RigL, Evci et al. 2020) or at random (SET, Mocanu et
+  al. 2018). As in RigL's Algorithm 1 the grow candidates are the connections inactive *after* the
+  drop (a just-dropped one may come back, at 0). Grown weights start at exactly 0 and their
+  optimiser state (momentum, Adam moments) is reset; every layer keeps its active count. The dense
+  gradient is the one the Trainer's backward pass of the update step already computed (pruned
+  weights' gradients are not masked), so it costs nothing extra here; FLOPs accounting charges it
+  as RigL's paper does.
+- ``GradualMagnitude``: dense-to-sparse under a ``Cubic`` schedule (Zhu & Gupta 2017): at t = t0,
+  t0 + dt, ..., t0 + n dt the sparsity is s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3, reached
+  by removing the smallest |w| among the weights still kept, spread over layers by any
+  distribution ('global', 'uniform', 'erk', 'smart', 'smart_vgg').
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
 
 from ..masks import Mask
+from .distributions import DISTRIBUTIONS, layer_counts, shapes_of
+from .schedules import CosineDrop, Cubic, update_steps
 from .selection import _top_indices, keep_top
 
-
-def cosine_drop_fraction(step: int, alpha: float, t_end: int) -> float:
-    """f(t) = alpha / 2 * (1 + cos(pi t / t_end)); 0 from t_end on."""
-    if step >= t_end:
-        return 0.0
-    return alpha / 2.0 * (1.0 + math.cos(math.pi * step / t_end))
+GMP_DISTRIBUTIONS = ("global",) + DISTRIBUTIONS
 
 
 def _reset_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, where: torch.Tensor) -> None:
@@ -41,35 +42,36 @@ def _reset_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor
 
 @dataclass
 class DropGrow:
-    """RigL (``grow="gradient"``) or SET (``grow="random"``) mask updates as a Trainer callback."""
+    """RigL (``grow="gradient"``) or SET (``grow="random"``) mask updates as a Trainer callback.
+
+    ``schedule`` says when to update and which fraction to drop (``CosineDrop(alpha, every=delta_t,
+    end=t_end)``); run it as ``Callback(updater, every=schedule.every)``.
+    """
 
     grow: str
-    delta_t: int = 100
-    t_end: int = 0
-    alpha: float = 0.3
+    schedule: CosineDrop
     seed: int = 0
     log: list[dict[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.grow not in ("gradient", "random"):
             raise ValueError(f"grow must be 'gradient' (RigL) or 'random' (SET), got {self.grow!r}")
-        if self.delta_t < 1:
-            raise ValueError(f"delta_t must be >= 1, got {self.delta_t}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha (initial drop fraction) must be in (0, 1), got {self.alpha}")
+        if not all(hasattr(self.schedule, a) for a in ("is_update_step", "drop_fraction")):
+            raise TypeError(f"DropGrow needs a schedule with is_update_step and drop_fraction (e.g. CosineDrop), "
+                            f"got {self.schedule!r}")
 
     def is_update_step(self, step: int) -> bool:
-        return 0 < step < self.t_end and step % self.delta_t == 0
+        return self.schedule.is_update_step(step)
 
     def update_steps(self, total_steps: int) -> int:
         """How many updates a run of ``total_steps`` makes (for FLOPs accounting)."""
-        return sum(1 for t in range(1, total_steps + 1) if self.is_update_step(t))
+        return len(update_steps(self.schedule, range(1, total_steps + 1)))
 
     @torch.no_grad()
     def __call__(self, trainer, step: int) -> None:
         if not self.is_update_step(step) or trainer.mask is None:
             return
-        fraction = cosine_drop_fraction(step, self.alpha, self.t_end)
+        fraction = self.schedule.drop_fraction(step)
         params = dict(trainer.model.named_parameters())
         new = {}
         changed = 0
@@ -104,49 +106,48 @@ class DropGrow:
         self.log.append({"step": step, "drop_fraction": fraction, "changed": changed})
 
 
-def gmp_sparsity(step: int, initial: float, final: float, start: int, end: int) -> float:
-    """Zhu & Gupta's cubic schedule: s_i before ``start``, s_f from ``end`` on."""
-    if step <= start:
-        return initial
-    if step >= end:
-        return final
-    return final + (initial - final) * (1.0 - (step - start) / (end - start)) ** 3
-
-
 @dataclass
 class GradualMagnitude:
-    """Gradual magnitude pruning every ``every`` steps from ``start`` to ``end`` (a Trainer callback)."""
+    """Gradual magnitude pruning at the update steps of ``schedule`` (a Trainer callback, run at
+    ``every=1``): prune to ``schedule.density_at(step)`` by |w| among the weights still kept.
 
-    final_sparsity: float
-    start: int
-    end: int
-    every: int
-    initial_sparsity: float = 0.0
-    scope: str = "global"
+    ``distribution`` spreads the kept weights over layers: 'global' ranks all layers together
+    (round(N d) kept in all); 'uniform' keeps round(n_l d) in every layer (Zhu & Gupta's per-layer
+    pruning); 'erk', 'smart', 'smart_vgg' keep ``layer_counts(distribution, shapes, d)`` per layer,
+    never fewer than their final counts, so the last update lands exactly on
+    ``layer_counts(distribution, shapes, schedule.density)``. Counts never grow: a layer keeps at
+    most what it keeps now.
+    """
+
+    schedule: Cubic
+    distribution: str = "global"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.initial_sparsity <= self.final_sparsity < 1:
-            raise ValueError("need 0 <= initial_sparsity <= final_sparsity < 1, got "
-                             f"{self.initial_sparsity} and {self.final_sparsity}")
-        if self.every < 1 or self.end <= self.start:
-            raise ValueError(f"need every >= 1 and end > start, got every={self.every}, {self.start}..{self.end}")
-        if (self.end - self.start) % self.every:
-            raise ValueError(f"end - start ({self.end - self.start}) must be a multiple of every ({self.every})")
-        if self.scope not in ("global", "layerwise"):
-            raise ValueError(f"scope must be 'global' or 'layerwise', got {self.scope!r}")
+        if not all(hasattr(self.schedule, a) for a in ("is_update_step", "density_at", "density")):
+            raise TypeError(f"GradualMagnitude needs a schedule with is_update_step, density_at and density "
+                            f"(e.g. Cubic), got {self.schedule!r}")
+        if self.distribution not in GMP_DISTRIBUTIONS:
+            raise ValueError(f"distribution {self.distribution!r} is unknown; choose one of {GMP_DISTRIBUTIONS}")
 
-    def is_prune_step(self, step: int) -> bool:
-        return self.start <= step <= self.end and (step - self.start) % self.every == 0
+    def is_update_step(self, step: int) -> bool:
+        return self.schedule.is_update_step(step)
 
     def target_counts(self, mask: Mask, step: int) -> dict[tuple[str, ...], int]:
-        density = 1.0 - gmp_sparsity(step, self.initial_sparsity, self.final_sparsity, self.start, self.end)
-        if self.scope == "global":
+        density = self.schedule.density_at(step)
+        if self.distribution == "global":
             return {tuple(mask): int(round(mask.num_total * density))}
-        return {(n,): int(round(t.numel() * density)) for n, t in mask.items()}
+        if self.distribution == "uniform":
+            return {(n,): int(round(t.numel() * density)) for n, t in mask.items()}
+        shapes = shapes_of(mask)
+        final = layer_counts(self.distribution, shapes, self.schedule.density)
+        if density - self.schedule.density <= 1e-12:  # the end (Cubic's 1 - (1 - d) may be an ulp off d)
+            return {(n,): final[n] for n in mask}
+        now = layer_counts(self.distribution, shapes, density)
+        return {(n,): max(final[n], now[n]) for n in mask}
 
     @torch.no_grad()
     def __call__(self, trainer, step: int) -> None:
-        if not self.is_prune_step(step) or trainer.mask is None:
+        if not self.is_update_step(step) or trainer.mask is None:
             return
         params = dict(trainer.model.named_parameters())
         scores = {n: params[n].detach().abs().cpu() for n in trainer.mask}

@@ -310,10 +310,12 @@ def train_edge_popup(
     """Train only the edge-popup scores of ``model`` on ``data`` with ``loss`` (network output,
     target) -> mean loss; cross-entropy classification by default.
 
-    SGD (momentum, weight decay on the scores) with a per-iteration cosine schedule from ``lr`` to
-    0; each epoch draws a seeded permutation and uses ``len(train) // batch_size`` full batches
-    (the Trainer's convention). ``anneal``: epoch e (0-based) trains at density
-    ``density ** ((e + 1) / epochs)``, so the last epoch and the result use ``density``.
+    Trains through the ``Trainer`` with the scores as its only parameters (the weights are
+    frozen): SGD (momentum, weight decay on the scores) with a per-iteration cosine schedule from
+    ``lr`` to 0, the Trainer's seeded batches (``len(train) // batch_size`` per epoch) and one
+    evaluation per epoch. ``anneal``: epoch e (0-based) trains at density
+    ``density ** ((e + 1) / epochs)`` (a callback at each epoch's start), so the last epoch and the
+    result use ``density``.
 
     ``include`` / ``exclude`` choose the masked weights as in ``prunable_parameters``. Inputs may
     be integer token ids (models that start with an ``nn.Embedding``).
@@ -322,53 +324,39 @@ def train_edge_popup(
     for a plain pruned model. Returns ``test_accuracy``, ``test_loss``, ``density`` (kept fraction
     of the final mask), ``mask``, ``history`` (per-epoch records) and ``edge_popup``.
 
-    ``data`` needs ``train`` / ``test`` splits with ``x``, ``y``, ``len`` and ``to(device)`` and an
-    ``augment`` attribute (a ``DataSplits``, or any object shaped like one, e.g. for regression with
-    float targets). ``test_loss`` is the mean of ``loss`` over the test set; ``test_accuracy`` is
-    computed only when the test labels are int64 (class labels) and is None otherwise.
+    ``data`` is a ``DataSplits`` (its ``ArrayData`` may hold float regression targets).
+    ``test_loss`` is the mean of ``loss`` over the test set; ``test_accuracy`` is computed only
+    when the test labels are int64 (class labels) and is None otherwise.
     """
-    from ..training import default_device, evaluate
+    from ..config import TrainConfig
+    from ..training import Callback, Trainer, default_device
 
     if epochs < 1:
         raise EdgePopupError(f"epochs must be >= 1, got {epochs}")
+    if len(data.train) < batch_size:
+        raise EdgePopupError(f"batch_size {batch_size} is larger than the training set ({len(data.train)} samples)")
+
+    from .schedules import Annealing, OneShot
+
+    _check_density(density)
+    # the density epoch e (0-based) trains at: density ** ((e + 1) / epochs) when annealing
+    density_in = (Annealing(density, epochs) if anneal else OneShot(density)).density_at
+
     dev = torch.device(device) if device is not None else default_device()
     model.to(dev)
     gen = torch.Generator().manual_seed(int(seed))
-    start_density = density ** (1 / epochs) if anneal else density
-    ep = EdgePopup(model, start_density, include_bias=include_bias, weight_init=weight_init,
+    ep = EdgePopup(model, density_in(0), include_bias=include_bias, weight_init=weight_init,
                    scale_fan=scale_fan, generator=gen, bias_init=bias_init, include=include, exclude=exclude)
-    train, test = data.train.to(dev), data.test.to(dev)
-    per_epoch = len(train) // batch_size
-    if per_epoch == 0:
-        raise EdgePopupError(f"batch_size {batch_size} is larger than the training set ({len(train)} samples)")
-    total = per_epoch * epochs
-    optimizer = torch.optim.SGD(ep.scores(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    history: list[dict[str, float]] = []
-    step = 0
-    model.train()
-    for epoch in range(epochs):
-        if anneal:
-            ep.set_density(density ** ((epoch + 1) / epochs))
-        perm_gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 7_919 + epoch) % (2**63 - 1))
-        perm = torch.randperm(len(train), generator=perm_gen).to(dev)
-        loss_sum = torch.zeros((), device=dev)
-        for i in range(per_epoch):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            x, y = train.x.index_select(0, idx), train.y.index_select(0, idx)
-            if data.augment is not None:
-                aug_gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 2 * 7_919 + step) % (2**63 - 1))
-                x = data.augment(x, aug_gen)
-            batch_loss = loss(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            optimizer.step()
-            loss_sum += batch_loss.detach()
-            step += 1
-        t = evaluate(model, test) if loss is F.cross_entropy else _evaluate_with(model, test, loss)
-        history.append({"epoch": epoch + 1, "density": ep.density, "train_loss": float(loss_sum) / per_epoch,
-                        "test_loss": t["loss"], "test_accuracy": t["accuracy"]})
+    per_epoch = len(data.train) // batch_size
+    cfg = TrainConfig(optimizer="sgd", lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+                      steps=f"{epochs}ep", schedule="cosine", eval_every="1ep", fused_optimizer=False)
+    anneal_cb = Callback(lambda trainer, step: ep.set_density(density_in(step // per_epoch)),
+                         at=[e * per_epoch for e in range(1, epochs)])
+    trainer = Trainer(model, data, cfg, seed=int(seed), device=dev, loss=loss, parameters=ep.scores(),
+                      callbacks=[anneal_cb] if anneal else [])
+    history = [{"epoch": r["step"] // per_epoch, "density": density_in(r["step"] // per_epoch - 1),
+                "train_loss": r["train_loss"], "test_loss": r["test_loss"], "test_accuracy": r.get("test_accuracy")}
+               for r in trainer.train().records[1:]]  # records[0]: the evaluation before training
     mask = ep.mask()
     return {
         "test_accuracy": history[-1]["test_accuracy"],
@@ -378,26 +366,6 @@ def train_edge_popup(
         "history": history,
         "edge_popup": ep,
     }
-
-
-@torch.no_grad()
-def _evaluate_with(model: nn.Module, data, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                   batch_size: int = 1000) -> dict:
-    """Mean ``loss`` over ``data`` (batch means weighted by batch size); accuracy only for int64 labels."""
-    was_training = model.training
-    model.eval()
-    n = len(data)
-    classes = data.y.dtype == torch.int64
-    loss_sum, correct = 0.0, 0
-    for i in range(0, n, batch_size):
-        x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
-        out = model(x)
-        loss_sum += float(loss(out, y)) * x.shape[0]
-        if classes:
-            correct += int((out.argmax(1) == y).sum())
-    model.train(was_training)
-    n = max(1, n)
-    return {"loss": loss_sum / n, "accuracy": correct / n if classes else None}
 
 
 __all__: Sequence[str] = ["EdgePopup", "EdgePopupError", "ScoreMask", "topk_mask", "train_edge_popup"]

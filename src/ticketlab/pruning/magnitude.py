@@ -1,8 +1,9 @@
 """Magnitude pruning as IMP uses it: remove a fraction of the *remaining* weights by |w|.
 
 Target counts are computed from each group's original size and the level number,
-round(N * (1 - rate) ** level), rather than chained level by level, so rounding never drifts:
-after L levels each group holds (1 - rate)^L of its weights to within one weight.
+round(N * (1 - rate) ** level) (the ``IMPLevels`` schedule of ``pruning/schedules.py``), rather than
+chained level by level, so rounding never drifts: after L levels each group holds (1 - rate)^L of
+its weights to within one weight.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 import torch
 
 from ..masks import Mask, MaskError
+from .schedules import IMPLevels
 from .selection import keep_top
 
 
@@ -56,7 +58,7 @@ def imp_groups(
 
     def target(group: list[str], r: float) -> int:
         total = sum(mask[n].numel() for n in group)
-        return int(round(total * (1.0 - r) ** level))
+        return int(round(total * IMPLevels(r).density_at(level)))
 
     groups: dict[tuple[str, ...], int] = {}
     if scope == "global":

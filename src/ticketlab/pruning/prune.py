@@ -1,8 +1,9 @@
 """Prune to a density: score -> select, once or over n rounds (SynFlow's iterative schedule).
 
-Any score composes with any distribution and any number of rounds. Round k of n prunes to density
-rho^(k/n) (exponential, the SynFlow schedule) or 1 - (1 - rho) k / n (linear), rescoring with the
-current mask each round; the last round lands exactly on the requested count(s).
+Any score composes with any distribution and any number of rounds. The rounds follow an
+``Iterative`` schedule (``pruning/schedules.py``): round k of n prunes to density rho^(k/n)
+(exponential, the SynFlow schedule) or 1 - (1 - rho) k / n (linear), rescoring with the current mask
+each round; the last round lands exactly on the requested count(s). One round is a one-shot prune.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from torch import nn
 
 from ..masks import Mask
 from .distributions import DISTRIBUTIONS, DistributionError, layer_counts, layer_densities, shapes_of
+from .schedules import ITERATIVE_KINDS, Iterative
 from .scores import ScoreSource, compute_scores
 from .selection import keep_top
 
-SCHEDULES = ("exponential", "linear")
 ON_COLLAPSE = ("warn", "raise", "ignore")
 
 
@@ -49,34 +50,28 @@ def collapse_message(method: str, mask: Mask, density: float, distribution: str)
             f"higher density. Mask.empty_layers() lists them.")
 
 
-def round_density(density: float, k: int, rounds: int, schedule: str) -> float:
-    """Target density after round k of ``rounds``."""
-    if schedule in SCHEDULES and k == rounds:
-        return density  # exact: 1 - (1 - d) is not always d in floating point
-    if schedule == "exponential":
-        return density ** (k / rounds)
-    if schedule == "linear":
-        return 1.0 - (1.0 - density) * k / rounds
-    raise DistributionError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+def round_targets(mask: Mask, schedule: Iterative, distribution: str, k: int) -> dict[tuple[str, ...], int]:
+    """Kept counts per group after round k of ``schedule``; non-increasing in k and exact at the last
+    round (``schedule.rounds``), where they are ``distribution``'s counts at ``schedule.density``.
 
-
-def round_targets(mask: Mask, density: float, distribution: str, k: int, rounds: int,
-                  schedule: str) -> dict[tuple[str, ...], int]:
-    """Kept counts per group after round k; non-increasing in k and exact at k = rounds."""
+    'global' keeps round(N d_k) in all; a layer-wise distribution runs the schedule in each layer
+    towards that layer's own (fractional) density and never goes below its final count.
+    """
     names = tuple(mask)
+    last = k >= schedule.rounds
     if distribution == "global":
-        target = int(round(mask.num_total * round_density(density, k, rounds, schedule)))
+        target = int(round(mask.num_total * schedule.density_at(k)))
         # An already-pruned mask: intermediate rounds never ask for more than it still keeps.
-        return {names: target if k == rounds else min(target, mask.num_kept)}
+        return {names: target if last else min(target, mask.num_kept)}
     shapes = shapes_of(mask)
-    final = layer_counts(distribution, shapes, density)
-    if k == rounds:
+    final = layer_counts(distribution, shapes, schedule.density)
+    if last:
         return {(n,): final[n] for n in names}
-    fractional = layer_densities(distribution, shapes, density)
+    fractional = layer_densities(distribution, shapes, schedule.density)
     out = {}
     for n in names:
         size = math.prod(shapes[n])
-        layer_target = round(size * round_density(fractional[n], k, rounds, schedule))
+        layer_target = round(size * schedule.with_density(fractional[n]).density_at(k))
         out[(n,)] = max(final[n], min(int(mask[n].sum()), layer_target))
     return out
 
@@ -100,7 +95,8 @@ def prune(
 
     ``distribution`` 'global' ranks all layers together; 'uniform', 'erk', 'smart', 'smart_vgg' fix
     each layer's count first. ``invert`` keeps the *lowest* scores (a sanity check). The model is
-    not modified.
+    not modified. ``rounds`` > 1 prunes iteratively, rescoring each round, along the ``Iterative``
+    schedule ``schedule`` ('exponential', SynFlow's, or 'linear').
 
     Layer collapse: when the result keeps no weight at all in some layers, ``on_collapse``
     'warn' (default) emits a :class:`LayerCollapseWarning` naming them (its ``layers`` attribute
@@ -116,15 +112,18 @@ def prune(
         raise DistributionError(f"unknown distribution {distribution!r}; choose 'global' or one of {DISTRIBUTIONS}")
     if rounds < 1:
         raise DistributionError(f"rounds must be >= 1, got {rounds}")
+    if schedule not in ITERATIVE_KINDS:
+        raise DistributionError(f"unknown schedule {schedule!r}; choose one of {ITERATIVE_KINDS}")
     if round(density * mask.num_total) > mask.num_kept:
         raise DistributionError(
             f"density {density} keeps {round(density * mask.num_total)} weights but the mask keeps only {mask.num_kept}"
         )
+    plan = Iterative(density, rounds, schedule)
     for k in range(1, rounds + 1):
         scores = compute_scores(method, model, mask, source, **score_options)
         if invert:
             scores = {n: -s for n, s in scores.items()}
-        mask = keep_top(scores, mask, round_targets(mask, density, distribution, k, rounds, schedule))
+        mask = keep_top(scores, mask, round_targets(mask, plan, distribution, k))
         if progress is not None:
             progress(k, mask)
     empty = mask.empty_layers()
