@@ -17,7 +17,9 @@ from .selection import keep_top
 
 
 def magnitude_scores(weights: Mapping[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:
-    """|w| for every masked parameter.
+    """|w| for every masked parameter, 0 where the mask has pruned it (on the CPU).
+
+    The one magnitude ranking: IMP prunes by it and it is the registered ``magnitude`` score.
 
     ``weights`` maps parameter names to tensors (``dict(model.named_parameters())`` or a state
     dict); masks name a shared (tied) parameter by its first name, which both contain.
@@ -33,7 +35,7 @@ def magnitude_scores(weights: Mapping[str, torch.Tensor], mask: Mask) -> dict[st
              for n in mask if tuple(weights[n].shape) != tuple(mask[n].shape)]
     if wrong:
         raise MaskError("weights do not fit the mask: " + "; ".join(wrong))
-    return {n: weights[n].detach().abs().cpu() for n in mask}
+    return {n: (weights[n].detach().cpu() * mask[n].to(weights[n].dtype)).abs() for n in mask}
 
 
 def imp_groups(
@@ -82,7 +84,10 @@ def imp_prune(
     output_name: str | None = None,
     output_rate: float | None = None,
 ) -> Mask:
-    """The level-``level`` IMP mask: keep the largest |w| among weights ``mask`` still keeps."""
+    """The level-``level`` IMP mask: keep the largest |w| among weights ``mask`` still keeps.
+
+    The shared score -> select path: the magnitude score, then ``keep_top`` over IMP's groups.
+    """
     groups = imp_groups(mask, scope=scope, rate=rate, level=level,
                         output_name=output_name, output_rate=output_rate)
     return keep_top(magnitude_scores(weights, mask), mask, groups)

@@ -89,9 +89,10 @@ def _batches(source: ScoreSource) -> Iterator[Batch]:
 
 @register_score("magnitude")
 def magnitude(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torch.Tensor]:
-    """|w| (pruned weights score 0)."""
-    params = dict(model.named_parameters())
-    return {n: (params[n].detach() * mask[n].to(params[n].device)).abs() for n in mask}
+    """|w| (pruned weights score 0): the same ranking IMP prunes by (``magnitude.magnitude_scores``)."""
+    from .magnitude import magnitude_scores
+
+    return magnitude_scores(dict(model.named_parameters()), mask)
 
 
 @register_score("random")
