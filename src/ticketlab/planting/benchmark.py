@@ -149,14 +149,15 @@ def run_cell(task: str, method: str, kept: float | str, seed: int, *, depth: int
         train_mask = dense
     elif method in _SCORE_METHODS:
         score, rounds = _SCORE_METHODS[method]
-        found = prune(score, model, dense, source, density, rounds=rounds)
+        found = prune(score, model, dense, source, density, rounds=rounds,
+                      on_collapse="ignore")  # the row records collapse (recovery metrics)
         train_mask = found
     elif method == "imp":
         found = dense
         schedule = Iterative(density, imp_rounds)  # multishot: density ** (r / rounds) after round r
         for r in range(1, imp_rounds + 1):
             _fit(model, found, splits, loss, imp_epochs, lr, batch_size, seed * 1_000 + r, dev)
-            found = prune("magnitude", model, found, source, schedule.density_at(r))
+            found = prune("magnitude", model, found, source, schedule.density_at(r), on_collapse="ignore")
             model = copy.deepcopy(H).to(dev)  # reset to the planted init
         train_mask = found
     else:  # edge-popup
