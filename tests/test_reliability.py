@@ -378,3 +378,48 @@ def test_early_bird_search_counts_the_steps_it_trained(tmp_path):
     assert search["final_step"] == summary["drawn_epoch"] * 4 < 5 * 4  # 128 samples / batch 32 = 4 it per epoch
     assert search["unit_training_flops"] == 3 * search["forward_flops"] * search["final_step"] * 32
     assert search["dense_run_training_flops"] == 3 * search["forward_flops_dense"] * 5 * 4 * 32
+
+
+def _strip_checksums(root: Path) -> None:
+    """Turn a store into one written before checksums existed (as ticketlab 0.1 wrote it)."""
+    from ticketlab.integrity import CHECKSUM_KEY, _join_safetensors, _split_safetensors
+
+    for path in root.rglob("*"):
+        if path.suffix == ".json":
+            obj = json.loads(path.read_text())
+            obj.pop(CHECKSUM_KEY)
+            path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        elif path.suffix == ".jsonl":
+            path.write_bytes(b"".join(line + b"\n" for line in path.read_bytes().splitlines()[:-1]))
+        elif path.suffix == ".safetensors":
+            header, body = _split_safetensors(path.read_bytes(), path)
+            header["__metadata__"].pop(CHECKSUM_KEY)
+            if not header["__metadata__"]:
+                header.pop("__metadata__")
+            path.write_bytes(_join_safetensors(header, body))
+
+
+def test_a_store_from_before_checksums_is_refused_then_upgraded_and_reused(complete_store, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(complete_store, root)
+    _strip_checksums(root)
+    with pytest.raises(StoreError, match="ticketlab migrate"):
+        imp(root)
+    report = Store(root).upgrade()
+    [entry] = report.values()
+    assert entry["problems"] == [] and entry["intact"] == 0 and len(entry["sealed"]) >= 30
+    assert files_of(root) == files_of(complete_store)  # the very bytes ticketlab writes today
+    assert Store(root).upgrade()[config_hash(IMP)] == {"sealed": [], "intact": len(entry["sealed"]),
+                                                        "problems": []}
+    imp(root)  # complete: nothing recomputed
+
+
+def test_upgrade_reports_a_legacy_file_that_does_not_parse(complete_store, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(complete_store, root)
+    _strip_checksums(root)
+    bad = root / config_hash(IMP) / "level_01" / "ticket" / "metrics.jsonl"
+    bad.write_bytes(bad.read_bytes()[:-7])
+    [entry] = Store(root).upgrade().values()
+    assert len(entry["problems"]) == 1 and "metrics.jsonl" in entry["problems"][0]
+    assert bad.read_bytes().endswith(b"\n") is False  # left as it was

@@ -72,7 +72,8 @@ def open_json(text: str | bytes, path: Path | str, *, require: bool = True) -> d
     stored = obj.pop(CHECKSUM_KEY, None)
     if stored is None:
         if require:
-            raise CorruptFileError(path, "it has no checksum (not written by this version of ticketlab, or edited)")
+            raise CorruptFileError(path, "it has no checksum (edited by hand, or written by ticketlab before "
+                                         "checksums: `ticketlab migrate` upgrades such a store)")
         return obj
     if stored != _sha256(canonical_json(obj)):
         raise CorruptFileError(path, "its content does not match its checksum")
@@ -101,7 +102,8 @@ def open_jsonl(data: bytes, path: Path | str, *, require: bool = True) -> list[d
             footer = last
             lines.pop()
     if footer is None and require:
-        raise CorruptFileError(path, "its checksum footer is missing (truncated, edited, or not written by ticketlab)")
+        raise CorruptFileError(path, "its checksum footer is missing (truncated, edited, or written by ticketlab "
+                                     "before checksums: `ticketlab migrate` upgrades such a store)")
     body = b"".join(line + b"\n" for line in lines)
     if footer is not None and (footer.get(CHECKSUM_KEY) != _sha256(body) or footer.get(ROWS_KEY) != len(lines)):
         raise CorruptFileError(path, "its rows do not match its checksum")
@@ -163,7 +165,8 @@ def verify_safetensors(data: bytes, path: Path | str, *, require: bool = True) -
     stored = meta.pop(CHECKSUM_KEY, None)
     if stored is None:
         if require:
-            raise CorruptFileError(path, "it has no checksum (not written by this version of ticketlab)")
+            raise CorruptFileError(path, "it has no checksum (not written by ticketlab, or written before "
+                                         "checksums: `ticketlab migrate` upgrades such a store)")
     else:
         check = {k: v for k, v in header.items() if k != "__metadata__"}
         if meta:
@@ -192,3 +195,47 @@ def verify_file(path: Path) -> None:
         open_jsonl(data, path)
     else:
         verify_safetensors(data, path)
+
+
+def seal_legacy_file(path: Path) -> bool:
+    """Give a file written before checksums existed its checksum; True if it was sealed now.
+
+    The file must parse as its kind (JSON object, JSON lines, a safetensors file that loads): a
+    legacy file cannot be checked for flipped bits, only for structure, so the upgrade trusts what
+    parses. A file that already carries a checksum is verified instead (and a mismatch raised).
+    """
+    from .atomic import atomic_write_bytes, atomic_write_text
+
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        obj = open_json(data, path, require=False)
+        if CHECKSUM_KEY in json.loads(data):
+            return False
+        atomic_write_text(path, seal_json(obj))
+        return True
+    if path.suffix == ".jsonl":
+        rows = open_jsonl(data, path, require=False)
+        lines = data.split(b"\n")
+        last = next((line for line in reversed(lines) if line.strip()), b"")
+        try:
+            if CHECKSUM_KEY in json.loads(last):
+                return False
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+            pass
+        atomic_write_text(path, seal_jsonl(rows))
+        return True
+    if path.suffix == ".safetensors":
+        header, _ = _split_safetensors(data, path)
+        if CHECKSUM_KEY in (header.get("__metadata__") or {}):
+            verify_safetensors(data, path)
+            return False
+        from safetensors.torch import load
+
+        try:
+            load(data)
+        except Exception as exc:  # safetensors raises several error types for damaged files
+            raise CorruptFileError(path, f"safetensors cannot read it ({exc})") from exc
+        verify_safetensors(data, path, require=False)
+        atomic_write_bytes(path, seal_safetensors(data))
+        return True
+    return False

@@ -336,6 +336,39 @@ class Store:
                 row["status"] = "interrupted"
         return [r for r in rows if all(_matches(r, k, v) for k, v in filters.items())]
 
+    def upgrade(self) -> dict[str, dict[str, Any]]:
+        """Give every file of every run that predates checksums its checksum (``ticketlab migrate``).
+
+        Each run is locked while it is upgraded (a run being written is skipped and reported);
+        files that already carry a checksum are verified; a file that does not parse is reported
+        and left as it is. Returns, per run, the files sealed now, the count already sealed and
+        the problems.
+        """
+        from .integrity import seal_legacy_file
+
+        self.require_writable()
+        report: dict[str, dict[str, Any]] = {}
+        for run in self.runs():
+            entry: dict[str, Any] = {"sealed": [], "intact": 0, "problems": []}
+            report[run.hash] = entry
+            try:
+                with self.lock(run):
+                    remove_stale_temp_files(run.path)
+                    for path in sorted(run.path.rglob("*")):
+                        if not path.is_file() or path.name.startswith(".") or \
+                                path.suffix not in (".json", ".jsonl", ".safetensors"):
+                            continue
+                        try:
+                            if seal_legacy_file(path):
+                                entry["sealed"].append(str(path.relative_to(run.path)))
+                            else:
+                                entry["intact"] += 1
+                        except CorruptFileError as exc:
+                            entry["problems"].append(str(exc))
+            except StoreError as exc:
+                entry["problems"].append(str(exc))
+        return report
+
     def reindex(self) -> int:
         """Rebuild the index from the run folders (after it was lost or corrupted)."""
         self.require_writable()
