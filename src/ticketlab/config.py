@@ -56,10 +56,48 @@ def _names(what: str, value: Any) -> tuple[str, ...]:
     return tuple(sorted(set(value)))
 
 
-def _names_field() -> Any:
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A field with its command-line help as metadata (read by ``ticketlab.flags``).
+
+    ``cli`` may name the ``flag`` (default ``--field-name``), the ``dest`` (the key in presets),
+    ``choices`` (a tuple, or a function returning one), ``shown_default`` (text for a default that
+    is not a plain value), ``required``, ``group``, ``nargs``, ``action`` ("append"), ``metavar``,
+    ``sparsity`` (a density that also takes ``--sparsity`` = 1 - density), or ``cli=False``.
+    Metadata never enters the hash.
+    """
+    return field(default=default, metadata={"help": help, **cli})
+
+
+_INCLUDE_HELP = ("also prune this parameter, or the >=2-D weights under this module, e.g. a raw nn.Parameter used "
+                 "through F.linear or an embedding (by default only Linear/Conv weights are pruned); repeatable")
+_EXCLUDE_HELP = "never prune this parameter, or anything under this module (wins over --prune-param); repeatable"
+
+
+def _names_field(help: str, flag: str) -> Any:
     """``include`` / ``exclude``: added after runs existed, so at their default () they leave the
     hash (and every stored run) as it was."""
-    return field(default=(), metadata={"omit_default": True})
+    return field(default=(), metadata={"omit_default": True, "help": help, "flag": flag, "action": "append",
+                                       "metavar": "NAME"})
+
+
+def _include_field(note: str = "") -> Any:
+    return _names_field(_INCLUDE_HELP + note, "--prune-param")
+
+
+def _exclude_field(note: str = "") -> Any:
+    return _names_field(_EXCLUDE_HELP + note, "--keep-dense")
+
+
+def _include_first() -> Any:
+    return option(True, "keep the first layer dense", flag="--no-prune-first")
+
+
+def _include_output() -> Any:
+    return option(True, "keep the output layer dense", flag="--no-prune-output")
+
+
+def _seed() -> Any:
+    return option(0, "random seed (init, data order, masks)", group="training")
 
 
 def _check_names(config: Any) -> None:
@@ -77,10 +115,19 @@ def _prunable_options(config: Any) -> dict[str, Any]:
 class DataConfig:
     """Which data set, and how much of its training set is held out for validation."""
 
-    name: str = "mnist"
-    root: str | None = field(default=None, metadata={"hash": False})
-    val_size: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = option("mnist", "registered data set: mnist, fashion_mnist, cifar10, cifar100, digits, "
+                                "synthetic_mlp, synthetic_images, synthetic_tokens, or one you registered",
+                       flag="--dataset", dest="dataset")
+    root: str | None = field(default=None, metadata={
+        "hash": False, "help": "folder holding the data set's files (mnist, fashion_mnist, cifar10, cifar100)",
+        "flag": "--data-root", "dest": "data_root",
+        "shown_default": "none; digits and the synthetic sets need no files"})
+    val_size: int = option(0, "training samples held out for validation / early stopping")
+    options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "a data set option, e.g. n_train=256 or shape=[3,16,16] (values are JSON); repeatable",
+        "flag": "--data-option", "dest": "data_options"})
+
+    cli_group = "data and model"
 
     def __post_init__(self) -> None:
         if self.val_size < 0:
@@ -91,31 +138,40 @@ class DataConfig:
 class ModelConfig:
     """A registered model name and its options (e.g. ``{"hidden": [300, 100]}``)."""
 
-    name: str = "lenet_300_100"
-    options: dict[str, Any] = field(default_factory=dict)
+    name: str = option("lenet_300_100", "registered model: lenet_300_100, mlp, conv2, conv4, conv6, vgg11, vgg16, "
+                                        "vgg19, resnet20, resnet56, or one you registered",
+                       flag="--model", dest="model")
+    options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "a model option, e.g. hidden=[300,100] or width=0.25 (values are JSON); repeatable",
+        "flag": "--model-option", "dest": "model_options"})
+
+    cli_group = "data and model"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimiser, LR schedule and length of one training run. Steps are step strings."""
 
-    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = 1.2e-3
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    batch_size: int = 60
-    steps: str = "50000it"
-    schedule: Literal["constant", "multistep", "cosine", "linear"] = "constant"
-    milestones: tuple[str, ...] = ()
-    gamma: float = 0.1
-    warmup: str = "0it"
-    eval_every: str = "1ep"
-    mask_gradients: bool = False
-    fused_optimizer: bool = True
+    optimizer: Literal["sgd", "adam", "adamw"] = option("adam", "optimiser")
+    lr: float = option(1.2e-3, "learning rate (peak, after any warm-up)")
+    momentum: float = option(0.0, "SGD momentum")
+    nesterov: bool = option(False, "Nesterov momentum (sgd with --momentum > 0)")
+    weight_decay: float = option(0.0, "L2 weight decay")
+    batch_size: int = option(60, "mini-batch size")
+    steps: str = option("50000it", "training length (for imp: per level): '50000it', '160ep' or '2ep100it'")
+    schedule: Literal["constant", "multistep", "cosine", "linear"] = option("constant", "learning-rate schedule")
+    milestones: tuple[str, ...] = option((), "multistep LR drops, e.g. 80ep 120ep", metavar="STEP")
+    gamma: float = option(0.1, "LR factor at each milestone")
+    warmup: str = option("0it", "linear LR warm-up length, e.g. 500it")
+    eval_every: str = option("1ep", "evaluation (and checkpoint) period, e.g. 1000it or 1ep")
+    mask_gradients: bool = option(False, "also zero pruned weights' gradients (for optimisers whose update couples "
+                                         "entries)")
+    fused_optimizer: bool = option(True, "use PyTorch's default (non-fused) optimiser implementation")
     # Options added after runs exist carry omit_default: at their default they leave the hash (and
     # so every stored run) unchanged.
-    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"omit_default": True})
+    precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"omit_default": True, "cli": False})
+
+    cli_group = "training"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -164,13 +220,14 @@ class PruneConfig:
     names parameters or modules never pruned (see :func:`ticketlab.prunable.prunable_parameters`).
     """
 
-    rate: float = 0.2
-    scope: Literal["global", "layerwise"] = "global"
-    output_rate: float | None = None
-    include_first: bool = True
-    include_output: bool = True
-    include: tuple[str, ...] = _names_field()
-    exclude: tuple[str, ...] = _names_field()
+    rate: float = option(0.2, "fraction of the remaining weights removed per level")
+    scope: Literal["global", "layerwise"] = option("global", "rank weights globally or within each layer")
+    output_rate: float | None = option(None, "prune the output layer separately at this rate (LTH: half of --rate "
+                                             "for LeNet)", shown_default="ranked with the other layers")
+    include_first: bool = _include_first()
+    include_output: bool = _include_output()
+    include: tuple[str, ...] = _include_field()
+    exclude: tuple[str, ...] = _exclude_field()
 
     def __post_init__(self) -> None:
         _check_names(self)
@@ -197,11 +254,16 @@ class IMPConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
-    levels: int = 10
-    reset: Literal["init", "rewind", "lr_rewind", "finetune"] = "init"
-    rewind_step: str = "0it"
-    baselines: tuple[str, ...] = BASELINES
-    seed: int = 0
+    levels: int = option(10, "pruning levels after the dense run")
+    reset: Literal["init", "rewind", "lr_rewind", "finetune"] = option(
+        "init", "what the kept weights restart from after each prune: init (LTH), rewind (to --rewind-step), "
+                "lr_rewind (keep the weights, replay the LR schedule from --rewind-step), finetune (keep the "
+                "weights and the final LR)", choices=reset_modes)
+    rewind_step: str = option("0it", "k for rewind / lr_rewind / finetune, e.g. 2000it")
+    baselines: tuple[str, ...] = option(BASELINES, "baselines trained at every level: reinit (the ticket's mask, a "
+                                                   "fresh init), random (a random mask, the ticket's layer densities)",
+                                        choices=BASELINES, nargs="*")
+    seed: int = _seed()
 
     experiment = "imp"
 
@@ -246,20 +308,24 @@ class PruneAtInitConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    method: str = "snip"
-    density: float = 0.1
-    distribution: str = "global"
-    rounds: int | None = None
-    schedule: str = "exponential"
-    score_batches: int = 1
-    score_batch_size: int = 256
-    grasp_temperature: float = 200.0
-    sanity: str = "none"
-    include_first: bool = True
-    include_output: bool = True
-    seed: int = 0
-    include: tuple[str, ...] = _names_field()
-    exclude: tuple[str, ...] = _names_field()
+    method: str = option("snip", "the score that ranks weights (registered in pruning/scores.py)",
+                         choices=pai_methods, required=True)
+    density: float = option(0.1, "fraction of prunable weights kept, e.g. 0.02", sparsity=True, required=True)
+    distribution: str = option("global", "global ranking, or fixed layer-wise densities (uniform, ERK, smart ratios)",
+                               choices=DISTRIBUTION_CHOICES)
+    rounds: int | None = option(None, "iterative pruning rounds", shown_default="100 for synflow, else 1")
+    schedule: str = option("exponential", "density after round k of n: d^(k/n) (exponential) or linear",
+                           choices=PRUNE_SCHEDULES, flag="--prune-schedule", dest="prune_schedule")
+    score_batches: int = option(1, "mini-batches the data-driven scores read")
+    score_batch_size: int = option(256, "size of the mini-batches the scores read")
+    grasp_temperature: float = option(200.0, "GraSP: the logits are divided by this temperature (the paper's 200)")
+    sanity: str = option("none", "shuffle the mask within layers, re-initialise kept weights, or invert the scores",
+                         choices=SANITY_CHECKS)
+    include_first: bool = _include_first()
+    include_output: bool = _include_output()
+    seed: int = _seed()
+    include: tuple[str, ...] = _include_field()
+    exclude: tuple[str, ...] = _exclude_field()
 
     experiment = "prune"
 
@@ -312,21 +378,25 @@ class SparseTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    method: str = "rigl"
-    density: float = 0.1
-    distribution: str | None = None
-    delta_t: int = 100
-    t_end: float = 0.75
-    alpha: float = 0.3
-    gmp_start: str = "0it"
-    gmp_end: str | None = None
-    gmp_every: str = "100it"
-    gmp_initial_sparsity: float = 0.0
-    include_first: bool = True
-    include_output: bool = True
-    seed: int = 0
-    include: tuple[str, ...] = _names_field()
-    exclude: tuple[str, ...] = _names_field()
+    method: str = option("rigl", "dense, static (fixed random mask), set, rigl, gmp (gradual magnitude pruning)",
+                         choices=SPARSE_METHODS, required=True)
+    density: float = option(0.1, "fraction of prunable weights kept (at the end, for gmp)", sparsity=True,
+                            shown_default="1 for --method dense; the others need --density or --sparsity")
+    distribution: str | None = option(None, "sparse init for static/set/rigl: uniform, erk, smart, smart_vgg; "
+                                            "gmp: global, uniform, erk, smart, smart_vgg",
+                                      shown_default="erk; gmp: uniform")
+    delta_t: int = option(100, "RigL/SET: iterations between mask updates")
+    t_end: float = option(0.75, "RigL/SET: last update, as a fraction of training")
+    alpha: float = option(0.3, "RigL/SET: initial drop fraction (cosine-decayed)")
+    gmp_start: str = option("0it", "GMP: first pruning step")
+    gmp_end: str | None = option(None, "GMP: last pruning step", shown_default="75% of training")
+    gmp_every: str = option("100it", "GMP: pruning period")
+    gmp_initial_sparsity: float = option(0.0, "GMP: sparsity of the first prune (the cubic schedule starts there)")
+    include_first: bool = _include_first()
+    include_output: bool = _include_output()
+    seed: int = _seed()
+    include: tuple[str, ...] = _include_field()
+    exclude: tuple[str, ...] = _exclude_field()
 
     experiment = "sparse"
 
@@ -382,17 +452,20 @@ class EarlyBirdConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    kind: str = "channel"
-    prune_ratio: float = 0.5
-    epsilon: float = 0.1
-    window: int = 5
-    slimming: float = 1e-4
-    search_lr: float | None = None
-    search_precision: str = "fp32"
-    retrain_from: str = "ticket"
-    seed: int = 0
-    include: tuple[str, ...] = _names_field()
-    exclude: tuple[str, ...] = _names_field()
+    kind: str = option("channel", "channel: network slimming on BN scales, a physically smaller ticket; "
+                                  "unstructured: |w| masks", choices=("channel", "unstructured"))
+    prune_ratio: float = option(0.5, "fraction of channels (or weights) removed")
+    epsilon: float = option(0.1, "draw the ticket when the last --window mask distances are all below this")
+    window: int = option(5, "how many consecutive epoch-to-epoch mask distances must be below --epsilon")
+    slimming: float = option(1e-4, "L1 strength on BN scales (channel kind)")
+    search_lr: float | None = option(None, "a larger LR for the cheap search phase", shown_default="--lr")
+    search_precision: str = option("fp32", "precision of the search phase (bf16: autocast)",
+                                   choices=("fp32", "bf16"))
+    retrain_from: str = option("ticket", "retrain each ticket from its weights at the draw, or from a fresh init",
+                               choices=("ticket", "reinit"))
+    seed: int = _seed()
+    include: tuple[str, ...] = _include_field(" (unstructured kind only)")
+    exclude: tuple[str, ...] = _exclude_field(" (unstructured kind only)")
 
     experiment = "early_bird"
 

@@ -1,10 +1,21 @@
-"""IMP reports: the exact table and the LTH-style plot of accuracy vs. remaining weights."""
+"""Reports: exact tables (Markdown) and plots of stored runs.
+
+One report function per kind of run, ``<kind>_report(runs, plot) -> (markdown, [png, ...])``, names
+its main plot ``plot`` (other pictures go beside it); the experiment records
+(``experiments/registry.py``) say which function reports which kind.
+"""
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..store import Run
+
+Report = tuple[str, list[Path]]
+
 
 def _save(fig, path: Path) -> Path:
     """Write a figure as PNG atomically (temp file, rename) and close it."""
@@ -256,3 +267,47 @@ def plot_distance_matrix(epochs: Sequence[int], matrix: Sequence[Sequence[float]
     ax.set_title("Mask distance between epochs" + (f" (ticket drawn at {drawn})" if drawn is not None else ""))
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _config(run: Run) -> dict[str, Any]:
+    return run.read_json("config.json")["config"]
+
+
+def _row(run: Run, cfg: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    return {"run": run.hash[:8], "model": cfg["model"]["name"], "dataset": cfg["data"]["name"], "seed": cfg["seed"],
+            **summary}
+
+
+def imp_report(runs: Sequence[Run], plot: Path) -> Report:
+    """IMP runs: one table per run (a line per level), accuracy vs. remaining weights in one plot."""
+    labelled = []
+    for run in runs:
+        cfg = _config(run)
+        label = f"{run.hash[:8]} {cfg['model']['name']}/{cfg['data']['name']} reset={cfg['reset']}"
+        labelled.append((label, run.read_jsonl("levels.jsonl")))
+    text = "\n\n".join(f"### {label}\n\n{imp_table(rows)}" for label, rows in labelled)
+    return text, [plot_imp(labelled, plot)]
+
+
+def prune_report(runs: Sequence[Run], plot: Path) -> Report:
+    """Prune-at-init runs: one table over seeds; accuracy vs. density once there are two runs."""
+    rows = [_row(run, _config(run), run.read_json("train", "summary.json")) for run in runs]
+    return f"### pruning at initialisation\n\n{prune_table(rows)}", [plot_prune(rows, plot)] if len(rows) > 1 else []
+
+
+def sparse_report(runs: Sequence[Run], plot: Path) -> Report:
+    """Sparse-training runs: accuracy and FLOPs table; accuracy and density during training."""
+    rows, curves = [], []
+    for run in runs:
+        summary = run.read_json("train", "summary.json")
+        rows.append(_row(run, _config(run), summary))
+        curves.append((f"{run.hash[:8]} {summary['method']}", run.read_jsonl("train", "metrics.jsonl")))
+    return f"### sparse training\n\n{sparse_table(rows)}", [plot_sparse(curves, plot)]
+
+
+def early_bird_report(runs: Sequence[Run], plot: Path) -> Report:
+    """Early-bird runs: where each ticket was drawn, and each run's mask-distance matrix beside ``plot``."""
+    summaries = [(run, run.read_json("summary.json"), run.read_json("distance_matrix.json")) for run in runs]
+    text = "### early-bird tickets\n\n" + early_bird_table([{"run": r.hash[:8], **s} for r, s, _ in summaries])
+    return text, [plot_distance_matrix(dm["epochs"], dm["distances"], Path(plot).parent / f"distances_{r.hash[:8]}.png",
+                                       drawn=s["drawn_epoch"]) for r, s, dm in summaries]

@@ -1,0 +1,99 @@
+"""The experiment records: one per stored-run command (``ticketlab imp``, ``prune``, ...).
+
+A record names the command, its config class (whose fields become the command's flags, help and
+defaults; see ``ticketlab.flags``), the function that runs a config in the store, and the function
+that reports stored runs of that kind. A new procedure is its own file (config dataclass with
+``option`` fields, ``run_x(config, store, *, device, progress)``, a report function) plus one line in
+``EXPERIMENTS`` below (and one entry in ``tests/test_fault_injection.py::PROCEDURES``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..analysis.report import early_bird_report, imp_report, prune_report, sparse_report
+from ..config import ConfigError, EarlyBirdConfig, IMPConfig, PruneAtInitConfig, SparseTrainConfig
+from .early_bird import run_early_bird
+from .imp import run_imp
+from .prune_at_init import run_prune_at_init
+from .sparse_training import run_sparse_training
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One command that runs a config in the store and reports it."""
+
+    name: str                           # the subcommand: ``ticketlab <name>``
+    help: str                           # its line in ``ticketlab --help``
+    config_cls: type                    # frozen config dataclass; ``config_cls.experiment`` tags its runs
+    run: Callable[..., Any]             # run(config, store, *, device, progress)
+    report: Callable[..., Any]          # report(runs, plot_path) -> (markdown, [png paths])
+    group: str                          # --help section of the procedure's own options
+    base: Mapping[str, Any] = field(default_factory=dict)  # defaults over the config's (the demo's)
+    finish: Callable[[dict[str, Any]], None] | None = None  # rules across options, on {dest: value}
+    threads: int | None = None          # default --threads
+    intro: str = ""                     # printed before the run starts
+
+
+def _imp_finish(values: dict[str, Any]) -> None:
+    """--no-prune-output: the output layer stays dense, so an output rate (a preset's) is dropped."""
+    if values.get("include_output") is False:
+        values["output_rate"] = None
+
+
+def _sparse_finish(values: dict[str, Any]) -> None:
+    """Dense training keeps every weight; the other methods need a density."""
+    if "density" not in values:
+        if values["method"] != "dense":
+            raise ConfigError(f"--method {values['method']} needs --density or --sparsity")
+        values["density"] = 1.0
+
+
+# Standard settings from the papers (see METHODS.md); any flag given on the command line wins.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lenet_mnist": dict(dataset="mnist", model="lenet_300_100", optimizer="adam", lr=1.2e-3, batch_size=60,
+                        steps="50000it", val_size=5000, eval_every="1000it", output_rate=0.1),
+    "conv2_cifar10": dict(dataset="cifar10", model="conv2", optimizer="adam", lr=2e-4, batch_size=60,
+                          steps="20000it", val_size=5000, eval_every="1000it"),
+    "conv4_cifar10": dict(dataset="cifar10", model="conv4", optimizer="adam", lr=3e-4, batch_size=60,
+                          steps="25000it", val_size=5000, eval_every="1000it"),
+    "conv6_cifar10": dict(dataset="cifar10", model="conv6", optimizer="adam", lr=3e-4, batch_size=60,
+                          steps="30000it", val_size=5000, eval_every="1000it"),
+    "resnet20_cifar10": dict(dataset="cifar10", model="resnet20", optimizer="sgd", lr=0.1, momentum=0.9,
+                             weight_decay=1e-4, batch_size=128, steps="160ep", schedule="multistep",
+                             milestones=["80ep", "120ep"], reset="rewind", rewind_step="2000it", eval_every="1ep"),
+    "vgg16_cifar10": dict(dataset="cifar10", model="vgg16", optimizer="sgd", lr=0.1, momentum=0.9,
+                          weight_decay=1e-4, batch_size=128, steps="160ep", schedule="multistep",
+                          milestones=["80ep", "120ep"], reset="rewind", rewind_step="2000it", eval_every="1ep"),
+}
+
+# Offline demo: scikit-learn's digits, an MLP, IMP down to 1% of the weights with both baselines
+# (about 20 seconds on 2 cores). Below ~3% the random re-init falls behind the ticket.
+DEMO = dict(dataset="digits", model="mlp", model_options={"hidden": [300, 100]}, optimizer="adam", lr=1e-3,
+            batch_size=32, steps="20ep", val_size=200, eval_every="1ep", levels=9, rate=0.4)
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
+    Experiment("imp", "iterative magnitude pruning (lottery tickets) with baselines", IMPConfig, run_imp,
+               imp_report, "pruning", finish=_imp_finish),
+    Experiment("prune", "prune at initialisation (SNIP, GraSP, SynFlow, magnitude, random), then train",
+               PruneAtInitConfig, run_prune_at_init, prune_report, "pruning at initialisation"),
+    Experiment("sparse", "sparse training: dense, static, SET, RigL, gradual magnitude pruning", SparseTrainConfig,
+               run_sparse_training, sparse_report, "sparse training", finish=_sparse_finish),
+    Experiment("early-bird", "early-bird tickets: draw the ticket when its mask stops changing", EarlyBirdConfig,
+               run_early_bird, early_bird_report, "early-bird tickets"),
+    Experiment("demo", "a small offline IMP experiment (digits) with report", IMPConfig, run_imp, imp_report,
+               "pruning", base=DEMO, finish=_imp_finish, threads=1,  # tiny model: one thread is as fast
+               intro="ticketlab demo: lottery tickets by IMP on scikit-learn's digits (offline, about 20 seconds).\n"
+                     "Watch the winning ticket hold its accuracy as weights are removed while the same mask\n"
+                     "with a fresh random init falls behind.\n"),
+)}
+
+
+def experiment_of(kind: str) -> Experiment:
+    """The record that reports stored runs tagged ``kind`` (``config.json``'s "experiment")."""
+    for e in EXPERIMENTS.values():
+        if e.config_cls.experiment == kind:
+            return e
+    raise ConfigError(f"runs of kind {kind!r} are unknown to this version of ticketlab; "
+                      f"known: {sorted({e.config_cls.experiment for e in EXPERIMENTS.values()})}")
