@@ -119,7 +119,8 @@ def open_jsonl(data: bytes, path: Path | str, *, require: bool = True) -> list[d
 
 
 # --- safetensors ----------------------------------------------------------------------------------
-def _split_safetensors(data: bytes, path: Path | str) -> tuple[dict[str, Any], bytes]:
+def _split_safetensors(data: bytes, path: Path | str) -> tuple[dict[str, Any], memoryview]:
+    """(header, tensor bytes) of a safetensors file; the tensor bytes are a view, not a copy."""
     if len(data) < 8:
         raise CorruptFileError(path, f"{len(data)} bytes is too short for a safetensors file")
     n = int.from_bytes(data[:8], "little")
@@ -131,16 +132,16 @@ def _split_safetensors(data: bytes, path: Path | str) -> tuple[dict[str, Any], b
         raise CorruptFileError(path, f"its header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise CorruptFileError(path, "its header is not a JSON object")
-    return header, data[8 + n:]
+    return header, memoryview(data)[8 + n:]
 
 
-def _join_safetensors(header: dict[str, Any], body: bytes) -> bytes:
+def _join_safetensors(header: dict[str, Any], body: bytes | memoryview) -> bytes:
     raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()  # same bytes for the same content
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data to 8 bytes
-    return len(raw).to_bytes(8, "little") + raw + body
+    return b"".join((len(raw).to_bytes(8, "little"), raw, body))  # one copy of the tensor bytes
 
 
-def _safetensors_digest(header: dict[str, Any], body: bytes) -> str:
+def _safetensors_digest(header: dict[str, Any], body: bytes | memoryview) -> str:
     h = hashlib.sha256(canonical_json(header))
     h.update(body)
     return h.hexdigest()
