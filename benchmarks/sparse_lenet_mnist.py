@@ -15,6 +15,7 @@ from _grid import grid_arguments, run_grid
 
 from ticketlab.config import DataConfig, ModelConfig, SparseTrainConfig, TrainConfig
 from ticketlab.experiments.sparse_training import run_sparse_training
+from ticketlab.pruning.dynamic import DropGrowOptions, GMPOptions
 
 DENSITIES = (0.1, 0.02)
 METHODS = ("static", "set", "rigl", "gmp")
@@ -24,11 +25,16 @@ def configs(data_root: str, epochs: int, seeds: int) -> list[SparseTrainConfig]:
     common = dict(data=DataConfig(name="mnist", root=data_root, val_size=5000),
                   model=ModelConfig(name="lenet_300_100"),
                   train=TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=60, steps=f"{epochs}ep",
-                                    eval_every="1ep"),
-                  delta_t=100, t_end=0.75, alpha=0.3, gmp_start="1ep", gmp_every="100it")
+                                    eval_every="1ep"))
+    # each method's own options (before they were per method, every config also carried GMP's
+    # gmp_start="1ep", so the non-GMP runs of this grid stored before have other hashes)
+    options = {"set": DropGrowOptions(delta_t=100, t_end=0.75, alpha=0.3),
+               "rigl": DropGrowOptions(delta_t=100, t_end=0.75, alpha=0.3),
+               "gmp": GMPOptions(start="1ep", every="100it")}
     out = [SparseTrainConfig(**common, method="dense", density=1.0, seed=s) for s in range(seeds)]
     for density, method, seed in itertools.product(DENSITIES, METHODS, range(seeds)):
-        out.append(SparseTrainConfig(**common, method=method, density=density, seed=seed))
+        out.append(SparseTrainConfig(**common, method=method, density=density, seed=seed,
+                                     options=options.get(method)))
     return out
 
 

@@ -163,12 +163,15 @@ SPARSE = {m: m for m in __import__("ticketlab.config", fromlist=["SPARSE_METHODS
 def test_every_sparse_method_keeps_its_counts_and_resumes_identically(method, kind, tmp_path):
     from ticketlab.config import SparseTrainConfig
     from ticketlab.experiments.sparse_training import run_sparse_training
+    from ticketlab.pruning.dynamic import DropGrowOptions, GMPOptions
 
     cfg = SparseTrainConfig(
         data=DataConfig(name="synthetic_images", options={"n_train": 64, "n_test": 32, "shape": list(INPUT_SHAPE)}),
         model=ModelConfig(name=f"contract_{kind}"),
         train=TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=16, steps="3ep", eval_every="1ep"),
-        method=method, density=1.0 if method == "dense" else 0.2, delta_t=2, gmp_every="2it", gmp_end="8it")
+        method=method, density=1.0 if method == "dense" else 0.2,
+        options={"set": DropGrowOptions(delta_t=2), "rigl": DropGrowOptions(delta_t=2),
+                 "gmp": GMPOptions(every="2it", end="8it")}.get(method))
 
     def run(root):
         return run_sparse_training(cfg, Store(root), device="cpu", progress=False, log=lambda _: None)

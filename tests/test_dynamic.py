@@ -16,7 +16,7 @@ from ticketlab.data import load_dataset
 from ticketlab.experiments.sparse_training import random_sparse_mask, run_sparse_training
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
-from ticketlab.pruning.dynamic import DropGrow, GradualMagnitude
+from ticketlab.pruning.dynamic import DropGrow, DropGrowOptions, GMPOptions, GradualMagnitude
 from ticketlab.pruning.schedules import CosineDrop, Cubic
 from ticketlab.store import Store
 from ticketlab.training import Callback, Trainer
@@ -316,7 +316,7 @@ def sparse_config(**kw) -> SparseTrainConfig:
         data=DataConfig(name="synthetic_mlp", options=dict(n_train=256, n_test=128, dim=16, num_classes=4, seed=0)),
         model=ModelConfig(name="mlp", options={"hidden": [32, 16]}),
         train=TrainConfig(optimizer="adam", lr=3e-3, batch_size=32, steps="4ep", eval_every="1ep"),
-        method="rigl", density=0.3, delta_t=5)
+        method="rigl", density=0.3, options=DropGrowOptions(delta_t=5))
     base.update(kw)
     return SparseTrainConfig(**base)
 
@@ -370,8 +370,8 @@ def test_rigl_killed_mid_training_resumes_to_identical_result(tmp_path, monkeypa
 # A checkpoint at a step that is also a mask-update step must hold the updated mask (the checkpoint
 # callback runs last), else a resume, which skips that step's callbacks, would lose the update.
 @pytest.mark.parametrize("method, extra, updates", [
-    ("rigl", dict(delta_t=8, alpha=0.4), 2),  # updates at 8 and 16 = checkpoints (eval every 8 it)
-    ("gmp", dict(gmp_every="8it"), 3),        # prunes at 0, 8, 16, 24
+    ("rigl", dict(options=DropGrowOptions(delta_t=8, alpha=0.4)), 2),  # updates at 8 and 16 = checkpoints (eval every 8 it)
+    ("gmp", dict(options=GMPOptions(every="8it")), 3),  # prunes at 0, 8, 16, 24
 ])
 def test_killed_at_a_checkpoint_that_is_also_a_mask_update(tmp_path, monkeypatch, method, extra, updates):
     cfg = sparse_config(method=method, **extra)

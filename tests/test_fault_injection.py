@@ -26,6 +26,7 @@ from ticketlab.experiments.imp import run_imp
 from ticketlab.experiments.prune_at_init import run_prune_at_init
 from ticketlab.experiments.sparse_training import run_sparse_training
 from ticketlab.integrity import CHECKSUM_KEY
+from ticketlab.pruning.dynamic import DropGrowOptions
 from ticketlab.store import Store
 
 MLP_DATA = DataConfig(name="synthetic_mlp", val_size=32, options={"n_train": 160, "n_test": 64, "dim": 8})
@@ -49,7 +50,7 @@ PROCEDURES: dict[str, Callable[[Store], Any]] = {
                                                                density=0.2, rounds=3, sanity="shuffle"),
                                              store, device="cpu", progress=False, log=quiet),
     "sparse": lambda store: run_sparse_training(SparseTrainConfig(data=MLP_DATA, model=MLP, train=SHORT, method="rigl",
-                                                                  density=0.3, delta_t=2),
+                                                                  density=0.3, options=DropGrowOptions(delta_t=2)),
                                                 store, device="cpu", progress=False, log=quiet),
     "early-bird": lambda store: run_early_bird(
         EarlyBirdConfig(data=DataConfig(name="synthetic_mlp", options={"n_train": 128, "n_test": 32, "dim": 8}),

@@ -15,7 +15,7 @@ from ticketlab.experiments.sparse_training import run_sparse_training
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.pruning.distributions import layer_counts, shapes_of
-from ticketlab.pruning.dynamic import DropGrow, GradualMagnitude
+from ticketlab.pruning.dynamic import DropGrow, GMPOptions, GradualMagnitude
 from ticketlab.pruning.magnitude import imp_groups
 from ticketlab.pruning.schedules import SCHEDULE_KINDS, Annealing, CosineDrop, Cubic, IMPLevels, Iterative, OneShot, \
     Schedule, ScheduleError, update_steps
@@ -236,7 +236,7 @@ def sparse_config(**kw) -> SparseTrainConfig:
         data=DataConfig(name="synthetic_mlp", options=dict(n_train=256, n_test=128, dim=16, num_classes=4, seed=0)),
         model=ModelConfig(name="mlp", options={"hidden": [32, 16]}),
         train=TrainConfig(optimizer="adam", lr=3e-3, batch_size=32, steps="4ep", eval_every="1ep"),
-        method="gmp", density=0.3, gmp_every="4it")
+        method="gmp", density=0.3, options=GMPOptions(every="4it"))
     base.update(kw)
     return SparseTrainConfig(**base)
 

@@ -11,6 +11,7 @@ from ticketlab.cli import main
 from ticketlab.config import DataConfig, ModelConfig, SparseTrainConfig, TrainConfig, config_hash
 from ticketlab.experiments.sparse_training import run_sparse_training
 from ticketlab.pruning.distributions import layer_counts
+from ticketlab.pruning.dynamic import DropGrowOptions, GMPOptions
 from ticketlab.pruning.schedules import Cubic
 from ticketlab.store import Store
 
@@ -21,12 +22,15 @@ T = 32  # "4ep" of 256 samples at batch 32
 DENSITY = 0.3
 
 
+OPTIONS = {"set": DropGrowOptions(delta_t=5), "rigl": DropGrowOptions(delta_t=5), "gmp": GMPOptions(every="4it")}
+
+
 def config(method: str, **kw) -> SparseTrainConfig:
     base = dict(
         data=DataConfig(name="synthetic_mlp", options=dict(n_train=256, n_test=128, dim=16, num_classes=4, seed=0)),
         model=ModelConfig(name="mlp", options={"hidden": [32, 16]}),
         train=TrainConfig(optimizer="adam", lr=3e-3, batch_size=32, steps="4ep", eval_every="1ep"),
-        method=method, density=1.0 if method == "dense" else DENSITY, delta_t=5, gmp_every="4it")
+        method=method, density=1.0 if method == "dense" else DENSITY, options=OPTIONS.get(method))
     base.update(kw)
     return SparseTrainConfig(**base)
 
@@ -122,7 +126,7 @@ def test_gmp_reaches_final_density_and_costs_between_it_and_dense(tmp_path, dist
 
 def test_gmp_ending_with_training_reports_the_final_inference_flops(tmp_path):
     # the last prune happens after the last step (t = 32): the final mask is what inference costs
-    summary, events = run(config("gmp", gmp_end="4ep", gmp_every="8it"), tmp_path)
+    summary, events = run(config("gmp", options=GMPOptions(end="4ep", every="8it")), tmp_path)
     assert [e["step"] for e in events] == [0, 8, 16, 24, 32]
     assert summary["kept"] == sum(round(s * DENSITY) for s in SIZES.values())
     assert summary["forward_flops_end"] == summary["kept"]
@@ -154,9 +158,12 @@ def test_cli_sparse_rigl_writes_report(tmp_path, capsys):
     (["--method", "static"], "--method static needs --density or --sparsity"),
     (["--method", "rigl", "--density", "0.2", "--distribution", "global"], "does not apply to rigl"),
     (["--method", "gmp", "--density", "0.2", "--distribution", "erks"], "does not apply to gmp"),
+    (["--method", "gmp", "--density", "0.2", "--delta-t", "4"], "--delta-t applies to set/rigl, not gmp"),
+    (["--method", "static", "--density", "0.2", "--gmp-every", "4it"], "--gmp-every applies to gmp, not static"),
 ])
 def test_cli_sparse_bad_input_is_one_clear_line(tmp_path, capsys, argv, message):
-    assert main(["sparse", *argv, *SMALL, "--runs-dir", str(tmp_path)]) == 2
+    small = [a for i, a in enumerate(SMALL) if "--delta-t" not in SMALL[max(i - 1, 0):i + 1]]  # rigl's option
+    assert main(["sparse", *argv, *small, "--runs-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ticketlab: error:") and message in err, err
     assert "Traceback" not in err

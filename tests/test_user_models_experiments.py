@@ -44,6 +44,7 @@ from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.models.registry import MODELS, register_model
 from ticketlab.prunable import PrunableError, UnprunedWeightsWarning
+from ticketlab.pruning.dynamic import DropGrowOptions
 from ticketlab.pruning.distributions import layer_counts, shapes_of
 from ticketlab.store import Store
 
@@ -383,7 +384,7 @@ def test_a_model_whose_connectivity_cannot_be_computed_still_trains_and_says_so(
 def test_rigl_on_user_models(case, tmp_path, monkeypatch):
     name, data, include, names = CASES[case]
     cfg = SparseTrainConfig(data=data, model=ModelConfig(name=name), train=train(8), method="rigl", density=0.5,
-                            delta_t=2, t_end=0.75, alpha=0.3, include=include)
+                            options=DropGrowOptions(delta_t=2, t_end=0.75, alpha=0.3), include=include)
     store = Store(tmp_path)
     lines: list[str] = []
     summary = run_sparse_training(cfg, store, device="cpu", progress=False, log=lines.append)

@@ -111,6 +111,141 @@ def _prunable_options(config: Any) -> dict[str, Any]:
                 include=config.include, exclude=config.exclude)
 
 
+# --- per-method options -------------------------------------------------------------------------
+# A method declares its own frozen options dataclass (GraspOptions next to the grasp score,
+# DropGrowOptions / GMPOptions next to DropGrow / GradualMagnitude), validated by its own
+# __post_init__ and registered under the method's name. An experiment config holds the options of
+# its method in one ``options`` field (see ``options_field``), looked up by the method's name.
+#
+# Hash and config.json compatibility: runs were stored when these options were flat fields of the
+# experiment config (``grasp_temperature``, ``delta_t``, ``gmp_start``, ...), every one of them in the
+# hash payload and in config.json whatever the method. ``to_dict`` therefore writes the options field
+# as those flat legacy keys (a field's ``dest``, else its name), in their old order, taking the
+# defaults for the options classes of methods not in use. So every config hashes as before, and
+# config.json keeps its flat shape (a run stored by an earlier version is the same run).
+
+
+def options_field(registry: Any, help: str, method: str = "method") -> Any:
+    """The ``options`` field of an experiment config: the options dataclass of its ``method``.
+
+    ``registry`` returns ``{method name: options class}`` (methods without options are absent).
+    None (the default) means the method's defaults; a dict is read as that class's keywords.
+    The options' own fields become the command-line flags (``ticketlab.flags``), each one refused
+    with another method.
+    """
+    return field(default=None, metadata={"options": registry, "options_of": method, "help": help})
+
+
+def option_classes(registry: Any) -> list[tuple[type, tuple[str, ...]]]:
+    """Each distinct options class of ``registry()`` with the methods using it, in registration order."""
+    out: dict[type, list[str]] = {}
+    for name, cls in registry().items():
+        out.setdefault(cls, []).append(name)
+    return [(cls, tuple(names)) for cls, names in out.items()]
+
+
+def flat_key(f: dataclasses.Field) -> str:
+    """The key an options field has in the flat legacy layout (hash, config.json) and on the CLI."""
+    return f.metadata.get("dest", f.name)
+
+
+def flat_options(config: Any, f: dataclasses.Field) -> dict[str, Any]:
+    """The options field ``f`` of ``config`` as the flat legacy keys (defaults for other methods;
+    every key at its default for ``config`` None)."""
+    value = getattr(config, f.name) if config is not None else None
+    out: dict[str, Any] = {}
+    for cls, _ in option_classes(f.metadata["options"]):
+        inst = value if type(value) is cls else cls()
+        for g in dataclasses.fields(cls):
+            v = getattr(inst, g.name)
+            out[flat_key(g)] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _methods_text(methods: tuple[str, ...]) -> str:
+    return "/".join(methods)
+
+
+def _check_options(config: Any) -> None:
+    """Resolve ``config.options`` to an instance of its method's options class (or None)."""
+    f = next(f for f in dataclasses.fields(config) if "options" in f.metadata)
+    registry = f.metadata["options"]()
+    method = getattr(config, f.metadata["options_of"])
+    cls = registry.get(method)
+    value = getattr(config, f.name)
+    if isinstance(value, dict):
+        if cls is None:
+            raise ConfigError(f"method {method!r} takes no options, got {value!r}")
+        try:
+            value = cls(**value)
+        except TypeError as exc:
+            raise ConfigError(f"options of {method}: {exc}") from None
+    if value is None:
+        value = cls() if cls is not None else None
+    elif type(value) is not cls:
+        users = tuple(m for m, c in registry.items() if c is type(value))
+        if not users:
+            raise ConfigError(f"options {value!r} belong to no method; {method} takes "
+                              f"{cls.__name__ if cls else 'no options'}")
+        raise ConfigError(f"{type(value).__name__} applies to {_methods_text(users)}, not {method}"
+                          + (f"; use {cls.__name__}" if cls is not None else f" ({method} takes no options)"))
+    object.__setattr__(config, f.name, value)
+
+
+def _legacy_keywords(cls: type) -> type:
+    """Deprecation path: the flat keywords of the options (``delta_t=50``) still build the config.
+
+    ``SparseTrainConfig(method="rigl", delta_t=50)`` is ``SparseTrainConfig(method="rigl",
+    options=DropGrowOptions(delta_t=50))`` (with a DeprecationWarning), so it hashes as it always did.
+    A flat keyword of another method's options is a ConfigError naming the new spelling: it used to be
+    stored (and hashed) without effect, which no config can describe any more.
+    """
+    import functools
+    import warnings
+
+    init = cls.__init__
+    f = next(f for f in dataclasses.fields(cls) if "options" in f.metadata)
+
+    @functools.wraps(init)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        classes = option_classes(f.metadata["options"])
+        legacy = {flat_key(g): (c, methods, g.name) for c, methods in classes for g in dataclasses.fields(c)}
+        flat = {k: kwargs.pop(k) for k in list(kwargs) if k in legacy}
+        if flat:
+            method_field = f.metadata["options_of"]
+            default = next(g.default for g in dataclasses.fields(cls) if g.name == method_field)
+            method = kwargs.get(method_field, default)
+            own = f.metadata["options"]().get(method)
+            for k, (c, methods, name) in legacy.items():
+                if k in flat and c is not own:
+                    raise ConfigError(f"{k} applies to {_methods_text(methods)}, not {method}")
+            if kwargs.get(f.name) is not None:
+                raise ConfigError(f"give either options= or the flat keywords {sorted(flat)}, not both")
+            spelled = ", ".join(f"{legacy[k][2]}={v!r}" for k, v in flat.items())
+            warnings.warn(f"{cls.__name__}({', '.join(f'{k}=' for k in flat)}...) is deprecated; write "
+                          f"{cls.__name__}(..., {f.name}={own.__name__}({spelled}))", DeprecationWarning,
+                          stacklevel=2)
+            kwargs[f.name] = own(**{legacy[k][2]: v for k, v in flat.items()})
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+def pai_options() -> dict[str, type]:
+    """The options classes of the registered scores (``register_score(name, options=...)``)."""
+    from .pruning.scores import SCORE_OPTIONS
+
+    return dict(SCORE_OPTIONS)
+
+
+def sparse_options() -> dict[str, type]:
+    """The options classes of the sparse-training methods (``pruning/dynamic.py``)."""
+    from .pruning.dynamic import SPARSE_OPTIONS
+
+    return dict(SPARSE_OPTIONS)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set, and how much of its training set is held out for validation."""
@@ -295,6 +430,7 @@ SANITY_CHECKS = ("none", "shuffle", "reinit", "invert")
 PRUNE_SCHEDULES = ("exponential", "linear")
 
 
+@_legacy_keywords
 @dataclass(frozen=True)
 class PruneAtInitConfig:
     """Prune once before training (SNIP, GraSP, SynFlow, magnitude, random), then train.
@@ -303,6 +439,13 @@ class PruneAtInitConfig:
     default (100 for SynFlow, as in the paper; 1 otherwise). ``sanity`` applies one check of Su et
     al. / Frankle et al. 2021: ``shuffle`` the mask within each layer, ``reinit`` the kept weights,
     or ``invert`` the scores (keep the lowest). ``include`` / ``exclude`` as in :class:`PruneConfig`.
+
+    ``options`` holds the method's own options, looked up by its name in the score registry:
+    ``PruneAtInitConfig(method="grasp", options=GraspOptions(temperature=100))``; None means the
+    method's defaults (methods without options keep None). In the hash and in config.json the options
+    stay the flat ``grasp_temperature`` key of earlier versions (the default for other methods), so
+    stored runs keep their hashes; see ``flat_options``. The flat keyword ``grasp_temperature=``
+    still works, deprecated.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -318,7 +461,7 @@ class PruneAtInitConfig:
                            choices=PRUNE_SCHEDULES, flag="--prune-schedule", dest="prune_schedule")
     score_batches: int = option(1, "mini-batches the data-driven scores read")
     score_batch_size: int = option(256, "size of the mini-batches the scores read")
-    grasp_temperature: float = option(200.0, "GraSP: the logits are divided by this temperature (the paper's 200)")
+    options: Any = options_field(pai_options, "the method's own options (GraspOptions for grasp)")
     sanity: str = option("none", "shuffle the mask within layers, re-initialise kept weights, or invert the scores",
                          choices=SANITY_CHECKS)
     include_first: bool = _include_first()
@@ -333,6 +476,7 @@ class PruneAtInitConfig:
         _check_names(self)
         if self.method not in pai_methods():
             raise ConfigError(f"method {self.method!r} is unknown; choose one of {pai_methods()}")
+        _check_options(self)
         if not 0 < self.density <= 1:
             raise ConfigError(f"density (fraction kept) must be in (0, 1], got {self.density}; "
                               f"sparsity 0.98 is density 0.02")
@@ -344,8 +488,6 @@ class PruneAtInitConfig:
             raise ConfigError(f"schedule {self.schedule!r} is unknown; choose one of {PRUNE_SCHEDULES}")
         if self.score_batches < 1 or self.score_batch_size < 1:
             raise ConfigError("score_batches and score_batch_size must be >= 1")
-        if self.grasp_temperature <= 0:
-            raise ConfigError(f"grasp_temperature must be > 0, got {self.grasp_temperature}")
         if self.sanity not in SANITY_CHECKS:
             raise ConfigError(f"sanity check {self.sanity!r} is unknown; choose one of {SANITY_CHECKS}")
 
@@ -362,6 +504,7 @@ class PruneAtInitConfig:
 SPARSE_METHODS = ("dense", "static", "set", "rigl", "gmp")
 
 
+@_legacy_keywords
 @dataclass(frozen=True)
 class SparseTrainConfig:
     """Train with a mask that is fixed (static), changes (SET, RigL) or shrinks (GMP); or dense.
@@ -369,10 +512,21 @@ class SparseTrainConfig:
     ``density`` is the fraction of prunable weights kept (throughout for static/SET/RigL, at the
     end for GMP). ``distribution`` spreads it over layers: the sparse init of static/SET/RigL
     (default ERK, as in RigL) or GMP's targets at every prune (any of them or 'global'; default
-    uniform as in Zhu & Gupta). RigL/SET update every ``delta_t`` iterations until ``t_end`` (a fraction of training),
-    dropping ``alpha`` (cosine-decayed) of each layer's active weights. GMP prunes every
-    ``gmp_every`` from ``gmp_start`` to ``gmp_end`` (step strings; end default 75% of training).
-    ``include`` / ``exclude`` as in :class:`PruneConfig`.
+    uniform as in Zhu & Gupta). ``include`` / ``exclude`` as in :class:`PruneConfig`.
+
+    ``options`` holds the method's own options, looked up by its name (``pruning/dynamic.py``'s
+    ``SPARSE_OPTIONS``): ``DropGrowOptions(delta_t, t_end, alpha)`` for set/rigl (update every
+    ``delta_t`` iterations until ``t_end``, a fraction of training, dropping ``alpha``, cosine-decayed,
+    of each layer's active weights), ``GMPOptions(start, end, every, initial_sparsity)`` for gmp
+    (prune every ``every`` from ``start`` to ``end``; step strings, end default 75% of training);
+    None means the method's defaults (dense and static take none). E.g.
+    ``SparseTrainConfig(method="rigl", options=DropGrowOptions(delta_t=50))``.
+
+    Compatibility: the hash and config.json keep the flat keys of earlier versions (``delta_t``,
+    ``t_end``, ``alpha``, ``gmp_start``, ``gmp_end``, ``gmp_every``, ``gmp_initial_sparsity``), the
+    defaults standing in for the options of methods not in use (``flat_options``), so every run
+    stored before keeps its hash and its config.json. The flat keywords (``delta_t=50``) still build
+    the config (deprecated); one of another method's options is a ConfigError.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -385,13 +539,8 @@ class SparseTrainConfig:
     distribution: str | None = option(None, "sparse init for static/set/rigl: uniform, erk, smart, smart_vgg; "
                                             "gmp: global, uniform, erk, smart, smart_vgg",
                                       shown_default="erk; gmp: uniform")
-    delta_t: int = option(100, "RigL/SET: iterations between mask updates")
-    t_end: float = option(0.75, "RigL/SET: last update, as a fraction of training")
-    alpha: float = option(0.3, "RigL/SET: initial drop fraction (cosine-decayed)")
-    gmp_start: str = option("0it", "GMP: first pruning step")
-    gmp_end: str | None = option(None, "GMP: last pruning step", shown_default="75% of training")
-    gmp_every: str = option("100it", "GMP: pruning period")
-    gmp_initial_sparsity: float = option(0.0, "GMP: sparsity of the first prune (the cubic schedule starts there)")
+    options: Any = options_field(sparse_options, "the method's own options: DropGrowOptions for set/rigl, "
+                                                 "GMPOptions for gmp")
     include_first: bool = _include_first()
     include_output: bool = _include_output()
     seed: int = _seed()
@@ -409,16 +558,9 @@ class SparseTrainConfig:
         allowed = DISTRIBUTION_CHOICES if self.method == "gmp" else DISTRIBUTION_CHOICES[1:]
         if self.distribution is not None and self.distribution not in allowed:
             raise ConfigError(f"distribution {self.distribution!r} does not apply to {self.method}; choose one of {allowed}")
-        if self.delta_t < 1:
-            raise ConfigError(f"delta_t must be >= 1, got {self.delta_t}")
-        if not 0 < self.t_end <= 1:
-            raise ConfigError(f"t_end is a fraction of training in (0, 1], got {self.t_end}")
-        if not 0 < self.alpha < 1:
-            raise ConfigError(f"alpha (initial drop fraction) must be in (0, 1), got {self.alpha}")
-        if not 0 <= self.gmp_initial_sparsity < 1 - self.density + 1e-12:
+        _check_options(self)
+        if self.method == "gmp" and not self.options.initial_sparsity < 1 - self.density + 1e-12:
             raise ConfigError(f"gmp_initial_sparsity must be in [0, final sparsity {1 - self.density:g}]")
-        for what in ("gmp_start", "gmp_every") + (("gmp_end",) if self.gmp_end is not None else ()):
-            _check_step(what, getattr(self, what))
         if self.method == "rigl" and self.train.mask_gradients:
             raise ConfigError("RigL grows by the dense gradient of pruned weights; it cannot run with mask_gradients")
 
@@ -502,6 +644,9 @@ def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         if for_hash and not f.metadata.get("hash", True):
+            continue
+        if "options" in f.metadata:  # the method's options, as the flat legacy keys (see flat_options)
+            out.update(flat_options(config, f))
             continue
         value = getattr(config, f.name)
         if for_hash and f.metadata.get("omit_default") and value == f.default:

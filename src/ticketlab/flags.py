@@ -1,6 +1,8 @@
 """Command-line options generated from the fields of an experiment config.
 
-Every field of a config (and of the configs nested in it: data, model, train, prune) is one option.
+Every field of a config (and of the configs nested in it: data, model, train, prune; and of every options
+class of the method options field, see ``config.options_field``) is one option; a method's option given
+with another method is refused (``--delta-t applies to set/rigl, not gmp``).
 Its metadata (written with ``config.option``) gives the help text and, where the field name is not the
 option's, the ``flag`` and ``dest``; the kind of option follows the field's type:
 
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, option_classes
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class Option:
     field: dataclasses.Field
     kind: Any                  # the field's type, without "| None"
     group: str                 # the --help section
+    methods: tuple[str, ...] = ()     # a method's option: the methods it applies to ("set", "rigl")
+    options_cls: type | None = None   # ... and the options dataclass it is a field of
 
     @property
     def meta(self) -> Mapping[str, Any]:
@@ -76,6 +80,11 @@ def options(config_cls: type, group: str) -> list[Option]:
 def _collect(cls: type, prefix: tuple[str, ...], group: str, out: list[Option]) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if "options" in f.metadata:  # the method's options (config.options_field): every class's fields
+            for options_cls, methods in option_classes(f.metadata["options"]):
+                for o in _fields_of(options_cls, (*prefix, f.name), group):
+                    out.append(dataclasses.replace(o, methods=methods, options_cls=options_cls))
+            continue
         kind = _without_none(hints[f.name])
         if dataclasses.is_dataclass(kind):
             _collect(kind, (*prefix, f.name), getattr(kind, "cli_group", group), out)
@@ -88,6 +97,12 @@ def _collect(cls: type, prefix: tuple[str, ...], group: str, out: list[Option]) 
         default_on = kind is bool and f.default is True
         flag = f.metadata.get("flag") or ("--no-" if default_on else "--") + dest.replace("_", "-")
         out.append(Option((*prefix, f.name), dest, flag, f, kind, f.metadata.get("group", group)))
+
+
+def _fields_of(cls: type, prefix: tuple[str, ...], group: str) -> list[Option]:
+    found: list[Option] = []
+    _collect(cls, prefix, group, found)
+    return found
 
 
 def _without_none(kind: Any) -> Any:
@@ -210,9 +225,27 @@ def build(config_cls: type, opts: list[Option], vals: Mapping[str, Any]) -> Any:
         for o in opts:
             if o.path[:-1] == prefix and o.dest in vals:
                 kwargs[o.path[-1]] = vals[o.dest]
+        for f in dataclasses.fields(cls):
+            if "options" in f.metadata:
+                kwargs[f.name] = _method_options(cls, f, kwargs, [o for o in opts if o.path[:-1] == (*prefix, f.name)
+                                                                  and o.dest in vals], vals)
         return cls(**kwargs)
 
     return make(config_cls, ())
+
+
+def _method_options(cls: type, f: dataclasses.Field, kwargs: Mapping[str, Any], given: list[Option],
+                    vals: Mapping[str, Any]) -> Any:
+    """The method's options from the flags given; a flag of another method's options is a ConfigError."""
+    method_field = f.metadata["options_of"]
+    method = kwargs.get(method_field, next(g.default for g in dataclasses.fields(cls) if g.name == method_field))
+    own = f.metadata["options"]().get(method)
+    for o in given:
+        if o.options_cls is not own:
+            raise ConfigError(f"{o.flag} applies to {'/'.join(o.methods)}, not {method}")
+    if not given:
+        return None  # the method's defaults
+    return own(**{o.path[-1]: vals[o.dest] for o in given})
 
 
 __all__ = ["Option", "add_options", "build", "help_text", "options", "values"]

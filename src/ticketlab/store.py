@@ -403,9 +403,14 @@ def _strip_unhashed(stored: dict[str, Any], config: Any) -> dict[str, Any]:
     """Stored config minus the fields the hash ignores, for comparison with the config asked for."""
     import dataclasses
 
+    from .config import flat_options
+
     out = {}
     for f in dataclasses.fields(config):
         if not f.metadata.get("hash", True):
+            continue
+        if "options" in f.metadata:  # a method's options: stored (and hashed) as flat legacy keys
+            out.update({k: stored.get(k, v) for k, v in flat_options(None, f).items()})
             continue
         sub = getattr(config, f.name)
         if f.metadata.get("omit_default") and sub == f.default:

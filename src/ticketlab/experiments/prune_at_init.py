@@ -13,6 +13,7 @@ a real training input, so token models work.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -61,7 +62,8 @@ def compute_mask(cfg: PruneAtInitConfig, model: torch.nn.Module, data: DataSplit
         dense = Mask.dense(model, **cfg.prunable_options)
     rounds = cfg.effective_rounds
     bar = tqdm(total=rounds, desc=f"{cfg.method} rounds", leave=False) if progress and rounds > 1 else None
-    options = {"temperature": cfg.grasp_temperature} if cfg.method == "grasp" else {}
+    # the method's own options (register_score(name, options=...)) are its score's keyword arguments
+    options = dataclasses.asdict(cfg.options) if cfg.options is not None else {}
     mask = prune(cfg.method, model, dense, scoring_source(data, cfg, device), cfg.density,
                  distribution=cfg.distribution, rounds=rounds, schedule=cfg.schedule, invert=cfg.sanity == "invert",
                  progress=(lambda k, m: bar.update(1)) if bar is not None else None, on_collapse="ignore",

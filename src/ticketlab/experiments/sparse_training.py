@@ -23,7 +23,7 @@ from ..analysis.flops import layer_flops, run_training_flops
 from ..config import SparseTrainConfig
 from ..masks import Mask
 from ..pruning.distributions import layer_counts, shapes_of
-from ..pruning.dynamic import DropGrow, GradualMagnitude
+from ..pruning.dynamic import DropGrow, DropGrowOptions, GMPOptions, GradualMagnitude
 from ..pruning.schedules import CosineDrop, Cubic
 from ..steps import to_iterations
 from ..store import Store, index_fields
@@ -47,22 +47,22 @@ def random_sparse_mask(dense: Mask, distribution: str, density: float, generator
 
 def mask_updater(cfg: SparseTrainConfig, total_steps: int, ipe: int) -> tuple[Callback | None, Any]:
     """The callback that changes the mask for this method (None for dense / static)."""
-    if cfg.method in ("set", "rigl"):
-        schedule = CosineDrop(alpha=cfg.alpha, every=cfg.delta_t, end=int(cfg.t_end * total_steps),
-                              density=cfg.density)
+    o = cfg.options  # the method's own options (SPARSE_OPTIONS in pruning/dynamic.py)
+    if isinstance(o, DropGrowOptions):  # set / rigl
+        schedule = CosineDrop(alpha=o.alpha, every=o.delta_t, end=int(o.t_end * total_steps), density=cfg.density)
         updater = DropGrow(grow="gradient" if cfg.method == "rigl" else "random", schedule=schedule, seed=cfg.seed)
-        return Callback(updater, every=cfg.delta_t), updater
-    if cfg.method == "gmp":
-        end = to_iterations(cfg.gmp_end, ipe) if cfg.gmp_end is not None else int(0.75 * total_steps)
-        start, every = to_iterations(cfg.gmp_start, ipe), to_iterations(cfg.gmp_every, ipe)
+        return Callback(updater, every=o.delta_t), updater
+    if isinstance(o, GMPOptions):
+        end = to_iterations(o.end, ipe) if o.end is not None else int(0.75 * total_steps)
+        start, every = to_iterations(o.start, ipe), to_iterations(o.every, ipe)
         if end <= start:
-            raise ValueError(f"GMP must start (gmp_start {cfg.gmp_start} = step {start}) before it ends (step {end}"
-                             f"{'' if cfg.gmp_end else ', 75% of training'}); move gmp_start earlier or train longer")
+            raise ValueError(f"GMP must start (gmp_start {o.start} = step {start}) before it ends (step {end}"
+                             f"{'' if o.end else ', 75% of training'}); move gmp_start earlier or train longer")
         end = start + max(1, (end - start) // every) * every  # a whole number of pruning intervals
         if end > total_steps:
             raise ValueError(f"GMP ends at step {end}, after training ends ({total_steps})")
         schedule = Cubic(density=cfg.density, start=start, end=end, every=every,
-                         initial_density=1.0 - cfg.gmp_initial_sparsity)
+                         initial_density=1.0 - o.initial_sparsity)
         updater = GradualMagnitude(schedule, distribution=cfg.effective_distribution)
         return Callback(updater, every=1), updater
     return None, None

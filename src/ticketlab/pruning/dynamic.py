@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import ConfigError, _check_step, option
 from ..masks import Mask
 from .distributions import DISTRIBUTIONS, layer_counts, shapes_of
 from .schedules import CosineDrop, Cubic, update_steps
@@ -38,6 +39,24 @@ def _reset_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor
     for value in state.values():
         if torch.is_tensor(value) and value.shape == param.shape:
             value.view(-1)[where] = 0
+
+
+@dataclass(frozen=True)
+class DropGrowOptions:
+    """SET's and RigL's options: update the mask every ``delta_t`` iterations until ``t_end`` (a
+    fraction of training), dropping ``alpha`` (cosine-decayed) of each layer's active weights."""
+
+    delta_t: int = option(100, "RigL/SET: iterations between mask updates")
+    t_end: float = option(0.75, "RigL/SET: last update, as a fraction of training")
+    alpha: float = option(0.3, "RigL/SET: initial drop fraction (cosine-decayed)")
+
+    def __post_init__(self) -> None:
+        if self.delta_t < 1:
+            raise ConfigError(f"delta_t must be >= 1, got {self.delta_t}")
+        if not 0 < self.t_end <= 1:
+            raise ConfigError(f"t_end is a fraction of training in (0, 1], got {self.t_end}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"alpha (initial drop fraction) must be in (0, 1), got {self.alpha}")
 
 
 @dataclass
@@ -106,6 +125,25 @@ class DropGrow:
         self.log.append({"step": step, "drop_fraction": fraction, "changed": changed})
 
 
+@dataclass(frozen=True)
+class GMPOptions:
+    """Gradual magnitude pruning's options: prune every ``every`` from ``start`` to ``end`` (step
+    strings; None: 75% of training), the cubic schedule starting at ``initial_sparsity``. (That it
+    stays below the final sparsity is checked by the experiment config, which knows the density.)"""
+
+    start: str = option("0it", "GMP: first pruning step", dest="gmp_start")
+    end: str | None = option(None, "GMP: last pruning step", dest="gmp_end", shown_default="75% of training")
+    every: str = option("100it", "GMP: pruning period", dest="gmp_every")
+    initial_sparsity: float = option(0.0, "GMP: sparsity of the first prune (the cubic schedule starts there)",
+                                     dest="gmp_initial_sparsity")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.initial_sparsity < 1:
+            raise ConfigError(f"gmp_initial_sparsity must be in [0, 1), got {self.initial_sparsity}")
+        for what in ("start", "every") + (("end",) if self.end is not None else ()):
+            _check_step(f"gmp_{what}", getattr(self, what))
+
+
 @dataclass
 class GradualMagnitude:
     """Gradual magnitude pruning at the update steps of ``schedule`` (a Trainer callback, run at
@@ -154,3 +192,7 @@ class GradualMagnitude:
         groups = {names: min(count, sum(int(trainer.mask[n].sum()) for n in names))
                   for names, count in self.target_counts(trainer.mask, step).items()}
         trainer.set_mask(keep_top(scores, trainer.mask, groups))
+
+
+# The sparse-training methods' options, by method name (dense and static take none).
+SPARSE_OPTIONS: dict[str, type] = {"set": DropGrowOptions, "rigl": DropGrowOptions, "gmp": GMPOptions}

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigError, option
 from ..masks import Mask
 from ..probe import probe_input, run_probe
 
@@ -46,11 +47,19 @@ class ScoreSource:
 
 ScoreFn = Callable[..., dict[str, torch.Tensor]]
 SCORES: dict[str, ScoreFn] = {}
+SCORE_OPTIONS: dict[str, type] = {}  # score name -> its frozen options dataclass (scores with options only)
 
 
-def register_score(name: str) -> Callable[[ScoreFn], ScoreFn]:
+def register_score(name: str, options: type | None = None) -> Callable[[ScoreFn], ScoreFn]:
+    """Register a score under ``name``; ``options`` is its frozen options dataclass, if it has any.
+
+    The options' fields (written with ``config.option``) are the score function's keyword arguments,
+    ``PruneAtInitConfig.options`` and the ``prune`` command's flags (``dest`` names the flag).
+    """
     def decorate(fn: ScoreFn) -> ScoreFn:
         SCORES[name] = fn
+        if options is not None:
+            SCORE_OPTIONS[name] = options
         return fn
     return decorate
 
@@ -118,7 +127,19 @@ def snip(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torch.T
     return {n: (grads[n] * weights[n].detach()).abs() for n in weights}
 
 
-@register_score("grasp")
+@dataclass(frozen=True)
+class GraspOptions:
+    """GraSP's options: the logits are divided by ``temperature`` (the paper's 200)."""
+
+    temperature: float = option(200.0, "GraSP: the logits are divided by this temperature (the paper's 200)",
+                                dest="grasp_temperature")
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"GraSP temperature (--grasp-temperature) must be > 0, got {self.temperature}")
+
+
+@register_score("grasp", options=GraspOptions)
 def grasp(model: nn.Module, mask: Mask, source: ScoreSource, temperature: float = 200.0) -> dict[str, torch.Tensor]:
     """GraSP (Wang et al. 2020): score = w * Hg, higher = keep.
 
