@@ -238,6 +238,39 @@ def test_every_schedule_with_every_distribution(kind, selection):
         assert all(0 <= counts[n] <= torch.Size(shapes[n]).numel() for n in shapes)
 
 
+# --- IMP reset actions ------------------------------------------------------------------------------
+from ticketlab.experiments.resets import RESETS  # noqa: E402
+
+
+@pytest.mark.parametrize("reset", sorted(RESETS))
+def test_every_registered_reset_runs_an_imp_level_and_keeps_the_imp_count(reset, tmp_path):
+    """Each registered reset (``experiments/resets.py``) trains one IMP level with both baselines; the
+    stored level mask keeps IMP's count, and the pruned weights of every trained unit stay zero."""
+    from ticketlab.config import IMPConfig, config_hash
+    from ticketlab.experiments.imp import run_imp
+    from ticketlab.pruning.magnitude import imp_groups
+    from ticketlab.store import load_tensors
+
+    r = RESETS[reset]
+    cfg = IMPConfig(
+        data=DataConfig(name="synthetic_images", options={"n_train": 64, "n_test": 32, "shape": list(INPUT_SHAPE)}),
+        model=ModelConfig(name="contract_conv"),
+        train=TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=16, steps="2ep", eval_every="1ep"),
+        levels=1, reset=reset, rewind_step="2it" if r.needs_rewind_point or r.starts_at_rewind_step else "0it",
+        baselines=("reinit", "random"))
+    store = Store(tmp_path)
+    rows = run_imp(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    assert [(row["level"], row["branch"]) for row in rows] == [(0, "ticket"), (1, "ticket"), (1, "reinit"),
+                                                               (1, "random")]
+    run = store.run(config_hash(cfg))
+    mask = Mask.load(run.file("level_01", "mask.safetensors"), require_checksum=True)
+    dense = Mask.ones(dict(mask))  # the layout of the run's model (the data set sets its class count)
+    assert mask.num_kept == sum(imp_groups(dense, scope="global", rate=0.2, level=1).values())
+    for branch in ("ticket", "reinit"):
+        final = load_tensors(run.file("level_01", branch, "final.safetensors"))
+        assert all(int((final[n][~keep] != 0).sum()) == 0 for n, keep in mask.items()), branch
+
+
 def test_every_stored_procedure_is_in_the_fault_injection_suite():
     """Each command that writes runs into the store is killed at every write boundary and rerun in
     tests/test_fault_injection.py: a new procedure cannot land without that coverage."""

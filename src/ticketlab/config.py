@@ -25,6 +25,13 @@ def reset_modes() -> tuple[str, ...]:
 
     return tuple(RESETS)
 
+
+def _reset_rescalable(name: str) -> bool:
+    """Whether the registered reset ``name`` honours ``IMPConfig.reset_rescale``."""
+    from .experiments.resets import RESETS
+
+    return RESETS[name].rescalable
+
 BASELINES = ("reinit", "random")
 SCOPES = ("global", "layerwise")
 
@@ -390,15 +397,22 @@ class IMPConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     levels: int = option(10, "pruning levels after the dense run")
-    reset: Literal["init", "rewind", "lr_rewind", "finetune"] = option(
+    reset: str = option(
         "init", "what the kept weights restart from after each prune: init (LTH), rewind (to --rewind-step), "
                 "lr_rewind (keep the weights, replay the LR schedule from --rewind-step), finetune (keep the "
-                "weights and the final LR)", choices=reset_modes)
+                "weights and the final LR), or a mask-1 action of Zhou et al. 2019 built from the init "
+                "(random_reinit, random_reshuffle, signed_reinit, signed_reshuffle, signed_constant, "
+                "rand_signed_constant); registered in experiments/resets.py", choices=reset_modes)
     rewind_step: str = option("0it", "k for rewind / lr_rewind / finetune, e.g. 2000it")
     baselines: tuple[str, ...] = option(BASELINES, "baselines trained at every level: reinit (the ticket's mask, a "
                                                    "fresh init), random (a random mask, the ticket's layer densities)",
                                         choices=BASELINES, nargs="*")
     seed: int = _seed()
+    # Added after runs existed: at its default (False) it is left out of the hash and of config.json
+    # ("always"), so every stored run and every pinned config digest stays as it was.
+    reset_rescale: bool = field(default=False, metadata={
+        "omit_default": "always", "help": "multiply the kept weights of a mask-1 reset (random_reinit, ..., "
+                                          "rand_signed_constant) by layer size / kept count (Zhou et al. 2019)"})
 
     experiment = "imp"
 
@@ -412,6 +426,9 @@ class IMPConfig:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"baselines {unknown} are unknown; choose from {BASELINES}")
+        if self.reset_rescale and not _reset_rescalable(self.reset):
+            raise ConfigError(f"reset_rescale applies to the mask-1 resets "
+                              f"({', '.join(r for r in reset_modes() if _reset_rescalable(r))}), not {self.reset!r}")
         if self.reset == "init" and parse_step(self.rewind_step) != (0, 0):
             raise ConfigError("rewind_step is only used with reset 'rewind', 'lr_rewind' or 'finetune'; "
                               "use --reset rewind to rewind weights to that step")
@@ -649,7 +666,8 @@ def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:
             out.update(flat_options(config, f))
             continue
         value = getattr(config, f.name)
-        if for_hash and f.metadata.get("omit_default") and value == f.default:
+        omit = f.metadata.get("omit_default")  # True: out of the hash at its default; "always": out of both
+        if (for_hash or omit == "always") and omit and value == f.default:
             continue
         if dataclasses.is_dataclass(value):
             value = to_dict(value, for_hash=for_hash)
@@ -675,5 +693,5 @@ def imp_config_from_dict(d: dict[str, Any]) -> IMPConfig:
         train=TrainConfig(**{**d["train"], "milestones": tuple(d["train"].get("milestones", ()))}),
         prune=PruneConfig(**d["prune"]),
         levels=d["levels"], reset=d["reset"], rewind_step=d["rewind_step"],
-        baselines=tuple(d["baselines"]), seed=d["seed"],
+        baselines=tuple(d["baselines"]), seed=d["seed"], reset_rescale=d.get("reset_rescale", False),
     )

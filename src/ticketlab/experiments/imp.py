@@ -8,6 +8,9 @@ ticket still keeps, by final |w|, then resets the kept weights by a registered r
 - ``rewind``    weights <- theta_k (weights after k iterations of dense training), train k..T;
 - ``lr_rewind`` keep the final weights, replay the LR schedule from step k, train k..T;
 - ``finetune``  keep the final weights, train k..T at the schedule's final (small) LR.
+- ``random_reinit``, ``random_reshuffle``, ``signed_reinit``, ``signed_reshuffle``, ``signed_constant``,
+  ``rand_signed_constant``: the "mask-1" actions of Zhou et al. 2019, built from theta_0 (optionally
+  rescaled by layer size / kept, ``reset_rescale``) with a generator seeded by (seed, level); 0..T.
 
 Baselines at each level L >= 1: ``reinit`` trains the same mask from a fresh random init;
 ``random`` trains a random mask with the ticket's layer-wise densities from the ticket's reset
@@ -61,7 +64,7 @@ class Setup:
 
 def derived_seed(seed: int, purpose: str, level: int) -> int:
     """Independent, reproducible seeds for each baseline and level."""
-    salt = {"reinit": 1, "random": 2}[purpose]
+    salt = {"reinit": 1, "random": 2, "reset": 3}[purpose]
     return (seed * 1_000_003 + salt * 10_007 + level) % (2**31 - 1)
 
 
@@ -150,8 +153,10 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
         mask = level_mask(s, level, mask, final_weights, output_name)
         s.ctx.log(f"level {level}: pruned to density {mask.density:.4f}\n{mask.table()}")
         conn = _connectivity(s, model, mask, level, "ticket")
-        reset_state = reset.start_weights(ResetInputs(init=init_state, final=final_weights,
-                                                      rewind=lambda: run.load_tensors("rewind.safetensors")))
+        reset_state = reset.start_weights(ResetInputs(
+            init=init_state, final=final_weights, rewind=lambda: run.load_tensors("rewind.safetensors"), mask=mask,
+            generator=torch.Generator().manual_seed(derived_seed(config.seed, "reset", level)),
+            rescale=config.reset_rescale))
         start, lr_override = _segment(s, reset)
         model.load_state_dict(reset_state)
         summary = train_unit(s.ctx, unit_name(level, "ticket"), model, mask, start_step=start,
