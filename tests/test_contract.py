@@ -271,6 +271,52 @@ def test_every_registered_reset_runs_an_imp_level_and_keeps_the_imp_count(reset,
         assert all(int((final[n][~keep] != 0).sum()) == 0 for n, keep in mask.items()), branch
 
 
+# --- IMP mask criteria -------------------------------------------------------------------------------
+from ticketlab.pruning.criteria import CRITERIA  # noqa: E402
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+def test_every_registered_criterion_runs_imp_with_exact_nested_counts(criterion, tmp_path):
+    """Each registered mask criterion (``pruning/criteria.py``) prunes two IMP levels: every level keeps
+    IMP's exact count in each group (layer-wise, output layer at its own rate), its mask is within the
+    previous level's (nothing revived), rebuilding it from the stored weights gives the same mask, and the
+    pruned weights of the trained ticket stay zero."""
+    from ticketlab.config import IMPConfig, PruneConfig, config_hash
+    from ticketlab.experiments.imp import derived_seed, run_imp
+    from ticketlab.pruning.criteria import imp_prune_by
+    from ticketlab.pruning.magnitude import imp_groups
+    from ticketlab.store import load_tensors
+
+    prune = PruneConfig(rate=0.3, scope="layerwise", output_rate=0.15, criterion=criterion)
+    cfg = IMPConfig(
+        data=DataConfig(name="synthetic_images", options={"n_train": 64, "n_test": 32, "shape": list(INPUT_SHAPE)}),
+        model=ModelConfig(name="contract_conv"),
+        train=TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=16, steps="1ep", eval_every="1ep"),
+        prune=prune, levels=2, baselines=())
+    store = Store(tmp_path)
+    run_imp(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    run = store.run(config_hash(cfg))
+    init = load_tensors(run.file("init.safetensors"))
+    previous = None
+    for level in (1, 2):
+        mask = Mask.load(run.file(f"level_{level:02d}", "mask.safetensors"), require_checksum=True)
+        dense = Mask.ones(dict(mask))
+        output = list(mask)[-1]
+        previous = dense if previous is None else previous
+        for names, count in imp_groups(dense, scope="layerwise", rate=0.3, level=level, output_name=output,
+                                       output_rate=0.15).items():
+            assert sum(int(mask[n].sum()) for n in names) == count, (names, level)
+        assert (mask & ~previous).num_kept == 0
+        final = load_tensors(run.file(f"level_{level - 1:02d}", "ticket", "final.safetensors"))
+        again = imp_prune_by(criterion, init, final, previous, level=level, rate=0.3, scope="layerwise",
+                             output_name=output, output_rate=0.15,
+                             generator=torch.Generator().manual_seed(derived_seed(cfg.seed, "criterion", level)))
+        assert again == mask
+        trained = load_tensors(run.file(f"level_{level:02d}", "ticket", "final.safetensors"))
+        assert all(int((trained[n][~keep] != 0).sum()) == 0 for n, keep in mask.items())
+        previous = mask
+
+
 def test_every_stored_procedure_is_in_the_fault_injection_suite():
     """Each command that writes runs into the store is killed at every write boundary and rerun in
     tests/test_fault_injection.py: a new procedure cannot land without that coverage."""

@@ -32,6 +32,14 @@ def _reset_rescalable(name: str) -> bool:
 
     return RESETS[name].rescalable
 
+
+def criterion_modes() -> tuple[str, ...]:
+    """The registered mask criteria (``pruning/criteria.py``), in registration order."""
+    from .pruning.criteria import criterion_names
+
+    return criterion_names()
+
+
 BASELINES = ("reinit", "random")
 SCOPES = ("global", "layerwise")
 
@@ -370,9 +378,18 @@ class PruneConfig:
     include_output: bool = _include_output()
     include: tuple[str, ...] = _include_field()
     exclude: tuple[str, ...] = _exclude_field()
+    # Added after runs existed: at its default it is left out of the hash and of config.json
+    # ("always"), so every stored run and every pinned config digest stays as it was.
+    criterion: str = field(default="large_final", metadata={
+        "omit_default": "always", "choices": criterion_modes,
+        "help": "which weights an IMP level keeps, scored over (w_init, w_final) (Zhou et al. 2019): large_final "
+                "(|w_final|, LTH), magnitude_increase, movement, large_init, the same/diff-sign variants, random, "
+                "...; registered in pruning/criteria.py"})
 
     def __post_init__(self) -> None:
         _check_names(self)
+        if self.criterion not in criterion_modes():
+            raise ConfigError(f"criterion {self.criterion!r} is unknown; choose one of {criterion_modes()}")
         if not 0 <= self.rate < 1:
             raise ConfigError(f"prune rate must be in [0, 1) (fraction of remaining weights removed), got {self.rate}")
         if self.output_rate is not None and not 0 <= self.output_rate < 1:

@@ -1,8 +1,9 @@
 """Iterative magnitude pruning (Frankle & Carbin 2019; Frankle et al. 2020; Renda et al. 2020).
 
 Level 0 trains the dense network. Level L >= 1 prunes ``rate`` of the weights the level-(L-1)
-ticket still keeps, by final |w|, then resets the kept weights by a registered reset action
-(``resets.py``) and trains again:
+ticket still keeps, by final |w| (or by another mask criterion of Zhou et al. 2019 over (theta_0,
+final weights): ``config.prune.criterion``, ``pruning/criteria.py``), then resets the kept weights by
+a registered reset action (``resets.py``) and trains again:
 
 - ``init``      weights <- theta_0 (the original lottery ticket), train steps 0..T;
 - ``rewind``    weights <- theta_k (weights after k iterations of dense training), train k..T;
@@ -38,7 +39,7 @@ from ..checkpoint import save_weights
 from ..config import IMPConfig
 from ..masks import Mask
 from ..prunable import PrunableError, UnprunedWeightsWarning, output_parameter_name
-from ..pruning.magnitude import imp_prune
+from ..pruning.criteria import imp_prune_by
 from ..pruning.selection import random_mask_like
 from ..steps import to_iterations
 from ..store import Store, StoreError, index_fields
@@ -64,7 +65,7 @@ class Setup:
 
 def derived_seed(seed: int, purpose: str, level: int) -> int:
     """Independent, reproducible seeds for each baseline and level."""
-    salt = {"reinit": 1, "random": 2, "reset": 3}[purpose]
+    salt = {"reinit": 1, "random": 2, "reset": 3, "criterion": 4}[purpose]
     return (seed * 1_000_003 + salt * 10_007 + level) % (2**31 - 1)
 
 
@@ -77,13 +78,18 @@ def _rewind_callback(s: Setup) -> Callback:
 
 
 def level_mask(s: Setup, level: int, previous: Mask, previous_weights: dict[str, torch.Tensor],
-               output_name: str | None) -> Mask:
+               output_name: str | None, init_state: dict[str, torch.Tensor]) -> Mask:
+    """The level's mask: ``config.prune.criterion`` (``pruning/criteria.py``) scores each weight the
+    previous level still keeps from (theta_0 = ``init_state``, the previous level's final weights), and
+    ``keep_top`` keeps IMP's exact count per group. The default ``large_final`` is the |w| ranking of
+    ``imp_prune``, bit for bit. ``random`` draws from a generator seeded by (seed, level)."""
     path = s.run.file(f"level_{level:02d}", "mask.safetensors")
     if path.exists():
         return Mask.load(path, require_checksum=True)
     p = s.config.prune
-    mask = imp_prune(previous_weights, previous, level=level, rate=p.rate, scope=p.scope,
-                     output_name=output_name, output_rate=p.output_rate)
+    mask = imp_prune_by(p.criterion, init_state, previous_weights, previous, level=level, rate=p.rate, scope=p.scope,
+                        output_name=output_name, output_rate=p.output_rate,
+                        generator=torch.Generator().manual_seed(derived_seed(s.config.seed, "criterion", level)))
     mask.save(path)
     return mask
 
@@ -150,7 +156,7 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
 
     for level in range(1, config.levels + 1):
         final_weights = {k: v.clone() for k, v in model.state_dict().items()}
-        mask = level_mask(s, level, mask, final_weights, output_name)
+        mask = level_mask(s, level, mask, final_weights, output_name, init_state)
         s.ctx.log(f"level {level}: pruned to density {mask.density:.4f}\n{mask.table()}")
         conn = _connectivity(s, model, mask, level, "ticket")
         reset_state = reset.start_weights(ResetInputs(
