@@ -34,7 +34,6 @@ from ticketlab.pruning.edge_popup import EdgePopup, train_edge_popup
 from ticketlab.pruning.magnitude import imp_prune
 from ticketlab.pruning.prune import LayerCollapseError, LayerCollapseWarning, prune
 from ticketlab.pruning.scores import ScoreError, ScoreSource, compute_scores
-from ticketlab.pruning.selection import random_mask_like
 from ticketlab.training import Callback, Trainer
 
 METHODS = ("magnitude", "random", "snip", "grasp", "synflow")

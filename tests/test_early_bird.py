@@ -2,7 +2,6 @@
 resume after a kill, the unstructured kind and the command line."""
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 import ticketlab.atomic as atomic
 from ticketlab.config import (DataConfig, EarlyBirdConfig, IMPConfig, ModelConfig, PruneAtInitConfig,

@@ -14,7 +14,7 @@ from ticketlab.data import load_dataset
 from ticketlab.experiments.sparse_training import run_sparse_training
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
-from ticketlab.pruning.distributions import layer_counts, shapes_of
+from ticketlab.pruning.distributions import layer_counts
 from ticketlab.pruning.dynamic import DropGrow, GMPOptions, GradualMagnitude
 from ticketlab.pruning.magnitude import imp_groups
 from ticketlab.pruning.schedules import SCHEDULE_KINDS, Annealing, CosineDrop, Cubic, IMPLevels, Iterative, OneShot, \
