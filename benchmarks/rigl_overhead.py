@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def one_run(data, mask: Mask, cfg: TrainConfig, steps: int, method: str, delta_t
     return time.perf_counter() - started, len(updater.log) if updater else 0
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "mnist"))
     p.add_argument("--steps", type=int, default=1000)
@@ -83,7 +84,8 @@ def main() -> None:
               f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
     ratio = statistics.median(a / b for a, b in zip(times["rigl"], times["static"]))
     print(f"TARGET rigl/static <= 1.05: {'PASS' if ratio <= 1.05 else 'FAIL'} ({ratio:.3f})")
+    return 0 if ratio <= 1.05 else 1  # a FAIL is a non-zero exit
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

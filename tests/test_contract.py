@@ -15,7 +15,6 @@ import pytest
 import torch
 from torch import nn
 
-import ticketlab.atomic as atomic
 from ticketlab.config import DataConfig, ModelConfig, PruneAtInitConfig, TrainConfig
 from ticketlab.data import ArrayData, DataSplits
 from ticketlab.experiments.prune_at_init import run_prune_at_init
@@ -26,6 +25,8 @@ from ticketlab.pruning.prune import prune
 from ticketlab.pruning.scores import SCORES, ScoreSource
 from ticketlab.store import Store
 from ticketlab.training import Trainer
+
+from faults import after_writing, killed_after
 
 SELECTIONS = ["global", *DISTRIBUTIONS]
 DENSITIES = [0.5, 0.1, 0.02]
@@ -116,10 +117,6 @@ def test_pruned_weights_stay_zero_through_training(method, kind):
         assert not torch.equal(params[name][mask[name]], before[name][mask[name]]), f"{name} did not train"
 
 
-class Kill(BaseException):
-    pass
-
-
 @pytest.mark.parametrize("method", sorted(SCORES))
 def test_every_score_as_a_stored_run_resumes_identically_after_a_kill(method, tmp_path):
     cfg = PruneAtInitConfig(
@@ -133,16 +130,8 @@ def test_every_score_as_a_stored_run_resumes_identically_after_a_kill(method, tm
 
     clean = run(tmp_path / "clean")
 
-    def kill_after_first_checkpoint(event, tmp, path):
-        if event == "after_rename" and path.name == "checkpoint.safetensors":
-            raise Kill
-
-    atomic.fault_hook = kill_after_first_checkpoint
-    try:
-        with pytest.raises(Kill):
-            run(tmp_path / "killed")
-    finally:
-        atomic.fault_hook = None
+    with killed_after(after_writing("checkpoint.safetensors")):
+        run(tmp_path / "killed")
     resumed = run(tmp_path / "killed")
     timing = ("prune_seconds",)
     assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in clean.items() if k not in timing}
@@ -194,16 +183,8 @@ def test_every_sparse_method_keeps_its_counts_and_resumes_identically(method, ki
         assert final_counts == layer_counts("erk", shapes_of(dense), 0.2)
         assert all(kept[n].sum() <= final_counts[n] for n in dense)
 
-    def kill_after_first_checkpoint(event, tmp, path):
-        if event == "after_rename" and path.name == "checkpoint.safetensors":
-            raise Kill
-
-    atomic.fault_hook = kill_after_first_checkpoint
-    try:
-        with pytest.raises(Kill):
-            run(tmp_path / "killed")
-    finally:
-        atomic.fault_hook = None
+    with killed_after(after_writing("checkpoint.safetensors")):
+        run(tmp_path / "killed")
     assert run(tmp_path / "killed") == clean
     [again] = list((tmp_path / "killed").glob("*/train/final.safetensors"))
     assert again.read_bytes() == final.read_bytes()

@@ -28,13 +28,11 @@ from ticketlab.integrity import CHECKSUM_KEY
 from ticketlab.pruning.dynamic import DropGrowOptions
 from ticketlab.store import Store
 
+from faults import Kill
+
 MLP_DATA = DataConfig(name="synthetic_mlp", val_size=32, options={"n_train": 160, "n_test": 64, "dim": 8})
 MLP = ModelConfig(name="mlp", options={"hidden": [16]})
 SHORT = TrainConfig(optimizer="adam", lr=3e-3, batch_size=32, steps="2ep", eval_every="1ep")
-
-
-class Kill(BaseException):
-    """A simulated SIGKILL: not an Exception, so no ``except Exception`` handler swallows it."""
 
 
 def quiet(_: str) -> None:

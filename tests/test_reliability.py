@@ -32,6 +32,8 @@ from ticketlab.masks import Mask, MaskError
 from ticketlab.store import Store, StoreError, load_tensors, save_tensors
 from ticketlab.training import DeviceError, DivergenceError, resolve_device
 
+from faults import after_writing, killed_after
+
 DATA = DataConfig(name="synthetic_mlp", val_size=32, options={"n_train": 160, "n_test": 64, "dim": 8})
 MODEL = ModelConfig(name="mlp", options={"hidden": [16]})
 TRAIN = TrainConfig(optimizer="adam", lr=3e-3, batch_size=32, steps="2ep", eval_every="1ep")
@@ -66,19 +68,8 @@ def interrupted_store(tmp_path_factory):
     """An IMP run killed in the middle of level 1's ticket: holds a checkpoint and a future mask."""
     root = tmp_path_factory.mktemp("interrupted")
 
-    class Kill(BaseException):
-        pass
-
-    def hook(event, tmp, path):
-        if event == "after_rename" and path.name == "checkpoint.safetensors" and "level_01" in str(path):
-            raise Kill
-
-    atomic.fault_hook = hook
-    try:
-        with pytest.raises(Kill):
-            imp(root)
-    finally:
-        atomic.fault_hook = None
+    with killed_after(after_writing("checkpoint.safetensors", under="level_01/ticket")):
+        imp(root)
     return root
 
 

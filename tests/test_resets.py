@@ -9,13 +9,14 @@ import math
 import pytest
 import torch
 
-import ticketlab.atomic as atomic
 from ticketlab.config import ConfigError, DataConfig, IMPConfig, ModelConfig, TrainConfig, config_hash, to_dict
 from ticketlab.config import imp_config_from_dict
 from ticketlab.experiments.imp import run_imp
 from ticketlab.experiments.resets import DECONSTRUCTING, RESETS, ResetInputs
 from ticketlab.masks import Mask
 from ticketlab.store import Store, load_tensors
+
+from faults import after_writing, killed_after
 
 # A tiny layer (2 x 2) and an unmasked bias. The mask keeps 3 of 4 weights: the rescaling factor is 4/3.
 W0 = torch.tensor([[1.0, -2.0], [3.0, -4.0]])
@@ -242,20 +243,8 @@ def test_imp_with_a_random_reset_resumes_identically_after_a_kill(tmp_path):
 
     clean = run(tmp_path / "clean")
 
-    class Kill(BaseException):
-        pass
-
-    def kill_after_the_level_one_ticket(event, tmp, path):
-        if event == "after_rename" and path.name == "final.safetensors" and path.parent.name == "ticket" \
-                and path.parent.parent.name == "level_01":
-            raise Kill
-
-    atomic.fault_hook = kill_after_the_level_one_ticket
-    try:
-        with pytest.raises(Kill):
-            run(tmp_path / "killed")
-    finally:
-        atomic.fault_hook = None
+    with killed_after(after_writing("final.safetensors", under="level_01/ticket")):
+        run(tmp_path / "killed")
     resumed = run(tmp_path / "killed")
 
     def timing_free(rows):
