@@ -6,12 +6,10 @@ the permissions the user's umask gives new files (``tempfile`` alone would make 
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 # Tests set this to simulate a kill at a write boundary: called with ("before_rename", tmp, path)
 # once the temp file is complete, and ("after_rename", path, path) once the file is in place.
@@ -53,10 +51,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:

@@ -277,10 +277,3 @@ class Mask(Mapping[str, torch.Tensor]):
             raise MaskError(f"mask file {path} does not exist" if not path.exists()
                             else f"{path} is not a file; give the path of a saved mask")
         return cls.from_bytes(path.read_bytes(), source=str(path), require_checksum=require_checksum)
-
-
-def _read_metadata(data: bytes) -> dict[str, str]:
-    """Safetensors header metadata (the public API reads it only from files)."""
-    header_len = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8 : 8 + header_len])
-    return header.get("__metadata__", {})
