@@ -128,7 +128,8 @@ def test_the_planted_ticket_recovers_itself_and_is_connected():
 ])
 def test_paper_targets_planted_in_width_100_hosts(task, depth, expected_ticket, host_weights):
     """The planted ticket alone computes the task (after dividing by the output scale): the paper
-    reports, at depth 5, ReLU MSE ~1e-4 (the noise), Helix ~3.2e-4, Circle accuracy ~98.1%.
+    reports, at depth 5, ReLU MSE ~1e-4 (the noise), Helix ~3.2e-4, Circle accuracy ~98.1%; the
+    authors' depth-3 Circle target is less exact (0.961 noise-free, see targets.py).
     Helix tickets count 91 / 95 weights where the paper counts 115 / 120: we zero exactly the slope
     differences of the linear third output, the paper keeps ~25 float-noise weights there."""
     from ticketlab.planting.targets import target_network
@@ -143,21 +144,86 @@ def test_paper_targets_planted_in_width_100_hosts(task, depth, expected_ticket, 
     out = result.ticket_forward(data.x_test).double()
     if data.kind == "classification":
         accuracy = (out.argmax(1) == data.y_test).double().mean().item()
-        assert accuracy > 0.975, accuracy
+        assert accuracy > (0.94 if depth == 3 else 0.975), accuracy  # depth 3: 0.961 noise-free (targets.py)
     else:
         mse = ((out - data.y_test.double()) ** 2).mean().item()
         assert mse < (1.5e-4 if task == "relu" else 4e-4), mse
 
 
-def test_folded_output_scale_makes_the_raw_output_the_target_and_leaves_the_rest_alone():
+def test_fold_ablation_makes_the_raw_output_the_target_and_leaves_the_rest_alone():
     target = random_target([2, 4, 2, 20, 4], seed=5)
     host = host_network(2, 4, depth=5, width=100, seed=5)
-    folded, divided = plant(target, host), plant(target, host, fold_output_scale=False)
+    folded, raw = plant(target, host, fold_output_scale=True), plant(target, host)
     assert torch.equal(folded.output_scale, torch.ones(4))
-    assert (divided.output_scale < 1e-2).all()  # the compounded scales the fold removes
+    assert (raw.output_scale < 1e-2).all()  # the compounded scales the fold removes
     x = torch.rand(200, 2) * 2 - 1
     assert torch.allclose(folded.ticket_forward(x).double(), target(x), atol=1e-4, rtol=1e-4)
-    w_f, w_d = folded.host.fc.weight, divided.host.fc.weight
+    w_f, w_d = folded.host.fc.weight, raw.host.fc.weight
     off_ticket = ~folded.mask["fc.weight"]
     assert torch.equal(w_f[off_ticket], w_d[off_ticket])  # non-ticket output weights keep their scale
-    assert torch.equal(folded.scales[-1], divided.scales[-1])
+    assert torch.equal(folded.scales[-1], raw.scales[-1])
+
+
+def _ticket_to_host_ratios(result) -> list[float]:
+    """Per layer: the ticket's largest |weight| over the largest |weight| outside the ticket."""
+    ratios = []
+    for name, w in result.host.named_parameters():
+        if name.endswith("weight"):
+            keep = result.mask[name]
+            ratios.append(float(w.detach()[keep].abs().max() / w.detach()[~keep].abs().max()))
+    return ratios
+
+
+@pytest.mark.parametrize("task", ["relu", "circle", "helix"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_ticket_stays_hidden_on_the_hosts_scale(task, seed):
+    """Without the fold (the authors' planting) no ticket weight stands out of its layer, and the
+    isolated ticket divided by the output scale is the target; the fold ablation makes the ticket's
+    output weights orders of magnitude larger than anything else (it un-hides the ticket)."""
+    from ticketlab.planting.targets import target_network
+    from ticketlab.planting.tasks import task_dims
+
+    d_in, d_out = task_dims(task)
+    target = target_network(task, 5)
+    host = host_network(d_in, d_out, depth=5, width=100, seed=seed)
+    result = plant(target, host)
+    assert max(_ticket_to_host_ratios(result)) < 2.0
+    assert (result.output_scale < 1e-1).all()
+    x = torch.rand(300, d_in, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    expected = target(x)
+    got = result.ticket_forward(x).double()
+    assert torch.allclose(got, expected, atol=1e-4 * float(expected.abs().max()), rtol=0), (got - expected).abs().max()
+    folded = plant(target, host, fold_output_scale=True)
+    assert _ticket_to_host_ratios(folded)[-1] > 100
+
+
+def test_only_the_ticket_weights_of_a_planted_neuron_are_overwritten():
+    """As in the authors' code: the fit and the overwrite use the target neuron's nonzero incoming
+    weights (and its bias); every other weight of the planted host neuron stays as drawn."""
+    w1 = torch.tensor([[1.0, 0.0, 0.0], [0.0, -2.0, 0.5]], dtype=torch.float64)
+    w2 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    target = TargetNetwork([w1, w2], [torch.tensor([0.0, 0.3], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)])
+    host = host_network(3, 1, depth=3, width=40, seed=7)
+    result = plant(target, host)
+    before, after = host.hidden[0].weight, result.host.hidden[0].weight
+    for j, i in enumerate(result.neuron_map[0]):
+        ticket_cols = w1[j] != 0
+        assert torch.equal(after[i, ~ticket_cols], before[i, ~ticket_cols])  # left as drawn
+        assert torch.equal(result.mask["hidden.0.weight"][i], ticket_cols)
+    untouched = [i for i in range(40) if i not in result.neuron_map[0]]
+    assert torch.equal(after[untouched], before[untouched])
+    # bias mask: planted neurons with a nonzero target bias (neuron 1 here, bias 0.3)
+    assert result.bias_mask["hidden.0.bias"].nonzero().flatten().tolist() == [result.neuron_map[0][1]]
+    assert result.bias_mask["fc.bias"].sum() == 0
+
+
+def test_l1_is_the_default_distance_and_l2_is_available():
+    target = random_target([2, 6, 2], seed=4)
+    host = host_network(2, 2, depth=3, width=60, seed=4)
+    l1, l2 = plant(target, host), plant(target, host, distance="l2")
+    assert plant(target, host, distance="l1").neuron_map == l1.neuron_map
+    x = torch.rand(100, 2) * 2 - 1
+    for r in (l1, l2):
+        assert torch.allclose(r.ticket_forward(x).double(), target(x), atol=1e-4)
+    with pytest.raises(PlantingError, match="distance"):
+        plant(target, host, distance="cosine")

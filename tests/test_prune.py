@@ -249,3 +249,15 @@ def test_prune_does_not_modify_model():
         prune(method, model, Mask.dense(model), make_source(), 0.1, rounds=2)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert math.isclose(Mask.from_nonzero(dict(model.named_parameters())).density, 1.0)
+
+
+def test_layer_wise_counts_never_exceed_what_a_pruned_mask_still_keeps():
+    """Uniform at 0.6 keeps a=0, b=2 of a (1,) and a (3,) layer; at 0.5 it would ask a=1, b=1.
+    Pruning the 0.6 mask further to 0.5 keeps the total exact (2) without reviving a."""
+    shapes = {"a": (1,), "b": (3,)}
+    assert layer_counts("uniform", shapes, 0.6) == {"a": 0, "b": 2}
+    assert layer_counts("uniform", shapes, 0.5) == {"a": 1, "b": 1}
+    pruned = Mask({"a": torch.tensor([False]), "b": torch.tensor([True, True, False])})
+    assert round_targets(pruned, Iterative(0.5, 1), "uniform", 1) == {("a",): 0, ("b",): 2}
+    dense = Mask({"a": torch.tensor([True]), "b": torch.tensor([True, True, True])})
+    assert round_targets(dense, Iterative(0.5, 1), "uniform", 1) == {("a",): 1, ("b",): 1}  # unchanged when it fits

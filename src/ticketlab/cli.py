@@ -7,7 +7,6 @@ Run "ticketlab COMMAND --help" for a command's options and their defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -126,27 +125,62 @@ def _write_report(hashes: Sequence[str], store, out: Path) -> None:
     print(f"table: {out / 'report.md'}")
 
 
-def cmd_plant(args: argparse.Namespace) -> int:
-    """The Plant 'n' Seek benchmark: tables and plots in --out (no store: cells are cheap)."""
-    from .atomic import atomic_write_text, remove_stale_temp_files
-    from .planting.benchmark import benchmark_table, plot_benchmark, run_benchmark
+def _plant_protocol_options() -> list[Any]:
+    from .planting.benchmark import Protocol
 
-    kept = [k if k == "ticket" else float(k) for k in args.kept]
-    out = Path(args.out)
-    if out.is_dir():
-        remove_stale_temp_files(out)  # torn temp files of a killed earlier call
+    return flags.options(Protocol, "protocol (hashed with each cell: a change makes new cells)")
+
+
+def _plant_command(args: argparse.Namespace, protocol: Any) -> str:
+    """The command line that reproduces this study (protocol flags that differ from the defaults)."""
+    import shlex
+
+    from .planting.benchmark import Protocol
+
+    parts = ["ticketlab", "plant", "--tasks", *args.tasks, "--methods", *args.methods, "--kept", *args.kept,
+             "--seeds", str(args.seeds)]
+    default = Protocol()
+    for o in _plant_protocol_options():
+        value = getattr(protocol, o.path[-1])
+        if value == getattr(default, o.path[-1]):
+            continue
+        parts += [o.flag] if o.kind is bool else [o.flag, str(value)]
+    parts += ["--workers", str(args.workers)]
+    return shlex.join(parts)  # where the store and the report are (--runs-dir, --out) is no part of the study
+
+
+def cmd_plant(args: argparse.Namespace) -> int:
+    """The Plant 'n' Seek benchmark: each cell a run in the store (a rerun computes only the missing
+    ones), the tables and plots in --out, replaced as a whole."""
+    from .planting.benchmark import Protocol
+    from .planting.study import normalize_kept, run_study, write_report
+    from .store import Store
+
+    opts = _plant_protocol_options()
+    protocol = flags.build(Protocol, opts, flags.values(opts, args, {}))
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    kept = [normalize_kept(k) for k in args.kept]
+    store = Store(args.runs_dir)
+    out = Path(args.out) if args.out else store.root / "reports" / "plant"
     started = time.time()
-    rows = run_benchmark(args.tasks, args.methods, kept, range(args.seeds), workers=args.workers,
-                         depth=args.depth, width=args.width, epochs=args.epochs,
-                         progress=None if args.no_progress else
-                         lambda r: print(f"{r['task']:>6} {r['method']:>16} kept {r['kept']!s:>6} seed {r['seed']}: "
-                                         f"strong {r['strong']:.4g} weak {r['weak']:.4g}", flush=True))
-    table = benchmark_table(rows)
-    atomic_write_text(out / "report.md", table + f"\n\n{len(rows)} cells in {time.time() - started:.0f} s\n")
-    atomic_write_text(out / "rows.json", json.dumps(rows, default=str))
-    weak, strong = plot_benchmark(rows, out / "weak.png"), plot_benchmark(rows, out / "strong.png", metric="strong")
-    print(table)
-    print(f"\n{len(rows)} cells in {time.time() - started:.0f} s; {out / 'report.md'}, plots {weak}, {strong}")
+
+    def progress(r: dict[str, Any], k: int, n: int) -> None:
+        print(f"[{k}/{n}] {r['task']:>6} {r['method']:>19} kept {r['kept']!s:>6} seed {r['seed']}: "
+              f"strong {r['strong']:.4g} weak {r['weak']:.4g} ({r['seconds']:.1f} s)", flush=True)
+
+    rows = run_study(args.tasks, args.methods, kept, range(args.seeds), protocol, store, workers=args.workers,
+                     device=args.device, progress=None if args.no_progress else progress,
+                     log=lambda text: print(text, flush=True))
+    wall = time.time() - started
+    note = (f"`{_plant_command(args, protocol)}`\n\n{len(rows)} cells in {wall:.0f} s ({rows.reused} reused, "
+            f"{rows.computed} computed); study {rows.study} (`ticketlab report {rows.study}` redraws this report)")
+    files = write_report(rows, out, note)
+    print((out / "report.md").read_text())
+    print(f"{len(rows)} cells in {wall:.0f} s ({rows.reused} reused, {rows.computed} computed); "
+          f"report {files['report.md']}, plots {files['weak.png']}, {files['strong.png']}")
     return 0
 
 
@@ -155,10 +189,34 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     store = Store(args.runs_dir)
     hashes = [store.run(h).hash for h in args.runs]
+    if _report_plant(store, hashes, args.out):
+        return 0
     out = Path(args.out) if args.out else (store.run(hashes[0]).path if len(hashes) == 1
                                            else store.root / "reports" / "_".join(h[:8] for h in hashes))
     _write_report(hashes, store, out)
     return 0
+
+
+def _report_plant(store: Any, hashes: Sequence[str], out: str | None) -> bool:
+    """``ticketlab report`` of plant studies / cells: their tables and plots in a folder of their own
+    (default RUNS_DIR/reports/plant-<hashes>), replaced as a whole. False when none is a plant run."""
+    from .planting.study import study_rows, write_report
+
+    kinds = {h: store.run(h).read_json("config.json").get("experiment") for h in hashes}
+    plant = [h for h in hashes if kinds[h] in ("plant", "plant-study")]
+    if not plant:
+        return False
+    if len(plant) < len(hashes):
+        raise ConfigError(f"plant runs ({', '.join(plant)}) are reported on their own, not with runs of "
+                          f"{sorted({kinds[h] for h in hashes if h not in plant})}")
+    rows = [row for h in hashes for row in study_rows(store, store.run(h))]
+    folder = Path(out) if out else store.root / "reports" / ("plant-" + "_".join(h[:8] for h in hashes))
+    files = write_report(rows, folder, f"{len(rows)} cells of {', '.join(hashes)} (`ticketlab report "
+                                       f"{' '.join(hashes)}`)")
+    print(files["report.md"].read_text())
+    print(f"plots: {files['weak.png']}, {files['strong.png']}")
+    print(f"table: {files['report.md']}")
+    return True
 
 
 def _ls_filters(texts: Sequence[str]) -> dict[str, str]:
@@ -240,28 +298,41 @@ def build_parser() -> argparse.ArgumentParser:
     for e in EXPERIMENTS.values():
         _add_experiment(sub, e)
 
-    from .planting.benchmark import METHODS as PLANT_METHODS
+    from .planting.benchmark import METHODS as PLANT_METHODS, REFERENCE_METHODS as PLANT_REFERENCES
+    from .planting.tasks import TASKS as PLANT_TASKS
 
-    p = sub.add_parser("plant", help="the Plant 'n' Seek benchmark: find planted tickets with every method")
-    p.add_argument("--tasks", nargs="+", default=["relu", "circle", "helix"], choices=("relu", "circle", "helix"),
+    p = sub.add_parser("plant", help="the Plant 'n' Seek benchmark: find planted tickets with every method",
+                       description="The Plant 'n' Seek benchmark. Every cell (task, method, kept fraction, seed, "
+                                   "protocol) is a run in the store: a rerun computes only the cells not complete, "
+                                   "and the report in --out is replaced as a whole. The unpruned host (dense, kept 1) "
+                                   "and the planted ticket are computed once per task and seed.")
+    g = p.add_argument_group("study")
+    g.add_argument("--tasks", nargs="+", default=list(PLANT_TASKS), choices=PLANT_TASKS,
                    help="planted-ticket tasks: relu and helix (regression), circle (classification) "
-                        "(default: relu circle helix)")
-    p.add_argument("--methods", nargs="+", default=list(PLANT_METHODS), choices=(*PLANT_METHODS, "ticket"),
-                   help="pruning methods to compare; 'ticket' is the planted ticket itself (the reference) "
-                        f"(default: {' '.join(PLANT_METHODS)})")
-    p.add_argument("--kept", nargs="+", default=["1", "0.5", "0.1", "0.01", "ticket"],
-                   help="fractions of host weights kept, or 'ticket' (the planted ticket's own) "
-                        "(default: 1 0.5 0.1 0.01 ticket)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (default: 3)")
-    p.add_argument("--depth", type=int, default=5,
-                   help="layers of the target network and of the host it is planted in (default: 5)")
-    p.add_argument("--width", type=int, default=100, help="units per hidden layer of the host network (default: 100)")
-    p.add_argument("--epochs", type=int, default=10,
-                   help="training epochs of the kept weights (and of edge-popup's scores) (default: 10)")
-    p.add_argument("--workers", type=int, default=2, help="parallel single-threaded processes (default: 2)")
-    p.add_argument("--out", default="runs/reports/plant",
-                   help="folder for report.md, rows.json and the plots (default: runs/reports/plant)")
-    p.add_argument("--no-progress", action="store_true", help="no line per finished cell")
+                        f"(default: {' '.join(PLANT_TASKS)})")
+    g.add_argument("--methods", nargs="+", default=list(PLANT_METHODS), choices=(*PLANT_METHODS, *PLANT_REFERENCES),
+                   metavar="METHOD",
+                   help=f"pruning methods to compare, of: {' '.join(PLANT_METHODS)}; the references "
+                        f"{' and '.join(PLANT_REFERENCES)} are always computed (default: all)")
+    g.add_argument("--kept", nargs="+", default=["1", "0.5", "0.1", "0.01", "ticket"], metavar="KEPT",
+                   help="fractions of host weights kept, or 'ticket' (the planted ticket's own); kept 1 is the "
+                        "dense host, one cell per task and seed (default: 1 0.5 0.1 0.01 ticket)")
+    g.add_argument("--seeds", type=int, default=5, help="repetitions, seeds 0 .. N-1 (default: 5)")
+    groups = {"protocol (hashed with each cell: a change makes new cells)":
+              p.add_argument_group("protocol (hashed with each cell: a change makes new cells)")}
+    opts = _plant_protocol_options()
+    flags.add_options(p, opts, {}, groups)
+    switches = {o.dest: o.default for o in opts if o.kind is bool}
+    for action in p._actions:  # a switch's help says which way it is by default
+        if action.dest in switches:
+            action.help += f" (default: {'on' if switches[action.dest] else 'off'})"
+    g = p.add_argument_group("execution (not hashed)")
+    g.add_argument("--workers", type=int, default=2, help="parallel single-threaded processes (default: 2)")
+    g.add_argument("--device", default="cpu", help="device the cells run on (default: cpu)")
+    g.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
+    g.add_argument("--out", help="folder for report.md, rows.json, weak.png and strong.png, replaced as a whole "
+                                 "(default: RUNS_DIR/reports/plant, i.e. runs/reports/plant)")
+    g.add_argument("--no-progress", action="store_true", help="no line per finished cell (default: one line each)")
     p.set_defaults(func=cmd_plant)
 
     p = sub.add_parser("ls", help="list runs in the store")
@@ -279,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables and plots of stored runs (any kinds, one section per kind)")
     p.add_argument("runs", nargs="+", help="run hashes (or unique prefixes)")
     p.add_argument("--out", help="folder for report.md and the plots (default: the run's folder; for several runs "
-                                 "RUNS_DIR/reports/<their hashes>)")
+                                 "RUNS_DIR/reports/<their hashes>; for plant studies and cells "
+                                 "RUNS_DIR/reports/plant-<their hashes>, replaced as a whole)")
     p.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
     p.set_defaults(func=cmd_report)
     return parser

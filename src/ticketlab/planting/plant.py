@@ -1,31 +1,38 @@
 """Planting a target network into a random host (Plant 'n' Seek, Fischer & Burkholz 2022).
 
 Layer by layer, each target neuron is matched to the unused host neuron whose incoming parameters
-best fit it up to a positive scale, and that neuron is overwritten with the rescaled target
-neuron. With theta = (bias, incoming weights / scales of the matched inputs) and m = the host
-neuron's (bias, weights from the matched inputs), the fit is m ~ c theta with
-c = theta.m / |theta|^2 and distance |m - c theta| (L2, the paper's text; its code uses L1, an
-option here). A host neuron is admissible only with c > 0 and the signs of m equal to those of
-theta on theta's nonzero entries: ReLU is only positively homogeneous, so c must be positive, and
-the sign rule keeps the planted neuron close to what the host already had. Overwritten, the host
-neuron computes c times the target neuron, and c becomes its scale for the next layer.
+best fit it up to a positive scale, and that neuron's ticket parameters are overwritten with the
+rescaled target neuron. As in the authors' code (``plant_lottery_tickets/plant.py``), the fit uses
+only the target neuron's nonzero incoming weights: with theta = (bias, those weights / the scales
+of their matched inputs) and m = the host neuron's (bias, weights from those matched inputs),
+m ~ c theta with c = theta.m / |theta|^2 and distance |m - c theta|_1 (the authors' L1; the paper's
+text reads as L2, ``distance="l2"``). A host neuron is admissible only with c > 0 and the signs of m
+equal to those of theta on theta's nonzero entries: ReLU is only positively homogeneous, so c must
+be positive, and the sign rule keeps the planted neuron close to what the host already had.
+Overwritten, the host neuron computes c times the target neuron, and c becomes its scale for the
+next layer. Every other weight of a planted neuron (from inputs that are not in the ticket) stays
+as drawn: it is simply not in the ticket mask.
 
 Fallback (stated, and counted in ``PlantResult.fallbacks``): when no unused neuron is admissible,
 the unused neuron with the smallest distance is overwritten anyway, with c = |theta.m| / |theta|^2
 (or 1 when that is 0). The result is still an exact plant; only the "naturalness" of the chosen
-neuron is lost. Output layers are where this happens most: a host has only as many output neurons
-as the target, so few candidates share all of a target output's signs.
+neuron is lost. The authors' code differs here (docs/plant_benchmark.md, "Planting"): it fits over
+all host neurons, used ones included, and when the best one is used or none is admissible it takes
+the first free neuron with c = |w_first / theta_1|; and since its list of used neurons starts as
+zeros, host neuron 0 of each layer is never chosen by the fit. We always pick the best admissible
+*unused* neuron.
 
-The output neurons are matched the same way and then the host's output rows are permuted into
-target order, so ``masked host(x) / output_scale == target(x)``. Weights of a planted neuron from
-unmatched inputs stay random: they are simply not in the ticket mask.
+The output neurons are matched the same way and the host's output rows are then permuted into
+target order, so ``masked host(x) / output_scale == target(x)``.
 
-Output scale (``fold_output_scale``, default on, a documented deviation): the scales compound over
-layers and reach 1e-5..1e-7 at depth 5. The paper divides the network's output by them; doing that
-while training *other* masks amplifies everything but the ticket ~1e5-fold and makes training
-diverge. We instead divide only the ticket's output weights and biases by their scale, so the
-host's raw output under the ticket mask already equals the target (``output_scale`` is then 1) and
-the rest of the host keeps its natural scale. ``PlantResult.scales[-1]`` keeps the fitted scales.
+The output scale lambda = ``output_scale`` (the output neurons' c, a product of the scales of every
+layer: ~1e-2..1e-7 at depth 5) is **never** applied to the host that is pruned or trained: as in the
+authors' code, every method scores and trains the raw host output, and lambda serves only to
+evaluate the isolated ticket (``ticket_forward``). ``fold_output_scale=True`` is an ablation, not the
+paper: it divides the ticket's output weights and biases by lambda so the raw host output under
+the ticket mask equals the target. Those weights then become 10^1..10^5 times larger than every
+other weight of the host, which un-hides the ticket (magnitude pruning finds it trivially) and
+makes every other mask train badly; docs/plant_benchmark.md measures both.
 """
 from __future__ import annotations
 
@@ -53,6 +60,7 @@ class PlantResult:
     neuron_map: list[list[int]]      # per layer: host neuron index of each target neuron
     scales: list[torch.Tensor]       # per layer: the scale c of each planted neuron
     fallbacks: list[int]             # per layer: target neurons planted without an admissible host neuron
+    bias_mask: Mask                  # per layer "<layer>.bias": the planted neurons whose target bias is nonzero
 
     @torch.no_grad()
     def ticket_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +96,7 @@ def _linear_names(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def plant(target: TargetNetwork, host: nn.Module, distance: str = "l2", fold_output_scale: bool = True) -> PlantResult:
+def plant(target: TargetNetwork, host: nn.Module, distance: str = "l1", fold_output_scale: bool = False) -> PlantResult:
     """Plant ``target`` into a copy of ``host`` (a ReLU MLP of the same depth, wide enough)."""
     if distance not in ("l2", "l1"):
         raise PlantingError(f"distance must be 'l2' (paper) or 'l1' (the paper's code), got {distance!r}")
@@ -106,15 +114,19 @@ def plant(target: TargetNetwork, host: nn.Module, distance: str = "l2", fold_out
     matched = list(range(widths[0]))                   # inputs are matched to themselves ...
     scales = torch.ones(widths[0], dtype=torch.float64)  # ... with scale 1
     mask = {n: torch.zeros(lin.weight.shape, dtype=torch.bool) for n, lin in zip(names, layers)}
+    bias_names = [n[: -len("weight")] + "bias" for n in names]
+    bias_mask = {n: torch.zeros(lin.bias.shape, dtype=torch.bool) for n, lin in zip(bias_names, layers)}
     neuron_map, all_scales, fallbacks = [], [], []
     for l, (lin, w_t, b_t) in enumerate(zip(layers, target.weights, target.biases)):
         w_h, b_h = lin.weight, lin.bias
-        cols = torch.tensor(matched)
+        matched_cols = torch.tensor(matched)
         used: set[int] = set()
         fallbacks.append(0)
         new_matched, new_scales = [], torch.zeros(w_t.shape[0], dtype=torch.float64)
         for j in range(w_t.shape[0]):
-            theta = torch.cat([b_t[j:j + 1], w_t[j] / scales]).to(torch.float64)
+            ticket_in = torch.nonzero(w_t[j]).flatten()      # the target neuron's nonzero incoming weights
+            cols = matched_cols[ticket_in]                    # ... as host input columns
+            theta = torch.cat([b_t[j:j + 1], w_t[j, ticket_in] / scales[ticket_in]]).to(torch.float64)
             free = torch.tensor([i for i in range(w_h.shape[0]) if i not in used])
             m = torch.cat([b_h[free, None], w_h[free][:, cols]], dim=1).to(torch.float64)
             i, c, admissible = _best_fit(theta, m, distance)
@@ -123,7 +135,8 @@ def plant(target: TargetNetwork, host: nn.Module, distance: str = "l2", fold_out
             used.add(host_i)
             b_h[host_i] = c * theta[0]
             w_h[host_i, cols] = (c * theta[1:]).to(w_h.dtype)
-            mask[names[l]][host_i, cols] = w_t[j] != 0
+            mask[names[l]][host_i, cols] = True
+            bias_mask[bias_names[l]][host_i] = bool(b_t[j] != 0)
             new_matched.append(host_i)
             new_scales[j] = c
         neuron_map.append(new_matched)
@@ -136,13 +149,14 @@ def plant(target: TargetNetwork, host: nn.Module, distance: str = "l2", fold_out
     last.weight.copy_(last.weight[order])
     last.bias.copy_(last.bias[order])
     mask[names[-1]] = mask[names[-1]][order]
+    bias_mask[bias_names[-1]] = bias_mask[bias_names[-1]][order]
     output_scale = scales.to(torch.float32)
     if fold_output_scale:  # ticket part of the output layer / scale: raw output == target under the mask
         ticket_rows = mask[names[-1]]
         last.weight[ticket_rows] = (last.weight / output_scale[:, None].to(last.weight.dtype))[ticket_rows]
         last.bias.div_(output_scale.to(last.bias.dtype))
         output_scale = torch.ones_like(output_scale)
-    return PlantResult(host, Mask(mask), output_scale, neuron_map, all_scales, fallbacks)
+    return PlantResult(host, Mask(mask), output_scale, neuron_map, all_scales, fallbacks, Mask(bias_mask))
 
 
 def _best_fit(theta: torch.Tensor, m: torch.Tensor, distance: str) -> tuple[int, float, bool]:

@@ -1,65 +1,97 @@
 """Plant 'n' Seek's hand-made target networks (Fischer & Burkholz 2022), as ``TargetNetwork``s.
 
+They follow the authors' code (RelationalML/PlantNSeek, ``plant_lottery_tickets/tickets.py`` as
+called by ``Synaptic-Flow-Extended/Models/circler.py``); the differences are listed below.
 ``depth`` counts input and output layers (depth 5 = 4 weight matrices); every task supports any
-depth >= 3. All weights are float64; weights that are exactly zero are not in the ticket, so
+depth >= 3. All weights are float64 with shape (out, in) (the authors' are (in, out)); weights that
+are exactly zero are not in the ticket, so
 ``ticket_size(task, depth) = target_network(task, depth).num_weights(tol=1e-12)``.
+Figures below: noise-free, on 100,000 points x ~ U[-1, 1]^d (seed 0).
 
-ReLU
-    One path of weights 1 and biases 0: widths [1, 1, ..., 1], depth - 1 weights.
+Signed knot units (``knot_layer``, the authors' ``param_outer(xs, pm, fun)``)
+    Knots s_0 < ... < s_{n-1} (always a ``linspace``), signs p_j = +-1 with p_0 forced to +1;
+    hidden unit j = ReLU(p_j (u - s_j)). The next (linear) layer equals, for u >= s_0, the
+    piecewise-linear interpolant of ``fun`` at the nodes s_0, ..., s_{n-1} and the extra node
+    s_{n-1} + (s_1 - s_0), continued linearly beyond it: with the interpolant's slopes m_j, unit
+    j >= 1 gets the increment a_j = m_j - m_{j-1}; a negative unit is handled by
+    ReLU(z) = ReLU(-z) + z, and since unit 0 = u - s_0 for u >= s_0, unit 0 gets
+    m_0 + sum_{p_j = -1} a_j and the bias is fun(s_0) - sum_{p_j = -1} a_j (s_j - s_0).
+    ``alternating_signs(n, last)``: p = +1, -1, +1, ... (the authors' ``pm[1::2] = -1``), the
+    last sign optionally forced.
+
+ReLU (identical to the authors' ``lottery_relu(depth, "reg")``)
+    One path of weights 1 and biases 0: widths [1, 1, ..., 1], depth - 1 weights (4 at depth 5).
     The output is exactly max(0, x).
 
-Circle (the output is the 4 logits a_j * g_hat + c_j, a = (5, 10, 20, 40), c = (0, -1, -6, -20))
+Circle (the output is the 4 logits a_j * g_hat + c_j, a = (5, 10, 20, 40), c = (0, -1, -6, -20);
+g_hat approximates g = x1^2 + x2^2; K = 10 knots per component, as the authors' circler.py)
+    The authors' ``lottery_sphere(depth, [0.2, 0.5, 0.7], 10, "class")`` builds the same a and c
+    (its class_bound recursion gives c_j = c_{j-1} + (a_{j-1} - a_j) * bound_{j-1}); at depths 3, 4
+    and 5 our weights and biases equal theirs (transposed) to ~1e-13.
     depth 5, widths [2, 4, 2, 20, 4] (108 weights = 4 + 4 + 20 + 80):
       layer 1: ReLU(+x1), ReLU(-x1), ReLU(+x2), ReLU(-x2);
       layer 2: |x1|, |x2| (sum of the two ReLUs of each input);
-      layer 3: K = 10 knot units per component, ReLU(|x_i| - k/K), k = 0..K-1;
-      layer 4: g_hat = sum_i sum_k w_k ReLU(|x_i| - k/K) with w_0 = 1/K, w_k = 2/K (k >= 1): the
-               piecewise-linear interpolant of t^2 at the knots k/K (exact there), summed over i.
-    depth 3, widths [2, 20, 4] (100 weights = 20 + 80), knots on [-1, 1]: per input 10 one-weight
-      units, ReLU(x_i - b) and ReLU(-x_i - b) for b = 1/11, 3/11, 5/11, 7/11, 9/11. With outer
-      weights equal to the slope increments (slope b_m + b_{m+1} on [b_m, b_{m+1}]) and the
-      constant 2 * (1/11)^2 in the output bias, this is the piecewise-linear interpolant of x^2 at the nodes
-      +-1/11, +-3/11, ..., +-9/11, +-1 (11 segments of width h = 2/11 covering [-1, 1]; the middle
-      one, [-1/11, 1/11], is flat at 1/121). Documented choice: the interpolant overestimates x^2 by
-      up to h^2/4, so the output biases subtract a_j * h^2/4 (h^2/8 per component), which centres
-      the error in [-h^2/8, h^2/8]; without it the noise-free accuracy drops from ~0.99 to ~0.975.
-    depth 4, widths [2, 4, 20, 4] (124 weights = 4 + 40 + 80), documented choice: the depth-5
-      network with layer 2 folded into the knot layer (ReLU(r_i+ + r_i- - k/K), two weights per
-      knot unit); it computes exactly the same function as depth 5.
+      layer 3: per component, 10 knot units on |x_i| with knots linspace(0, 1, 10) (spacing 1/9)
+               and signs +, -, +, -, +, -, +, -, +, + (alternating, the last forced to +1);
+      layer 4: g_hat = sum over i of the interpolant of t^2 at the nodes j/9, j = 0..10, on |x_i|:
+               exact at the nodes, 0 <= g_hat - g <= 2 (1/9)^2 / 4.
+      Accuracy 0.9909.
+    depth 4, widths [2, 4, 20, 4] (124 weights = 4 + 40 + 80): the depth-5 network with layer 2
+      folded into the knot layer (ReLU(p_j (r_i+ + r_i- - s_j)), two weights per knot unit) and,
+      as the authors' depth-4 branch, the last sign -1 (signs strictly alternating); the same
+      function as depth 5. Accuracy 0.9909.
+    depth 3, widths [2, 20, 4] (100 weights = 20 + 80): per input x_i, 10 one-weight knot units
+      on x_i itself with knots linspace(-1, 1, 10) (spacing 2/9) and alternating signs (last -1),
+      i.e. the interpolant of x_i^2 at the nodes -1 + 2j/9 on [-1, 1] (the middle segment
+      [-1/9, 1/9] is flat at 1/81); 0 <= g_hat - g <= 2 (2/9)^2 / 4, not centred. Accuracy 0.9614.
     depth 5 + m (m >= 1): m mirroring layers between the |x| layer and the knot layer, widths
       [2, 4, 2, 3, ..., 3, 20, 4]. Mirror layer j reflects the point p (first |x1|, |x2|, then the
       folded point) about the axis at angle pi / 2^(j+1) (pi/4, pi/8, ...) when it lies above it:
       its neurons are p1, p2 (>= 0, so ReLU keeps them) and r = ReLU(n_j . p) with
       n_j = (-sin, cos) of that angle; the folded point p - 2 r n_j is read off linearly by the next
       layer (2 -> 3 neurons for the first mirror layer, 3 -> 3 after it). Reflections keep
-      |p|^2 = g, so the same knot layer (on the folded coordinates) and output layer follow.
+      |p|^2 = g, and the folded coordinates are >= 0, so the depth-5 knot layer (knots
+      linspace(0, 1, 10), last sign +1; valid for any coordinate >= 0, which covers the folded
+      coordinates up to sqrt(2)) and output layer follow, reading the folded point.
+      Ticket 132 weights at depth 6 (4 + 4 + 4 + 40 + 80), 160 at depth 10; accuracy 0.9909 at
+      depth 6, 0.9914 at depth 7, 0.9924 at depth 10.
+      This differs from the authors' depth > 5 branch, which folds by projecting onto
+      v = (cos phi, sin phi) and |v_perp . p| and uses nk knots on [0, sqrt(2)] for the first and
+      nko knots on [0, sin(phi) sqrt(0.7) + 0.01] for the second (nk + nko = 20): 119 / 153
+      ticket weights and accuracy 0.9879 / 0.9980 at depth 6 / 10 (0.9869 at depth 7).
 
-Helix (outputs (t cos t, t sin t, t) / (8 pi), t = 5 pi + 3 pi x)
+Helix (outputs (t cos t, t sin t, t) / (8 pi), t = 5 pi + 3 pi x; N = 30 knots, as the authors'
+circler.py; the authors' ``lottery_helix_wide(fun_ex1, fun_ex2, fun_ex3, depth, 30)``)
     depth 5, widths [1, 1, 30, 3, 3]:
       layer 1: u = x + 1 (in [0, 2], so the ReLU is the identity);
-      layer 2: N = 30 knot units ReLU(p_j (u - s_j)), s_j = 2j/N, alternating signs p_j = +1, -1, ...;
-      layer 3: the 3 outputs as the piecewise-linear interpolants F_k of the helix at the nodes
-               2j/N, j = 0..N, plus B = 1 (all three components exceed -1, so the ReLU passes
-               them unchanged): with slopes m_j, outer weights a_0 = m_0, a_j = m_j - m_{j-1};
-               a negative unit ReLU(s_j - u) = ReLU(u - s_j) - (u - s_j), so unit 0 (= u) takes
-               weight a_0 + sum_{p_j = -1} a_j and the bias absorbs + sum_{p_j = -1} a_j s_j;
+      layer 2: 30 knot units on u, knots linspace(0, 2, 30) (spacing 2/29), alternating signs
+               +, -, +, ..., - ;
+      layer 3: the 3 outputs as the interpolants of the helix at the nodes 2j/29, j = 0..30, plus
+               B = 1 (all three components exceed -1, so the ReLU passes them unchanged);
       layer 4: identity 3 -> 3, bias -B (linear output).
-    The third output is linear in x: its slope increments vanish analytically and are set to exactly
-    0, so it uses one weight (the paper's code keeps ~25 float-noise weights there).
-    Ticket: 1 + 30 + (30 + 30 + 1) + 3 = 95 weights. The paper's 120 = 1 + 30 + (30 + 30 + 26) + 3
-      counts 26 nonzero entries in the third output's row, i.e. 25 float-noise weights more.
-    depth 3, widths [1, 30, 3]: the same knot units directly on x in [-1, 1] (s_j = -1 + 2j/N) and
-      a linear output layer: 30 + (30 + 30 + 1) = 91 weights (the paper's 115 = 30 + 30 + 30 + 25:
-      24 float-noise weights more in the third output's row).
-    Noise-free MSE (mean over the 3 outputs, x ~ U[-1, 1]) ~1.9e-4 at every depth; the paper's
-      planted Helix MSE ~3.2e-4 is measured on noisy data (+1e-4 noise variance).
-    depth 4, widths [1, 1, 30, 3] (documented choice): depth 5 without the +B / identity layer,
-      1 + 30 + 61 = 92 weights.
-    depth 5 + m: m more identity layers 3 -> 3 (no bias) between the +B layer and the output.
+    The third output is linear in x: its slope increments vanish analytically, and ours are set to
+    exactly 0 (increments below 1e-9 times the output's largest slope), so that row uses one weight;
+    the authors' code keeps them as float noise (|w| ~ 3e-15), nonzero weights of their ticket.
+    Otherwise our weights and biases equal theirs (transposed) to ~1e-13 at every depth.
+    Ticket: 1 + 30 + (30 + 30 + 1) + 3 = 95 weights. The paper's / authors' 120
+      = 1 + 30 + (30 + 30 + 26) + 3 counts 26 nonzero entries in the third output's row, i.e. 25
+      float-noise weights more.
+    depth 3, widths [1, 30, 3]: the same knot units directly on x, knots linspace(-1, 1, 30):
+      30 + (30 + 30 + 1) = 91 weights (the authors' 115: 24 float-noise weights more).
+    depth 4, widths [1, 1, 30, 3]: depth 5 without the +B / identity layer, 1 + 30 + 61 = 92
+      weights (the authors' 117).
+    depth 5 + m: m more identity layers 3 -> 3 (bias 0) between the +B layer and the output
+      (the authors' depth > 4 branch: +1 on the knot-output bias, depth - 4 identity layers, the
+      last with bias -1): 95 + 3m weights (98 at depth 6, 110 at depth 10; the authors' + 25).
+    Every depth computes the same function: the max abs error to ``helix_function`` on [-1, 1]
+      is 0.0487 (the bound h^2/8 max|f''| with h = 2/29 is 0.053); MSE (mean over the 3 outputs)
+      2.15e-4 (3.20e-4 and 3.25e-4 for the first two outputs, 0 for the third); the paper's
+      ~2.2e-4 approximation error.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -72,10 +104,9 @@ from ticketlab.planting.tasks import (
     helix_function,
 )
 
-CIRCLE_KNOTS = 10       # K: knots per component on [0, 1] (depth >= 4)
-CIRCLE_DEPTH3_UNITS = 10  # units per input on [-1, 1] at depth 3
-HELIX_KNOTS = 30        # N
-HELIX_SHIFT = 1.0       # B: makes the helix outputs nonnegative so ReLU passes them
+CIRCLE_KNOTS = 10   # K: knots per component (the authors' circler.py: K = 10)
+HELIX_KNOTS = 30    # N: knots (the authors' circler.py: 30)
+HELIX_SHIFT = 1.0   # B: makes the helix outputs nonnegative so ReLU passes them
 _DT = torch.float64
 
 
@@ -103,6 +134,47 @@ def ticket_size(task: str, depth: int = 5) -> int:
     return target_network(task, depth).num_weights(tol=1e-12)
 
 
+# ----------------------------------------------------------------------------- signed knot units
+def alternating_signs(n: int, last: float | None = None) -> Tensor:
+    """p_j = +1, -1, +1, ... (the authors' ``pm[1::2] = -1``), optionally with p_{n-1} = ``last``."""
+    signs = torch.ones(n, dtype=_DT)
+    signs[1::2] = -1.0
+    if last is not None:
+        signs[-1] = last
+    return signs
+
+
+def knot_layer(knots: Tensor, signs: Tensor, fun: Callable[[Tensor], Tensor],
+               drop_noise: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Signed knot units and the linear layer reading them (the authors' ``param_outer``).
+
+    Hidden unit j is ReLU(p_j (u - s_j)) (returned as its input weight p_j and bias -p_j s_j);
+    the outer layer (weights (k, n), bias (k,)) equals, for u >= s_0, the piecewise-linear
+    interpolant of ``fun`` ((m,) -> (m, k)) at the nodes s_0 < ... < s_{n-1} plus one extra node
+    s_{n-1} + (s_1 - s_0), continued linearly beyond it. p_0 is forced to +1. With slopes m_j of the
+    interpolant, unit j >= 1 gets the slope increment a_j = m_j - m_{j-1}; a negative unit uses
+    ReLU(z) = ReLU(-z) + z, and since unit 0 = u - s_0 for u >= s_0, unit 0 gets m_0 + sum_{p_j<0} a_j
+    and the bias f(s_0) - sum_{p_j<0} a_j (s_j - s_0). ``drop_noise`` sets increments below 1e-9
+    times the largest slope of their output to exactly 0 (float noise of linear outputs).
+    """
+    s = knots.to(_DT)
+    signs = signs.to(_DT).clone()
+    signs[0] = 1.0
+    nodes = torch.cat([s, s[-1:] + (s[1] - s[0])])
+    values = fun(nodes)
+    if values.dim() == 1:
+        values = values[:, None]
+    slopes = (values[1:] - values[:-1]) / (nodes[1:] - nodes[:-1])[:, None]  # (n, k)
+    inc = slopes[1:] - slopes[:-1]                                             # a_1..a_{n-1}
+    if drop_noise:
+        scale = slopes.abs().max(dim=0).values
+        inc[inc.abs() <= 1e-9 * scale] = 0.0
+    neg = signs[1:] < 0
+    w_out = torch.cat([(slopes[0] + inc[neg].sum(dim=0))[None, :], inc], dim=0).T.contiguous()
+    b_out = values[0] - (inc[neg] * (s[1:][neg] - s[0])[:, None]).sum(dim=0)
+    return signs, -signs * s, w_out, b_out
+
+
 # ----------------------------------------------------------------------------------------- ReLU
 def _relu_target(depth: int) -> TargetNetwork:
     return TargetNetwork(weights=[_t([[1.0]]) for _ in range(depth - 1)],
@@ -110,25 +182,27 @@ def _relu_target(depth: int) -> TargetNetwork:
 
 
 # --------------------------------------------------------------------------------------- Circle
-def _circle_output(hidden_weights: Tensor, shift: float = 0.0) -> tuple[Tensor, Tensor]:
-    """Output layer a_j * (sum of knot units weighted by hidden_weights) + c_j - a_j * shift."""
+def _square(t: Tensor) -> Tensor:
+    return t * t
+
+
+def _circle_output(outer: Tensor, const: Tensor) -> tuple[Tensor, Tensor]:
+    """Output layer a_j * (outer . units + const) + c_j (outer: (units,), const: scalar)."""
     a = _t(CIRCLE_SLOPES)
     c = _t(CIRCLE_OFFSETS)
-    return a[:, None] * hidden_weights[None, :], c - a * shift
-
-
-def _circle_knot_weights(k: int) -> Tensor:
-    """Outer weights of ReLU(t - i/k), i = 0..k-1, interpolating t^2 at the knots i/k on [0, 1]:
-    slope on [i/k, (i+1)/k] is (2i+1)/k, so the increments are 1/k, then 2/k."""
-    w = torch.full((k,), 2.0 / k, dtype=_DT)
-    w[0] = 1.0 / k
-    return w
+    return a[:, None] * outer[None, :], a * const + c
 
 
 def _circle_target(depth: int) -> TargetNetwork:
-    if depth == 3:
-        return _circle_depth3()
     k = CIRCLE_KNOTS
+    if depth == 3:
+        w_in, b_in, w_o, b_o = knot_layer(torch.linspace(-1.0, 1.0, k, dtype=_DT),
+                                          alternating_signs(k, last=-1.0), _square)
+        hidden = torch.zeros(2 * k, 2, dtype=_DT)
+        hidden[:k, 0] = w_in
+        hidden[k:, 1] = w_in
+        w_out, b_out = _circle_output(w_o[0].repeat(2), 2 * b_o[0])
+        return TargetNetwork(weights=[hidden, w_out], biases=[b_in.repeat(2), b_out])
     weights: list[Tensor] = []
     biases: list[Tensor] = []
     # layer 1: ReLU(+x1), ReLU(-x1), ReLU(+x2), ReLU(-x2)
@@ -145,84 +219,36 @@ def _circle_target(depth: int) -> TargetNetwork:
             weights.append(torch.cat([readout, (normal @ readout)[None, :]], dim=0))
             biases.append(torch.zeros(3, dtype=_DT))
             readout = torch.cat([torch.eye(2, dtype=_DT), (-2.0 * normal)[:, None]], dim=1)
-    # knot layer: ReLU(p_i - m/K) for i = 1, 2 and m = 0..K-1 (component-major)
-    knots = torch.arange(k, dtype=_DT) / k
-    weights.append(readout.repeat_interleave(k, dim=0))
-    biases.append(-knots.repeat(2))
-    w_out, b_out = _circle_output(_circle_knot_weights(k).repeat(2))
+    # knot layer on the two (folded) coordinates, component-major
+    last = -1.0 if depth == 4 else 1.0
+    w_in, b_in, w_o, b_o = knot_layer(torch.linspace(0.0, 1.0, k, dtype=_DT),
+                                      alternating_signs(k, last=last), _square)
+    weights.append(readout.repeat_interleave(k, dim=0) * w_in.repeat(2)[:, None])
+    biases.append(b_in.repeat(2))
+    w_out, b_out = _circle_output(w_o[0].repeat(2), 2 * b_o[0])
     weights.append(w_out)
     biases.append(b_out)
     return TargetNetwork(weights=weights, biases=biases)
 
 
-def _circle_depth3() -> TargetNetwork:
-    units = CIRCLE_DEPTH3_UNITS
-    half = units // 2
-    segments = 2 * half + 1
-    h = 2.0 / segments
-    b = (2 * torch.arange(half, dtype=_DT) + 1) / segments  # 1/11, 3/11, ..., 9/11
-    # slope of the interpolant of t^2 on [b_m, b_{m+1}] is b_m + b_{m+1} (last node is 1)
-    nodes = torch.cat([b, _t([1.0])])
-    slopes = nodes[:-1] + nodes[1:]
-    inc = torch.cat([slopes[:1], slopes[1:] - slopes[:-1]])  # outer weights of ReLU(t - b_m)
-    rows, bias, outer = [], [], []
-    for i in range(2):
-        for sign in (1.0, -1.0):
-            for m in range(half):
-                row = [0.0, 0.0]
-                row[i] = sign
-                rows.append(row)
-                bias.append(-float(b[m]))
-                outer.append(float(inc[m]))
-    w_hidden, b_hidden = _t(rows), _t(bias)
-    # the interpolant equals b_0^2 on [-b_0, b_0]: the constant goes into the output bias, and the
-    # centring shift h^2/8 per component (2 components) is subtracted as documented
-    const = 2 * float(b[0]) ** 2
-    a = _t(CIRCLE_SLOPES)
-    w_out, b_out = _circle_output(_t(outer), shift=2 * h * h / 8)
-    b_out = b_out + a * const
-    return TargetNetwork(weights=[w_hidden, w_out], biases=[b_hidden, b_out])
-
-
 # ---------------------------------------------------------------------------------------- Helix
-def _helix_knot_layers(lo: float, hi: float, shift: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Knot units ReLU(p_j (v - s_j)) on v in [lo, hi] and the output layer computing the helix
-    interpolants F(v) + shift, with F evaluated at x = v - lo - 1 (so v = x + lo + 1)."""
-    n = HELIX_KNOTS
-    step = (hi - lo) / n
-    nodes = lo + step * torch.arange(n + 1, dtype=_DT)
-    values = helix_function((nodes - lo - 1.0)[:, None])  # (n + 1, 3)
-    slopes = (values[1:] - values[:-1]) / step               # (n, 3)
-    inc = torch.cat([slopes[:1], slopes[1:] - slopes[:-1]], dim=0)  # a_j, (n, 3)
-    scale = slopes.abs().max(dim=0).values.clamp(min=1.0)
-    inc[inc.abs() < 1e-9 * scale] = 0.0  # float noise of exactly linear components (the t output)
-    s = nodes[:-1]
-    sign = torch.ones(n, dtype=_DT)
-    sign[1::2] = -1.0
-    w_hidden = sign[:, None]
-    b_hidden = -sign * s
-    neg = sign < 0
-    w_out = inc.T.clone()  # (3, n)
-    w_out[:, 0] = inc[0] + inc[neg].sum(dim=0)
-    b_out = values[0] + shift - (inc[neg] * (s[neg] - lo)[:, None]).sum(dim=0)
-    w_out[w_out.abs() < 1e-12] = 0.0
-    return w_hidden, b_hidden, w_out, b_out
-
-
 def _helix_target(depth: int) -> TargetNetwork:
+    n = HELIX_KNOTS
+    signs = alternating_signs(n)
     if depth == 3:
-        w1, b1, w2, b2 = _helix_knot_layers(-1.0, 1.0, 0.0)
-        return TargetNetwork(weights=[w1, w2], biases=[b1, b2])
-    weights = [_t([[1.0]])]
-    biases = [_t([1.0])]  # u = x + 1 in [0, 2]
-    shift = HELIX_SHIFT if depth >= 5 else 0.0
-    w1, b1, w2, b2 = _helix_knot_layers(0.0, 2.0, shift)
-    weights += [w1, w2]
-    biases += [b1, b2]
-    for _ in range(depth - 5):
-        weights.append(torch.eye(3, dtype=_DT))
-        biases.append(torch.zeros(3, dtype=_DT))
+        w_in, b_in, w_out, b_out = knot_layer(torch.linspace(-1.0, 1.0, n, dtype=_DT), signs,
+                                              lambda v: helix_function(v[:, None]), drop_noise=True)
+        return TargetNetwork(weights=[w_in[:, None], w_out], biases=[b_in, b_out])
+    # layer 1: u = x + 1 in [0, 2] (ReLU is the identity there)
+    w_in, b_in, w_out, b_out = knot_layer(torch.linspace(0.0, 2.0, n, dtype=_DT), signs,
+                                          lambda v: helix_function((v - 1.0)[:, None]), drop_noise=True)
+    weights = [_t([[1.0]]), w_in[:, None], w_out]
+    biases = [_t([1.0]), b_in, b_out]
     if depth >= 5:
+        biases[-1] = b_out + HELIX_SHIFT
+        for _ in range(depth - 5):
+            weights.append(torch.eye(3, dtype=_DT))
+            biases.append(torch.zeros(3, dtype=_DT))
         weights.append(torch.eye(3, dtype=_DT))
         biases.append(torch.full((3,), -HELIX_SHIFT, dtype=_DT))
     return TargetNetwork(weights=weights, biases=biases)

@@ -64,7 +64,7 @@ def round_targets(mask: Mask, schedule: Iterative, distribution: str, k: int) ->
         # An already-pruned mask: intermediate rounds never ask for more than it still keeps.
         return {names: target if last else min(target, mask.num_kept)}
     shapes = shapes_of(mask)
-    final = layer_counts(distribution, shapes, schedule.density)
+    final = _within_kept(layer_counts(distribution, shapes, schedule.density), mask)
     if last:
         return {(n,): final[n] for n in names}
     fractional = layer_densities(distribution, shapes, schedule.density)
@@ -73,6 +73,29 @@ def round_targets(mask: Mask, schedule: Iterative, distribution: str, k: int) ->
         size = math.prod(shapes[n])
         layer_target = round(size * schedule.with_density(fractional[n]).density_at(k))
         out[(n,)] = max(final[n], min(int(mask[n].sum()), layer_target))
+    return out
+
+
+def _within_kept(counts: dict[str, int], mask: Mask) -> dict[str, int]:
+    """``counts`` with no layer asked for more than ``mask`` still keeps there, the total unchanged.
+
+    A layer-wise distribution's counts at a lower density can exceed what an already-pruned mask
+    keeps in a small layer (rounding: a 1-entry bias gets 0 at one density and 1 at a lower one).
+    The excess goes, one entry at a time, to the layers with the most unpruned entries to spare
+    (ties by layer order), so the kept total stays exact; nothing changes when every count fits.
+    """
+    kept = {n: int(mask[n].sum()) for n in counts}
+    excess = sum(max(0, c - kept[n]) for n, c in counts.items())
+    if not excess:
+        return counts
+    out = {n: min(c, kept[n]) for n, c in counts.items()}
+    spare = sum(kept[n] - out[n] for n in out)
+    if spare < excess:
+        return counts  # not enough left anywhere: keep_top reports it
+    while excess:
+        n = max(out, key=lambda name: kept[name] - out[name])
+        out[n] += 1
+        excess -= 1
     return out
 
 
