@@ -184,6 +184,49 @@ def cmd_plant(args: argparse.Namespace) -> int:
     return 0
 
 
+_ARM_FIELDS = ("optimizer", "lr", "momentum")
+LR_CONTRAST_BASE = {**DEMO, "baselines": ("reinit",)}  # the demo's digits MLP; only the re-init baseline is compared
+
+
+def cmd_lr_contrast(args: argparse.Namespace) -> int:
+    """Rethinking's contrast: the same IMP with a small and a large learning rate, over seeds."""
+    from .atomic import atomic_write_text
+    from .experiments.lr_contrast import contrast_rows, contrast_table, plot_contrast, run_lr_contrast
+    from .store import Store
+    from .training import resolve_device
+
+    given = [f"--{name}" for name in _ARM_FIELDS if getattr(args, name, None) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} would be overridden by the arms; set them per arm with "
+                          "--small-optimizer/--small-lr/--small-momentum and --large-optimizer/--large-lr/--large-momentum")
+    if getattr(args, "seed", None) is not None:
+        raise ConfigError("--seed would be overridden: the contrast runs seeds 0 .. N-1 of --seeds N")
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    arms = {arm: {"optimizer": getattr(args, f"{arm}_optimizer"), "lr": getattr(args, f"{arm}_lr"),
+                  "momentum": getattr(args, f"{arm}_momentum")} for arm in ("small", "large")}
+    # the demo's digits MLP is the default only without a preset: a preset names its own data and model
+    layers = {"baselines": ("reinit",)} if args.preset else dict(LR_CONTRAST_BASE)
+    base = config_from_args(args, EXPERIMENTS["imp"], base=layers)
+    _set_threads(args)
+    resolve_device(args.device)
+    store = Store(args.runs_dir)
+    started = time.time()
+    runs = run_lr_contrast(base, range(args.seeds), store, arms=arms, device=args.device,
+                           progress=not args.no_progress)
+    rows = contrast_rows(store, runs)
+    digest = config_hash(base)[:8]
+    out = Path(args.out) if args.out else store.root / "reports" / f"lr-contrast-{digest}-{args.seeds}seeds"
+    plot = plot_contrast(rows, out / "report.png")
+    runs_text = ", ".join(f"{arm}/seed {seed}: {h[:12]}" for arm, seed, h in runs)
+    text = (f"## learning-rate contrast (Rethinking the value of network pruning)\n\n{contrast_table(rows, arms)}\n\n"
+            f"IMP runs: {runs_text}.\n")
+    atomic_write_text(out / "report.md", text)
+    print(text)
+    print(f"finished in {time.time() - started:.1f} s; plot {plot}; table {out / 'report.md'}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .store import Store
 
@@ -334,6 +377,28 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: RUNS_DIR/reports/plant, i.e. runs/reports/plant)")
     g.add_argument("--no-progress", action="store_true", help="no line per finished cell (default: one line each)")
     p.set_defaults(func=cmd_plant)
+
+    p = sub.add_parser("lr-contrast", help="Rethinking's contrast: IMP at a small and a large learning rate, ticket vs. "
+                                           "random re-init at every level, over seeds",
+                       description="The same IMP run with two optimiser settings (arms), each over --seeds seeds, with "
+                                   "the random re-init baseline at every level; the report gives ticket minus re-init "
+                                   "accuracy per arm and level. Each (arm, seed) is an ordinary imp run in the store. "
+                                   "Defaults: the demo's digits MLP (without --preset); --preset lenet_mnist for the paper's LeNet.")
+    groups = {"data and model": p.add_argument_group("data and model")}
+    groups["data and model"].add_argument("--preset", choices=sorted(PRESETS),
+                                          help="paper settings to start from; flags given override them")
+    flags.add_options(p, flags.options(EXPERIMENTS["imp"].config_cls, "pruning"), LR_CONTRAST_BASE, groups)
+    g = p.add_argument_group("arms (each replaces --optimizer, --lr and --momentum)")
+    for arm, (opt, lr, momentum) in {"small": ("adam", 1.2e-3, 0.0), "large": ("sgd", 0.1, 0.9)}.items():
+        g.add_argument(f"--{arm}-optimizer", default=opt, choices=("sgd", "adam", "adamw"),
+                       help=f"optimiser of the {arm}-learning-rate arm (default: {opt})")
+        g.add_argument(f"--{arm}-lr", type=float, default=lr, help=f"its learning rate (default: {lr:g})")
+        g.add_argument(f"--{arm}-momentum", type=float, default=momentum, help=f"its SGD momentum (default: {momentum:g})")
+    g.add_argument("--seeds", type=int, default=3, help="repetitions per arm, seeds 0 .. N-1 (default: 3)")
+    g.add_argument("--out", help="folder for report.md and report.png (default: RUNS_DIR/reports/lr-contrast-<config "
+                                 "digest>-<N>seeds)")
+    _add_run_options(p, threads=1)
+    p.set_defaults(func=cmd_lr_contrast)
 
     p = sub.add_parser("ls", help="list runs in the store")
     p.add_argument("filters", nargs="*", metavar="KEY=VALUE", help="e.g. dataset=mnist reset=rewind status=complete")
