@@ -271,6 +271,25 @@ def test_ls_filter_without_equals_is_one_clear_line(tmp_path, capsys, bad):
     assert "dictionary update sequence" not in err
 
 
+def test_ls_filter_on_a_key_no_run_has_is_an_error_not_an_empty_list(tmp_path, capsys):
+    from ticketlab.config import DataConfig, IMPConfig, ModelConfig, TrainConfig
+    from ticketlab.experiments.imp import run_imp
+    from ticketlab.store import Store
+
+    cfg = IMPConfig(data=DataConfig(name="synthetic_mlp", val_size=16, options={"n_train": 64, "n_test": 16, "dim": 4}),
+                    model=ModelConfig(name="mlp", options={"hidden": [8]}),
+                    train=TrainConfig(batch_size=32, steps="1ep", eval_every="1ep"), levels=0, baselines=())
+    run_imp(cfg, Store(tmp_path), progress=False, log=lambda text: None)
+    assert main(["ls", "datset=synthetic_mlp", "--runs-dir", str(tmp_path)]) == 2  # typo: one clear line
+    err = capsys.readouterr().err
+    assert "no run in this store has 'datset'" in err and "dataset" in err and err.count("\n") == 1
+    for good in (["dataset=synthetic_mlp"], ["train.lr=0.0012"], ["lr=0.0012"], ["hidden=[8]"]):
+        assert main(["ls", *good, "--runs-dir", str(tmp_path)]) == 0, good
+        assert cfg.data.name in capsys.readouterr().out, good
+    assert main(["ls", "lr=0.5", "--runs-dir", str(tmp_path)]) == 0  # a known key with no match: empty, no error
+    assert "no runs under" in capsys.readouterr().out
+
+
 def test_a_new_procedure_is_a_config_and_one_record(monkeypatch, tmp_path, capsys):
     """No line of cli.py: the record's config fields become the command's flags, help and defaults."""
     @dataclass(frozen=True)

@@ -334,6 +334,7 @@ class Store:
             row["summary"] = json.loads(row["summary"]) if row.get("summary") else {}
             if row.get("status") == "running" and not self.is_being_written(row["hash"]):
                 row["status"] = "interrupted"
+        _check_filter_keys(rows, filters)
         return [r for r in rows if all(_matches(r, k, v) for k, v in filters.items())]
 
     def upgrade(self) -> dict[str, dict[str, Any]]:
@@ -429,6 +430,23 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def _check_filter_keys(rows: list[dict[str, Any]], filters: dict[str, str]) -> None:
+    """A filter key that no run has (a typo: ``datset=mnist``) is an error, not an empty list."""
+    if not rows or not filters:
+        return
+    columns = {k for k in rows[0] if k not in ("config", "summary")}
+    keys: set[str] = set()
+    for row in rows:
+        for name in _flatten(row["config"]):
+            parts = name.split(".")
+            keys.update(".".join(parts[i:]) for i in range(len(parts)))
+    unknown = [k for k in filters if k not in columns and k not in keys]
+    if unknown:
+        known = sorted(columns | {k for k in keys if "." not in k})
+        raise StoreError(f"no run in this store has {', '.join(repr(k) for k in unknown)}; filter by one of: "
+                         f"{', '.join(known)} (or a dotted config path such as train.lr)")
 
 
 def _matches(row: dict[str, Any], key: str, value: str) -> bool:
