@@ -48,7 +48,7 @@ def config_from_args(args: argparse.Namespace, experiment: Experiment | None = N
     opts = flags.options(e.config_cls, e.group)
     values = flags.values(opts, args, layers)
     if e.finish is not None:
-        e.finish(values)
+        e.finish(values, frozenset(o.dest for o in opts if getattr(args, o.dest, None) is not None))
     return flags.build(e.config_cls, opts, values)
 
 

@@ -31,18 +31,23 @@ class Experiment:
     report: Callable[..., Any]          # report(runs, plot_path) -> (markdown, [png paths])
     group: str                          # --help section of the procedure's own options
     base: Mapping[str, Any] = field(default_factory=dict)  # defaults over the config's (the demo's)
-    finish: Callable[[dict[str, Any]], None] | None = None  # rules across options, on {dest: value}
+    finish: Callable[[dict[str, Any], frozenset[str]], None] | None = None  # rules across options, on
+    # {dest: value} and the dests given on the command line
     threads: int | None = None          # default --threads
     intro: str = ""                     # printed before the run starts
 
 
-def _imp_finish(values: dict[str, Any]) -> None:
-    """--no-prune-output: the output layer stays dense, so an output rate (a preset's) is dropped."""
+def _imp_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
+    """--no-prune-output: the output layer stays dense, so a preset's output rate is dropped; an
+    --output-rate given on the command line with it is refused (it would be silently ignored)."""
     if values.get("include_output") is False:
+        if "output_rate" in given and values.get("output_rate") is not None:
+            raise ConfigError("--output-rate prunes the output layer, which --no-prune-output keeps dense; "
+                              "give one of them")
         values["output_rate"] = None
 
 
-def _sparse_finish(values: dict[str, Any]) -> None:
+def _sparse_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
     """Dense training keeps every weight; the other methods need a density."""
     if "density" not in values:
         if values["method"] != "dense":
