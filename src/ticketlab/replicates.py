@@ -1,0 +1,653 @@
+"""Replicates: K trainings of one architecture run as one batched model.
+
+Small networks (the planted-ticket MLPs, LeNet-300-100) spend most of a training step in Python and
+kernel launches, not in arithmetic. Training K of them at once, as one model whose weights carry a
+leading replicate axis (K, out, in), pays that overhead once per step instead of K times
+(``benchmarks/replicates.py``, ``docs/replicates.md``).
+
+Each replicate keeps everything a solo ``Trainer`` run would have:
+
+- its own initial weights (``stack(models)`` stacks K modules of one architecture);
+- its own ``Mask`` (pruned entries exactly 0 after every step: one in-place multiply of the stack's
+  buffer by the stacked masks, the Trainer's fused multiply for all replicates at once);
+- its own data order: replicate k draws, at every step, exactly the batch indices a solo
+  ``Trainer(seed=seeds[k])`` draws (the same per-epoch seeded permutation, the same slices), from
+  one data set shared by all replicates or from its own (``data`` as a list, one per replicate);
+- its own optimiser state: Adam and SGD (momentum, Nesterov, weight decay) are element-wise, so one
+  optimiser over the stack's flat (K, P) buffer keeps each replicate's moments in its own row. The
+  LR and its schedule (``TrainConfig``) are shared by all replicates.
+
+The loss minimised is the sum over replicates of each replicate's mean loss, so the gradient of
+replicate k's slice is exactly the gradient of its own loss. Each replicate's result does not
+depend on what else is in the stack: its final weights are bit-identical in a stack of 1, 4 or 8
+(``tests/test_replicates.py``; MLPs, both engines). Against a solo ``Trainer`` they agree to
+rounding only (fused optimiser kernels treat a tensor's last elements apart, and a batched matmul
+may sum in another order than ``mm``; see ``docs/replicates.md``).
+
+A replicate whose training loss (checked every step) or evaluation loss becomes NaN or infinite is
+removed from the stack with its optimiser state, and reported in its record (``diverged``); the
+others go on, with exactly the weights they would have had without it.
+
+Two engines compute the stacked forward pass:
+
+- ``"bmm"`` (the default for MLPs: stacks of ``nn.Linear`` with ReLU between and a linear output, what
+  ``build_model("mlp", ...)`` and ``planting.host_network`` build): ``torch.baddbmm`` per layer;
+- ``"vmap"``: ``torch.func.vmap`` over ``torch.func.functional_call`` of the original module, which
+  works for any architecture without buffers (conv nets too; there a replicate is independent of
+  its neighbours only to rounding: K convolutions become one grouped convolution) but costs more
+  per step on small networks (measured in ``docs/replicates.md``).
+
+Example::
+
+    records = train_stacked(models, masks, data, TrainConfig(optimizer="adam", lr=1e-3, batch_size=32,
+                            steps="10ep"), seeds=range(len(models)), loss=F.mse_loss)
+    records[3].model           # replicate 3's trained model (an nn.Module like the one given)
+    records[3].history.records  # its evaluations, as a Trainer's History
+    records[3].diverged        # None, or why it was dropped
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import ArrayData, DataSplits
+from .masks import Mask, MaskError
+from .models.mlp import MLP
+from .steps import to_iterations
+from .training import (History, Loss, Metric, OptimizerFactory, _batch_generator, _finite, default_device,
+                       default_metrics, lr_factor)
+
+__all__ = ["ALIGN", "ENGINES", "BatchOrder", "ReplicateRecord", "Stack", "StackError", "stack", "stack_optimizer",
+           "train_stacked"]
+
+ENGINES = ("auto", "bmm", "vmap")
+
+
+class StackError(ValueError):
+    """Models that cannot be stacked (different architectures, buffers) or arguments that do not fit."""
+
+
+# --- the stacked model ------------------------------------------------------------------------------
+def _mlp_layers(model: nn.Module) -> list[tuple[str, str | None]] | None:
+    """(weight name, bias name or None) of each Linear of an MLP in forward order, or None when the
+    model is not a plain ReLU MLP (Linear, ReLU, ..., Linear; a leading Flatten allowed)."""
+    if isinstance(model, MLP):
+        seq, prefix, tail = list(model.hidden.named_children()), "hidden.", [("fc", model.fc)]
+    elif isinstance(model, nn.Sequential):
+        seq, prefix, tail = list(model.named_children()), "", []
+        if seq and isinstance(seq[0][1], nn.Flatten):
+            seq = seq[1:]
+    else:
+        return None
+    mods = [(prefix + n, m) for n, m in seq] + tail
+    linears = mods[0::2]
+    relus = mods[1::2]
+    if not linears or not all(isinstance(m, nn.Linear) for _, m in linears):
+        return None
+    if len(relus) != len(linears) - 1 or not all(type(m) is nn.ReLU for _, m in relus):
+        return None
+    return [(f"{n}.weight", f"{n}.bias" if m.bias is not None else None) for n, m in linears]
+
+
+ALIGN = 64  # elements: every replicate's row of the flat buffer is a multiple of this long
+
+
+class Stack:
+    """K replicates of one architecture in one flat buffer ``flat`` of shape (K, P).
+
+    Row k holds replicate k's parameters one after the other, padded with zeros to a multiple of
+    ``ALIGN`` elements; ``params[name]`` is a (K, *shape) view into it (a leaf that requires grad,
+    used by the forward pass). One buffer lets the optimiser step and the mask multiply run as one
+    kernel each over all parameters of all replicates, and the padding keeps every element away
+    from the scalar tail of a vectorised kernel, so an element's update does not depend on where
+    its replicate lies (``stack_optimizer``).
+
+    ``stack(models)`` builds one; ``forward(x)`` maps inputs (K, B, *sample) to outputs (K, B, out)
+    (``shared=True``: one input (B, *sample) for all replicates); ``unstack()`` gives the K models
+    back.
+    """
+
+    def __init__(self, template: nn.Module, flat: torch.Tensor, layout: list[tuple[str, tuple[int, ...], int]],
+                 engine: str):
+        self.template = template
+        self.flat = flat
+        self.layout = layout  # (name, shape, offset in the row)
+        self.engine = engine
+        self.grad = torch.zeros_like(flat)
+        self.params: dict[str, torch.Tensor] = {}
+        self._grad_views: list[torch.Tensor] = []
+        k = flat.shape[0]
+        for name, shape, offset in layout:
+            n = math.prod(shape)
+            self.params[name] = flat.detach()[:, offset:offset + n].view(k, *shape).requires_grad_(True)
+            self._grad_views.append(self.grad[:, offset:offset + n].view(k, *shape))
+        self._saved: tuple | None = None  # train_forward's activations, for train_backward
+        self._layers = _mlp_layers(template) if engine == "bmm" else None
+        if engine == "bmm" and self._layers is None:
+            raise StackError(f"engine 'bmm' needs a ReLU MLP (Linear, ReLU, ..., Linear); "
+                             f"{type(template).__name__} is not one: use engine='vmap'")
+
+    def __len__(self) -> int:
+        return self.flat.shape[0]
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The per-parameter views (leaves of the forward pass)."""
+        return list(self.params.values())
+
+    @property
+    def device(self) -> torch.device:
+        return self.flat.device
+
+    def to(self, device: torch.device | str) -> "Stack":
+        """This stack on ``device`` (a new buffer; the optimiser must be built afterwards)."""
+        return Stack(self.template, self.flat.detach().to(device), self.layout, self.engine)
+
+    def select(self, indices: Sequence[int]) -> "Stack":
+        """A new stack of the replicates at ``indices`` (a copy)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long, device=self.device)
+        return Stack(self.template, self.flat.detach().index_select(0, idx), self.layout, self.engine)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Gradients of ``loss`` (built by ``forward``) into ``self.grad``, the flat buffer's gradient."""
+        grads = torch.autograd.grad(loss, self.parameters(), allow_unused=True)
+        present = [(view, g) for view, g in zip(self._grad_views, grads) if g is not None]
+        if len(present) < len(self._grad_views):
+            self.grad.zero_()
+        if present:
+            torch._foreach_copy_([v for v, _ in present], [g for _, g in present])
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The outputs (K, B, out) for a training step, as a leaf that requires grad; then
+        ``train_backward(out, loss)`` writes the parameters' gradients into ``self.grad``.
+
+        The bmm engine runs the MLP's backward pass by hand: each weight gradient is one
+        ``torch.bmm(g^T, h, out=<its place in self.grad>)``, in the weight's own (out, in) layout.
+        (Autograd through ``baddbmm(b, h, W^T)`` computes the transposed gradient and copies it back,
+        plus one more copy into the flat buffer: measured 2x slower for the planted MLP at K=32.)
+        """
+        if self.engine != "bmm":
+            self._saved = None
+            return self.forward(x)
+        weights = [self.params[w].detach() for w, _ in self._layers]
+        biases = [self.params[b].detach() if b is not None else None for _, b in self._layers]
+        inputs = []
+        h = x.flatten(2)
+        last = len(self._layers) - 1
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            inputs.append(h)
+            h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i < last:
+                h = h.relu_()
+        self._saved = (weights, inputs)
+        return h.requires_grad_(True)
+
+    def train_backward(self, out: torch.Tensor, loss: torch.Tensor) -> None:
+        """Gradients of ``loss`` (a scalar computed from ``out = train_forward(x)``) into ``self.grad``."""
+        if self._saved is None:
+            self.backward(loss)
+            return
+        weights, inputs = self._saved
+        self._saved = None
+        (g,) = torch.autograd.grad(loss, out)
+        index = {name: i for i, (name, _, _) in enumerate(self.layout)}
+        for i in reversed(range(len(self._layers))):
+            w_name, b_name = self._layers[i]
+            torch.bmm(g.transpose(1, 2), inputs[i], out=self._grad_views[index[w_name]])
+            if b_name is not None:
+                torch.sum(g, 1, out=self._grad_views[index[b_name]])
+            if i > 0:  # the input of layer i is the ReLU output of layer i - 1
+                g = torch.ops.aten.threshold_backward(torch.bmm(g, weights[i]), inputs[i], 0)  # ReLU's backward
+
+    def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        if self.engine == "vmap":
+            from torch.func import functional_call, vmap
+
+            def call(params: dict[str, torch.Tensor], inp: torch.Tensor) -> torch.Tensor:
+                return functional_call(self.template, params, (inp,))
+
+            return vmap(call, in_dims=(0, None if shared else 0))(self.params, x)
+        k = len(self)
+        h = x.flatten(1) if shared else x.flatten(2)
+        if shared:
+            h = h.unsqueeze(0).expand(k, *h.shape)
+        last = len(self._layers) - 1
+        for i, (w_name, b_name) in enumerate(self._layers):
+            w = self.params[w_name].transpose(1, 2)
+            h = torch.bmm(h, w) if b_name is None else torch.baddbmm(self.params[b_name].unsqueeze(1), h, w)
+            if i < last:
+                h = torch.relu(h)
+        return h
+
+    __call__ = forward
+
+    @torch.no_grad()
+    def unstack(self) -> list[nn.Module]:
+        """The K replicates as separate modules (copies of the template carrying each one's weights)."""
+        models = []
+        for k in range(len(self)):
+            model = copy.deepcopy(self.template).to(self.device)
+            model.load_state_dict({n: p[k].detach().clone() for n, p in self.params.items()})
+            models.append(model)
+        return models
+
+
+def stack(models: Sequence[nn.Module], engine: str = "auto") -> Stack:
+    """Stack modules of one architecture (same type, parameter names, shapes and dtypes).
+
+    ``engine``: "bmm" (ReLU MLPs only), "vmap" (any module without buffers) or "auto" (bmm where it
+    applies, else vmap). The models themselves are not changed (their weights are copied).
+    """
+    models = list(models)
+    if not models:
+        raise StackError("stack needs at least one model")
+    if engine not in ENGINES:
+        raise StackError(f"engine {engine!r} is unknown; choose one of {ENGINES}")
+    first = models[0]
+    named = list(first.named_parameters())
+    layout_key = [(n, p.shape, p.dtype) for n, p in named]
+    for i, m in enumerate(models[1:], 1):
+        if type(m) is not type(first) or [(n, p.shape, p.dtype) for n, p in m.named_parameters()] != layout_key:
+            raise StackError(f"model {i} ({type(m).__name__}) differs from model 0 ({type(first).__name__}) in type, "
+                             "parameter names, shapes or dtypes: only one architecture can be stacked")
+        if any(p.device != named[0][1].device for p in m.parameters()):
+            raise StackError(f"model {i} lives on another device than model 0")
+    if len({p.dtype for _, p in named}) != 1:
+        raise StackError(f"{type(first).__name__} mixes parameter dtypes: they must share one to be stacked")
+    if any(True for _ in first.buffers()):
+        raise StackError(f"{type(first).__name__} has buffers (e.g. BatchNorm statistics): stacking such models "
+                         "is not supported yet")
+    if engine == "auto":
+        engine = "bmm" if _mlp_layers(first) is not None else "vmap"
+    layout, offset = [], 0
+    for n, p in named:
+        layout.append((n, tuple(p.shape), offset))
+        offset += p.numel()
+    width = -(-offset // ALIGN) * ALIGN
+    flat = torch.zeros(len(models), width, dtype=named[0][1].dtype, device=named[0][1].device)
+    with torch.no_grad():
+        for k, m in enumerate(models):
+            for (n, shape, off), (_, p) in zip(layout, m.named_parameters()):
+                flat[k, off:off + p.numel()] = p.detach().reshape(-1)
+    return Stack(copy.deepcopy(first), flat, layout, engine)
+
+
+# --- per-replicate losses -------------------------------------------------------------------------
+def _stacked_loss(loss: Loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(out (K, B, ...), y (K, B, ...)) -> each replicate's mean loss (K,)."""
+    if loss is F.cross_entropy:
+        def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            k, b = y.shape[:2]
+            return F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none").view(k, -1).mean(1)
+        return ce
+    if loss is F.mse_loss:
+        def mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if out.shape != y.shape:
+                return torch.func.vmap(F.mse_loss)(out, y)
+            return (out - y).pow(2).flatten(1).mean(1)
+        return mse
+    return torch.func.vmap(loss)
+
+
+@dataclass(frozen=True)
+class _Split:
+    """One split's data for the stack: shared by all replicates (x (N, ...)), or one per replicate
+    (x (K, N, ...) over the replicates given, in order)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    shared: bool
+
+    def __len__(self) -> int:
+        return self.x.shape[0] if self.shared else self.x.shape[1]
+
+    def rows(self, active: Sequence[int], total: int) -> "_Split":
+        if self.shared or len(active) == total:
+            return self
+        idx = torch.as_tensor(list(active), dtype=torch.long, device=self.x.device)
+        return _Split(self.x.index_select(0, idx), self.y.index_select(0, idx), False)
+
+
+@torch.no_grad()
+def _evaluate(st: Stack, data: _Split, loss: Loss, metrics: Mapping[str, Metric],
+              batch_size: int = 1000) -> list[dict[str, float]]:
+    """``training.evaluate`` for every replicate of ``st``: mean loss and mean metrics per replicate."""
+    k = len(st)
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=st.device)
+    sums = {name: torch.zeros(k, dtype=torch.float64, device=st.device) for name in metrics}
+    for i in range(0, len(data), batch_size):
+        if data.shared:
+            x, y = data.x[i:i + batch_size], data.y[i:i + batch_size]
+            ys = y.unsqueeze(0).expand(k, *y.shape)
+        else:
+            x, ys = data.x[:, i:i + batch_size], data.y[:, i:i + batch_size]
+        out = st.forward(x, shared=data.shared)
+        if loss is F.cross_entropy:
+            ce = F.cross_entropy(out.flatten(0, 1), ys.flatten(0, 1), reduction="none")
+            loss_sum += ce.view(k, -1).sum(1).double()
+        else:
+            loss_sum += _stacked_loss(loss)(out, ys).double() * ys.shape[1]
+        for name, metric in metrics.items():
+            sums[name] += torch.stack([torch.as_tensor(metric(out[r], ys[r])) for r in range(k)]).double()
+    n = max(1, len(data))
+    losses = (loss_sum / n).tolist()
+    means = {name: (s / n).tolist() for name, s in sums.items()}
+    return [{"loss": losses[r], **{name: means[name][r] for name in metrics}} for r in range(k)]
+
+
+def _per_replicate(splits: Sequence[ArrayData], what: str, device: torch.device) -> _Split:
+    first = splits[0]
+    for k, d in enumerate(splits[1:], 1):
+        if len(d) != len(first) or d.x.shape[1:] != first.x.shape[1:] or d.y.shape[1:] != first.y.shape[1:] \
+                or d.x.dtype != first.x.dtype or d.y.dtype != first.y.dtype:
+            raise StackError(f"per-replicate data: the {what} split of replicate {k} differs from replicate 0's in "
+                             "size, sample shape or dtype; every replicate needs data of the same shapes")
+    return _Split(torch.stack([d.x for d in splits]).to(device), torch.stack([d.y for d in splits]).to(device), False)
+
+
+# --- training -------------------------------------------------------------------------------------
+@dataclass
+class ReplicateRecord:
+    """What one replicate of ``train_stacked`` produced.
+
+    ``model``: the trained module (like the one given; for a dropped replicate: its weights when it
+    was dropped). ``history``: its evaluations (the keys of a ``Trainer``'s records). ``diverged``:
+    None, or the reason it was dropped; ``steps``: iterations it completed.
+    """
+
+    index: int
+    seed: int
+    model: nn.Module
+    history: History = field(default_factory=History)
+    diverged: str | None = None
+    steps: int = 0
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+
+def _stacked_mask(st: Stack, models: Sequence[nn.Module], masks: Sequence[Mask | None]) -> torch.Tensor | None:
+    """The masks as one 0/1 tensor shaped like ``st.flat`` (1 where a replicate's mask keeps an entry
+    or does not cover the parameter, 0 where it prunes and in the padding), or None: no mask at all."""
+    if all(mask is None for mask in masks):
+        return None
+    out = torch.zeros_like(st.flat)
+    for k, (model, mask) in enumerate(zip(models, masks)):
+        if mask is not None:
+            try:
+                mask.check_fits(model)
+            except MaskError as exc:
+                raise MaskError(f"mask of replicate {k}: {exc}") from None
+        for name, shape, offset in st.layout:
+            n = math.prod(shape)
+            kept = mask[name] if mask is not None and name in mask else None
+            out[k, offset:offset + n] = 1 if kept is None else kept.reshape(-1).to(device=out.device, dtype=out.dtype)
+    return out
+
+
+def stack_optimizer(params: Sequence[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg`` over a stack's flat buffer (``[stack.flat]``); fused where
+    ``cfg.fused_optimizer`` and PyTorch has a fused kernel, as ``training.make_optimizer``.
+
+    A fused CPU kernel rounds the last (size mod vector width) elements of a tensor differently from
+    the others, so over per-parameter stacked tensors a replicate's update would depend on where its
+    slice lies (measured: after 20 Adam steps its weights differed in the last bits between a stack
+    of 1 and of 4). Over the flat buffer, whose rows are multiples of ``ALIGN`` elements, no element
+    falls in such a tail, whatever the number of replicates.
+    """
+    params = list(params)
+    if cfg.optimizer == "sgd":
+        cls: type[torch.optim.Optimizer] = torch.optim.SGD
+        kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    else:
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.fused_optimizer:
+        try:
+            return cls(params, **kwargs, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return cls(params, **kwargs, foreach=True)
+
+
+class BatchOrder:
+    """The batch indices of each replicate: at step s, replicate k gets exactly the indices a solo
+    ``Trainer(seed=seeds[k])`` uses (a slice of the permutation drawn from (seed, epoch))."""
+
+    def __init__(self, seeds: Sequence[int], n: int, batch_size: int, device: torch.device | str = "cpu"):
+        self.seeds, self.n, self.batch_size, self.device = list(seeds), n, batch_size, torch.device(device)
+        self.iterations_per_epoch = n // batch_size
+        self._epoch = -1
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def indices(self, step: int, replicates: Sequence[int] | None = None) -> torch.Tensor:
+        """(len(replicates), batch_size) sample indices at ``step`` (default: all replicates)."""
+        epoch, offset = divmod(step, self.iterations_per_epoch)
+        if epoch != self._epoch:
+            self._perm = torch.stack([torch.randperm(self.n, generator=_batch_generator(s, 1, epoch))
+                                      for s in self.seeds]).to(self.device)
+            self._epoch = epoch
+        rows = self._perm
+        if replicates is not None and len(replicates) != len(self.seeds):
+            rows = rows.index_select(0, torch.as_tensor(list(replicates), dtype=torch.long, device=self.device))
+        return rows[:, offset * self.batch_size:(offset + 1) * self.batch_size]
+
+
+class _Run:
+    """The mutable state of one stacked training (the active replicates shrink when one diverges)."""
+
+    def __init__(self, st: Stack, mask: torch.Tensor | None, active: list[int], seeds: list[int],
+                 optimizer: OptimizerFactory):
+        self.make_optimizer = optimizer
+        self.active = active
+        self.seeds = seeds
+        self.set(st, mask, None)
+
+    def set(self, st: Stack, mask: torch.Tensor | None, state: dict | None) -> None:
+        self.stack = st
+        self.mask = mask
+        st.flat.grad = st.grad
+        self.optimizer = self.make_optimizer([st.flat])
+        if state:
+            self.optimizer.state[st.flat] = state
+
+    @torch.no_grad()
+    def reapply_mask(self) -> None:
+        if self.mask is not None:
+            self.stack.flat.mul_(self.mask)
+
+    def drop(self, positions: Sequence[int]) -> None:
+        """Remove the replicates at ``positions`` (of the active list), optimiser state included."""
+        keep = [i for i in range(len(self.active)) if i not in set(positions)]
+        idx = torch.as_tensor(keep, dtype=torch.long, device=self.stack.device)
+        k = len(self.active)
+        old = self.optimizer.state.get(self.stack.flat, {})
+        state = {key: (v.index_select(0, idx) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == k else v)
+                 for key, v in old.items()}
+        self.active = [self.active[i] for i in keep]
+        self.seeds = [self.seeds[i] for i in keep]
+        self.set(self.stack.select(keep), None if self.mask is None else self.mask.index_select(0, idx), state)
+
+
+def train_stacked(
+    models: Sequence[nn.Module],
+    masks: Sequence[Mask | None] | Mask | None,
+    data: DataSplits | Sequence[DataSplits],
+    cfg: TrainConfig,
+    seeds: Sequence[int],
+    *,
+    loss: Loss = F.cross_entropy,
+    metrics: Mapping[str, Metric] | None = None,
+    validation: ArrayData | Sequence[ArrayData] | None = None,
+    device: torch.device | str | None = None,
+    engine: str = "auto",
+    start_step: int = 0,
+    end_step: int | None = None,
+    optimizer: OptimizerFactory | None = None,
+) -> list[ReplicateRecord]:
+    """Train ``models`` (one architecture) together, replicate k under ``masks[k]`` with ``seeds[k]``.
+
+    Does for every replicate what ``Trainer(models[k], data, cfg, masks[k], seed=seeds[k], loss=loss,
+    metrics=metrics, validation=validation).train(start_step, end_step)`` does (same batches, same
+    LR schedule, same evaluations), except callbacks, regularizers and parameter selection (all
+    parameters are trained). ``masks``: one per model, or one Mask (or None) for all. ``data`` (and
+    ``validation``): one data set for all replicates, or one per replicate (same sizes, sample
+    shapes and dtypes; e.g. the planted tasks, drawn per seed). The given
+    models are not changed; the trained ones are in the records, in the order given.
+    ``optimizer([flat])`` builds the optimiser over the stack's flat buffer (default
+    ``stack_optimizer``: the one ``cfg`` names); it must be element-wise for replicates to stay
+    independent.
+    A replicate whose training loss (every step) or evaluation loss becomes non-finite is dropped
+    (``record.diverged`` says where); the others finish as if it had never been there.
+    """
+    models = list(models)
+    seeds = [int(s) for s in seeds]
+    if isinstance(masks, Mask) or masks is None:
+        masks = [masks] * len(models)
+    masks = list(masks)
+    if not (len(models) == len(masks) == len(seeds)):
+        raise StackError(f"one mask and one seed per model: got {len(models)} models, {len(masks)} masks, "
+                         f"{len(seeds)} seeds")
+    dev = torch.device(device) if device is not None else default_device()
+    st = stack(models, engine).to(dev)
+    n_models = len(models)
+    if isinstance(data, DataSplits):
+        train = _Split(data.train.x.to(dev), data.train.y.to(dev), True)
+        test = _Split(data.test.x.to(dev), data.test.y.to(dev), True)
+        augment = data.augment
+    else:
+        data = list(data)
+        if len(data) != n_models:
+            raise StackError(f"per-replicate data: {len(data)} data sets for {n_models} models")
+        if any(d.augment is not data[0].augment for d in data):
+            raise StackError("per-replicate data: every replicate's data must use the same augmentation")
+        train = _per_replicate([d.train for d in data], "train", dev)
+        test = _per_replicate([d.test for d in data], "test", dev)
+        train = _Split(train.x.flatten(0, 1), train.y.flatten(0, 1), False)  # (K * N, ...): one gather per step
+        augment = data[0].augment
+    val: _Split | None = None
+    if isinstance(validation, ArrayData):
+        val = _Split(validation.x.to(dev), validation.y.to(dev), True) if len(validation) else None
+    elif validation is not None:
+        val = _per_replicate(list(validation), "validation", dev)
+        if len(val) == 0:
+            val = None
+    metrics = default_metrics(ArrayData(test.x[:1] if test.shared else test.x[0, :1],
+                                        test.y[:1] if test.shared else test.y[0, :1])) if metrics is None \
+        else dict(metrics)
+    n_train = len(train) if train.shared else train.x.shape[0] // n_models
+    ipe = n_train // cfg.batch_size
+    if ipe == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({n_train} samples)")
+    total = to_iterations(cfg.steps, ipe)
+    eval_every = to_iterations(cfg.eval_every, ipe)
+    end = total if end_step is None else end_step
+    if not 0 <= start_step <= end:
+        raise ValueError(f"start step {start_step} must lie in [0, {end}]")
+    factory = optimizer or (lambda params: stack_optimizer(params, cfg))
+    run = _Run(st, _stacked_mask(st, models, masks), list(range(len(models))), seeds, factory)
+    records = [ReplicateRecord(k, s, models[k]) for k, s in enumerate(seeds)]
+    step_loss = _stacked_loss(loss)
+    autocast_off = cfg.precision != "bf16"
+    autocast = contextlib.nullcontext() if autocast_off else torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    batches = BatchOrder(seeds, n_train, cfg.batch_size, dev)
+    offsets = None if train.shared else torch.arange(n_models, device=dev) * n_train
+
+    def finish(positions: Sequence[int], reason: Callable[[int], str], step: int) -> None:
+        """Record and drop the replicates at ``positions`` of the active list."""
+        dropped = run.stack.select(positions).unstack()
+        for pos, model in zip(positions, dropped):
+            rec = records[run.active[pos]]
+            rec.model, rec.diverged, rec.steps = model, reason(pos), step
+        run.drop(positions)
+
+    def evaluate_now(step: int, train_losses: list[float] | None, since: int) -> None:
+        rows = [{"step": step} for _ in run.active]
+        if train_losses is not None:
+            for row, value in zip(rows, train_losses):
+                row["train_loss"] = value
+        for split, split_data in (("val", val), ("test", test)):
+            if split_data is not None:
+                subset = split_data.rows(run.active, n_models)
+                for row, values in zip(rows, _evaluate(run.stack, subset, loss, metrics)):
+                    row.update({f"{split}_{key}": value for key, value in values.items()})
+        bad = []
+        for pos, (k, row) in enumerate(zip(run.active, rows)):
+            if masks[k] is not None:
+                row["density"] = masks[k].density
+                row["layer_density"] = masks[k].densities()
+            records[k].history.records.append(row)
+            if any(key.endswith("loss") and not _finite(v) for key, v in row.items()):
+                bad.append(pos)
+        if bad:
+            def reason(pos: int) -> str:
+                row = rows[pos]
+                losses = ", ".join(f"{key} = {v}" for key, v in row.items() if key.endswith("loss") and not _finite(v))
+                return f"evaluation at step {step} (training since step {since}): {losses}"
+            finish(bad, reason, step)
+
+    run.reapply_mask()
+    evaluate_now(start_step, None, start_step)
+    loss_sum = torch.zeros(len(run.active), device=dev)  # float32 sums, as the Trainer's
+    loss_count = 0
+    since = start_step
+    for step in range(start_step, end):
+        if not run.active:
+            break
+        lr = cfg.lr * lr_factor(step, cfg, total, ipe)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        while True:
+            k = len(run.active)
+            idx = batches.indices(step, run.active)
+            if offsets is not None:
+                idx = idx + (offsets if k == n_models else offsets[run.active]).unsqueeze(1)
+            idx = idx.reshape(-1)
+            x = train.x.index_select(0, idx).view(k, cfg.batch_size, *train.x.shape[1:])
+            y = train.y.index_select(0, idx).view(k, cfg.batch_size, *train.y.shape[1:])
+            if augment is not None:
+                x = torch.stack([augment(x[i], _batch_generator(run.seeds[i], 2, step)) for i in range(k)])
+            with autocast:
+                out = run.stack.train_forward(x) if autocast_off else run.stack(x)
+                losses = step_loss(out, y)
+            finite = torch.isfinite(losses)
+            if bool(finite.all()):
+                break
+            bad = [int(i) for i in torch.nonzero(~finite).flatten()]
+            values = losses.detach().tolist()
+            finish(bad, lambda pos: f"training loss {values[pos]} at step {step} (after {step} updates; "
+                                    f"lr {lr:g})", step)
+            keep = [i for i in range(k) if i not in bad]
+            loss_sum = loss_sum[keep]
+            if not run.active:
+                break
+        if not run.active:
+            break
+        if autocast_off:
+            run.stack.train_backward(out, losses.sum())
+        else:
+            run.stack.backward(losses.sum())
+        if cfg.mask_gradients and run.mask is not None:
+            run.stack.grad.mul_(run.mask)
+        run.optimizer.step()
+        run.reapply_mask()
+        loss_sum += losses.detach()
+        loss_count += 1
+        done = step + 1
+        if done % eval_every == 0 or done == end:
+            evaluate_now(done, [v / loss_count for v in loss_sum.tolist()], since)
+            keep = len(run.active)
+            loss_sum = torch.zeros(keep, device=dev)
+            loss_count = 0
+            since = done
+    for model, k in zip(run.stack.unstack(), run.active):
+        records[k].model, records[k].steps = model, end
+    return records

@@ -1,0 +1,280 @@
+"""Replicates trained as one batched model (ticketlab.replicates): each replicate's result is its own.
+
+(a) bit-identical whatever else is in the stack; (b) pruned weights exactly 0; (c) agrees with the
+solo Trainer within a stated tolerance; (d) a diverging replicate is dropped, the others unchanged.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ticketlab.config import TrainConfig
+from ticketlab.data import ArrayData, DataSplits
+from ticketlab.masks import Mask, MaskError
+from ticketlab.models import build_model
+from ticketlab.planting.plant import host_network, plant
+from ticketlab.planting.targets import target_network
+from ticketlab.planting.tasks import make_task
+from ticketlab.replicates import BatchOrder, StackError, stack, train_stacked
+from ticketlab.training import Trainer
+
+ADAM = TrainConfig(optimizer="adam", lr=1e-3, batch_size=32, steps="120it", eval_every="50it")
+SGD = TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, batch_size=32, steps="120it",
+                  eval_every="50it")
+OPTIMIZERS = {"adam": ADAM, "sgd_momentum_wd": SGD}
+
+
+def task_splits(name: str, n: int = 1000) -> DataSplits:
+    d = make_task(name, n=n, seed=0)
+    return DataSplits(name, ArrayData(d.x_train, d.y_train), ArrayData(d.x_test, d.y_test), d.output_dim,
+                      (d.input_dim,))
+
+
+HELIX = task_splits("helix")  # 900 training samples: 28 iterations per epoch, so 120 steps cross epochs
+
+
+def hosts(seeds, data=HELIX, width=100):
+    return [host_network(data.input_shape[0], data.num_classes, depth=5, width=width, seed=s) for s in seeds]
+
+
+def random_mask(model, seed: int, density: float, biases: bool = False) -> Mask:
+    g = torch.Generator().manual_seed(seed)
+    return Mask({n: torch.rand(p.shape, generator=g) < density for n, p in model.named_parameters()
+                 if biases or n.endswith("weight")})
+
+
+def states_equal(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[n], sb[n]) for n in sa)
+
+
+# --- (a) independence of the neighbours ----------------------------------------------------------
+@pytest.mark.parametrize("engine", ["bmm", "vmap"])
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+def test_replicate_bit_identical_in_stacks_of_1_4_8(opt, engine):
+    cfg = OPTIMIZERS[opt]
+    runs = {}
+    for seeds in ([3], [0, 1, 2, 3], [7, 3, 5, 9, 11, 12, 13, 14]):  # replicate 3 at positions 0, 3 and 1
+        models = hosts(seeds)
+        masks = [random_mask(m, s, 0.2 + 0.05 * (s % 4)) for m, s in zip(models, seeds)]
+        records = train_stacked(models, masks, HELIX, cfg, seeds, loss=F.mse_loss, device="cpu", engine=engine)
+        runs[len(seeds)] = records[seeds.index(3)]
+    alone = runs[1]
+    assert alone.diverged is None and alone.steps == 120
+    assert [r["step"] for r in alone.history.records] == [0, 50, 100, 120]
+    for k in (4, 8):
+        assert states_equal(alone.model, runs[k].model), f"replicate differs in a stack of {k}"
+        assert alone.history.records == runs[k].history.records
+
+
+def test_engines_agree_bit_for_bit():
+    models = hosts([0, 1])
+    masks = [random_mask(m, s, 0.3) for s, m in enumerate(models)]
+    a = train_stacked(models, masks, HELIX, ADAM, [0, 1], loss=F.mse_loss, device="cpu", engine="bmm")
+    b = train_stacked(models, masks, HELIX, ADAM, [0, 1], loss=F.mse_loss, device="cpu", engine="vmap")
+    assert all(states_equal(x.model, y.model) for x, y in zip(a, b))
+
+
+# --- (b) pruned weights stay exactly zero ----------------------------------------------------------
+@pytest.mark.parametrize("opt", list(OPTIMIZERS))
+@pytest.mark.parametrize("mask_gradients", [False, True])
+def test_pruned_weights_exactly_zero(opt, mask_gradients):
+    cfg = TrainConfig(**{**OPTIMIZERS[opt].__dict__, "mask_gradients": mask_gradients})
+    models = hosts([0, 1, 2, 3])
+    masks = [random_mask(models[0], 0, 0.1), random_mask(models[1], 1, 0.5, biases=True), None,
+             random_mask(models[3], 3, 0.02)]
+    before = [copy.deepcopy(m) for m in models]
+    records = train_stacked(models, masks, HELIX, cfg, [0, 1, 2, 3], loss=F.mse_loss, device="cpu")
+    for k, (rec, mask) in enumerate(zip(records, masks)):
+        params, init = dict(rec.model.named_parameters()), dict(before[k].named_parameters())
+        for name, kept in (mask or {}).items():
+            assert bool((params[name][~kept] == 0).all()), f"replicate {k}: pruned entries of {name} are not 0"
+        # training did move the kept weights (so the zeros above are the mask's work)
+        assert any(not torch.equal(params[n][kept], init[n][kept]) for n, kept in (mask or {}).items()) or mask is None
+    assert all(states_equal(m, b) for m, b in zip(models, before)), "the given models must not change"
+    assert records[2].history.records[-1].get("density") is None  # no mask: dense, no density recorded
+    assert records[0].history.records[-1]["density"] == pytest.approx(masks[0].density)
+
+
+def test_bf16_autocast_runs_through_autograd_and_keeps_masks():
+    cfg = TrainConfig(**{**ADAM.__dict__, "precision": "bf16", "steps": "20it"})
+    models = hosts([0, 1], width=32)
+    masks = [random_mask(m, s, 0.3) for s, m in enumerate(models)]
+    records = train_stacked(models, masks, HELIX, cfg, [0, 1], loss=F.mse_loss, device="cpu")
+    for rec, mask in zip(records, masks):
+        assert rec.diverged is None
+        params = dict(rec.model.named_parameters())
+        assert all(bool((params[n][~kept] == 0).all()) for n, kept in mask.items())
+
+
+# --- (c) against the solo Trainer ---------------------------------------------------------------
+# Tolerance: weights within 1e-4 (absolute; weights are O(1), up to ~5) and test losses within a
+# relative 1e-4 after 200 steps. Not bit-identical because (i) PyTorch's fused CPU Adam/SGD
+# kernels round the last (numel mod vector width) elements of each tensor apart from the others:
+# the Trainer steps one tensor per parameter, the stack one flat padded buffer, so other elements
+# fall in that tail; and (ii) torch.bmm may sum a product in another order than mm (seen for the
+# output layer's gradient under cross-entropy). Measured on this machine: at most 1.5e-6 (Adam),
+# 6e-8 (SGD); Adam amplifies a last-bit difference where a gradient is near zero.
+WEIGHT_ATOL, LOSS_RTOL = 1e-4, 1e-4
+
+
+@pytest.mark.parametrize("task", ["helix", "circle"])
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_stacked_matches_solo_trainer_on_planted_mlp(task, opt):
+    data = task_splits(task, n=2000)
+    loss = F.cross_entropy if task == "circle" else F.mse_loss
+    planted = [plant(target_network(task, 5), h) for h in hosts([0, 1, 2], data)]
+    kw = dict(lr=1e-3) if opt == "adam" else dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
+    cfg = TrainConfig(optimizer=opt, batch_size=32, steps="200it", eval_every="100it", **kw)
+    seeds = [10, 11, 12]
+    records = train_stacked([p.host for p in planted], [p.mask for p in planted], data, cfg, seeds, loss=loss,
+                            device="cpu")
+    for rec, p, seed in zip(records, planted, seeds):
+        solo = copy.deepcopy(p.host)
+        history = Trainer(solo, data, cfg, p.mask, seed=seed, device="cpu", loss=loss).train()
+        stacked = dict(rec.model.named_parameters())
+        for name, w in solo.named_parameters():
+            torch.testing.assert_close(stacked[name], w, atol=WEIGHT_ATOL, rtol=0)
+        assert [r["step"] for r in rec.history.records] == [r["step"] for r in history.records] == [0, 100, 200]
+        for mine, theirs in zip(rec.history.records, history.records):
+            assert mine.keys() == theirs.keys()
+            for key in mine:
+                if key.endswith("loss"):
+                    assert mine[key] == pytest.approx(theirs[key], rel=LOSS_RTOL)
+            if "test_accuracy" in mine:
+                assert abs(mine["test_accuracy"] - theirs["test_accuracy"]) <= 2 / len(data.test)
+
+
+def test_batch_indices_are_the_solo_trainers():
+    n = 900
+    data = DataSplits("index", ArrayData(torch.arange(n, dtype=torch.float32)[:, None], torch.zeros(n)),
+                      ArrayData(torch.zeros(4, 1), torch.zeros(4)), 1, (1,))
+    cfg = TrainConfig(batch_size=32, steps="100it")
+    seeds = [0, 5, 123]
+    order = BatchOrder(seeds, n, cfg.batch_size)
+    trainers = [Trainer(torch.nn.Linear(1, 1), data, cfg, seed=s, device="cpu") for s in seeds]
+    for step in (0, 1, 27, 28, 29, 60, 99):  # 28 iterations per epoch
+        idx = order.indices(step)
+        for k, trainer in enumerate(trainers):
+            assert torch.equal(idx[k], trainer.batch(step)[0][:, 0].long())
+        assert torch.equal(order.indices(step, [2, 0]), idx[[2, 0]])
+
+
+def test_per_replicate_data_sets():
+    """The planted tasks are drawn per seed: each replicate may train and test on its own data."""
+    def splits(seed):
+        d = make_task("helix", n=600, seed=seed)
+        return DataSplits("helix", ArrayData(d.x_train, d.y_train), ArrayData(d.x_test, d.y_test), d.output_dim,
+                          (d.input_dim,))
+    datasets = [splits(s) for s in (0, 1, 2)]
+    models = hosts([0, 1, 2], width=32)
+    masks = [random_mask(m, s, 0.4) for s, m in enumerate(models)]
+    together = train_stacked(models, masks, datasets, ADAM, [5, 6, 7], loss=F.mse_loss, device="cpu")
+    for k in range(3):
+        alone = train_stacked([models[k]], [masks[k]], datasets[k], ADAM, [5 + k], loss=F.mse_loss, device="cpu")[0]
+        assert states_equal(together[k].model, alone.model)
+        assert together[k].history.records == alone.history.records
+    with pytest.raises(StackError, match="per-replicate data"):
+        train_stacked(models, masks, datasets[:2], ADAM, [5, 6, 7], loss=F.mse_loss, device="cpu")
+
+
+# --- (d) divergence -------------------------------------------------------------------------------
+def test_nan_replicate_is_dropped_and_others_unchanged():
+    models = hosts([0, 1, 2])
+    with torch.no_grad():
+        models[1].hidden[2].weight[0, 0] = float("nan")
+    masks = [random_mask(m, s, 0.3) for s, m in enumerate(models)]
+    records = train_stacked(models, masks, HELIX, ADAM, [0, 1, 2], loss=F.mse_loss, device="cpu")
+    assert records[1].diverged is not None and "step 0" in records[1].diverged and records[1].steps == 0
+    without = train_stacked([models[0], models[2]], [masks[0], masks[2]], HELIX, ADAM, [0, 2], loss=F.mse_loss,
+                            device="cpu")
+    for rec, ref in zip((records[0], records[2]), without):
+        assert rec.diverged is None and rec.steps == 120
+        assert states_equal(rec.model, ref.model)
+        assert rec.history.records == ref.history.records
+
+
+@pytest.mark.parametrize("per_replicate_data", [False, True])
+def test_replicate_diverging_mid_run_is_dropped_and_others_unchanged(per_replicate_data):
+    models = hosts([0, 1, 2, 3])
+    with torch.no_grad():  # 5x larger weights per layer: SGD blows this one up after a few steps
+        for p in models[2].parameters():
+            p.mul_(5)
+    data = [HELIX] * 4 if per_replicate_data else HELIX  # per replicate: the same sets, gathered apart
+    records = train_stacked(models, None, data, SGD, [0, 1, 2, 3], loss=F.mse_loss, device="cpu")
+    bad = records[2]
+    assert bad.diverged is not None and "training loss" in bad.diverged
+    assert 0 < bad.steps < 120
+    assert all(torch.isfinite(p).all() for p in bad.model.parameters())  # frozen before the non-finite update
+    assert [r["step"] for r in bad.history.records] == [0]
+    without = train_stacked([models[i] for i in (0, 1, 3)], None, HELIX, SGD, [0, 1, 3], loss=F.mse_loss,
+                            device="cpu")
+    for rec, ref in zip([records[i] for i in (0, 1, 3)], without):
+        assert rec.diverged is None and states_equal(rec.model, ref.model)
+
+
+def test_all_replicates_diverging_ends_the_run():
+    models = hosts([0, 1])
+    with torch.no_grad():
+        for m in models:
+            m.fc.bias.fill_(float("inf"))
+    records = train_stacked(models, None, HELIX, ADAM, [0, 1], loss=F.mse_loss, device="cpu")
+    assert all(r.diverged is not None for r in records)
+
+
+# --- the stack itself -----------------------------------------------------------------------------
+def test_stack_unstack_round_trip_and_forward():
+    models = hosts([0, 1, 2], width=16)
+    st = stack(models)
+    assert st.engine == "bmm" and len(st) == 3
+    assert all(states_equal(a, b) for a, b in zip(st.unstack(), models))
+    x = torch.randn(3, 5, 1)
+    out = st(x)
+    for k, m in enumerate(models):
+        torch.testing.assert_close(out[k], m(x[k]), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(st(x[0], shared=True)[k], m(x[0]), rtol=1e-6, atol=1e-6)
+    assert stack(models, engine="vmap").engine == "vmap"
+    seq = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+           for _ in range(2)]
+    st = stack(seq)
+    assert st.engine == "bmm"
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(st(x)[1], seq[1](x[1]), rtol=1e-6, atol=1e-6)
+    assert stack([torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))]).engine == "vmap"
+
+
+def test_stack_refuses_mixed_architectures_and_bad_arguments():
+    with pytest.raises(StackError, match="one architecture"):
+        stack([host_network(1, 3, width=16), host_network(1, 3, width=17)])
+    conv = build_model("conv2", (3, 8, 8), 10)
+    with pytest.raises(StackError, match="vmap"):
+        stack([conv], engine="bmm")
+    models = hosts([0, 1], width=16)
+    with pytest.raises(StackError, match="one mask and one seed"):
+        train_stacked(models, None, HELIX, ADAM, [0], loss=F.mse_loss, device="cpu")
+    wrong = Mask({"fc.weight": torch.ones(2, 2, dtype=torch.bool)})
+    with pytest.raises(MaskError, match="replicate 1"):
+        train_stacked(models, [None, wrong], HELIX, ADAM, [0, 1], loss=F.mse_loss, device="cpu")
+
+
+def test_vmap_engine_trains_a_conv_net():
+    """Conv nets run through vmap, which turns K convolutions into one grouped convolution: oneDNN
+    picks its algorithm by the group count, so a conv replicate agrees with itself alone only to
+    rounding (measured: 1.3e-5 after 6 Adam steps), unlike the MLP engines' bit-identity."""
+    from ticketlab.data import load_dataset
+
+    data = load_dataset("synthetic_images", n_train=64, n_test=16, shape=(3, 8, 8), seed=0)
+    cfg = TrainConfig(optimizer="adam", lr=1e-3, batch_size=8, steps="6it", eval_every="3it")
+    torch.manual_seed(0)
+    convs = [build_model("conv2", data.input_shape, data.num_classes) for _ in range(3)]
+    masks = [random_mask(m, s, 0.5) for s, m in enumerate(convs)]
+    both = train_stacked(convs, masks, data, cfg, [0, 1, 2], device="cpu")
+    assert {r.model.__class__.__name__ for r in both} == {convs[0].__class__.__name__}
+    alone = train_stacked([convs[1]], [masks[1]], data, cfg, [1], device="cpu")[0]
+    mine = dict(both[1].model.named_parameters())
+    for name, w in alone.model.named_parameters():
+        torch.testing.assert_close(mine[name], w, atol=1e-4, rtol=0)
+    assert "test_accuracy" in alone.history.records[-1]
