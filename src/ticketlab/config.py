@@ -430,6 +430,12 @@ class IMPConfig:
     reset_rescale: bool = field(default=False, metadata={
         "omit_default": "always", "help": "multiply the kept weights of a mask-1 reset (random_reinit, ..., "
                                           "rand_signed_constant) by layer size / kept count (Zhou et al. 2019)"})
+    # Added after runs existed: at its default ("zero") it is left out of the hash and of config.json.
+    mask0: str = field(default="zero", metadata={
+        "omit_default": "always", "choices": ("zero", "frozen_init", "variant1", "variant2"),
+        "help": "what the ticket's pruned weights are held at while it trains (Zhou et al. 2019's mask-0 actions): "
+                "zero (LTH), frozen_init (their init), variant1 (init, or 0 where they moved toward zero), "
+                "variant2 (variant1, and kept weights that moved toward zero start at 0); experiments/mask0.py"})
 
     experiment = "imp"
 
@@ -443,6 +449,8 @@ class IMPConfig:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"baselines {unknown} are unknown; choose from {BASELINES}")
+        if self.mask0 not in ("zero", "frozen_init", "variant1", "variant2"):
+            raise ConfigError(f"mask0 {self.mask0!r} is unknown; choose zero, frozen_init, variant1 or variant2")
         if self.reset_rescale and not _reset_rescalable(self.reset):
             raise ConfigError(f"reset_rescale applies to the mask-1 resets "
                               f"({', '.join(r for r in reset_modes() if _reset_rescalable(r))}), not {self.reset!r}")

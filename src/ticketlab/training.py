@@ -222,6 +222,7 @@ class Trainer:
         metrics: Mapping[str, Metric] | None = None,
         parameters: Iterable[nn.Parameter] | None = None,
         optimizer: OptimizerFactory | None = None,
+        pruned_values: Mapping[str, torch.Tensor] | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device)
@@ -247,6 +248,7 @@ class Trainer:
         self.stop_requested = False  # a callback may end training early (early-bird tickets)
         self.loss = loss
         self.metrics = default_metrics(self.test_data) if metrics is None else dict(metrics)
+        self.pruned_values = dict(pruned_values) if pruned_values is not None else None
         self.set_mask(mask)
         params = list(self.model.parameters()) if parameters is None else list(parameters)
         known = {id(p) for p in self.model.parameters()}
@@ -259,11 +261,15 @@ class Trainer:
     def set_mask(self, mask: Mask | None) -> None:
         """Install a mask: zero the pruned weights now and after every step from here on.
 
-        Called during training (RigL, SET, GMP), the change is logged in ``history.mask_events``.
+        With ``pruned_values`` (Zhou et al.'s "mask-0" actions: pruned weights frozen at their init,
+        or at init / 0 by a rule) the pruned entries are held at those values instead of zero: one
+        more fused add after the multiply. Called during training (RigL, SET, GMP), the change is
+        logged in ``history.mask_events``.
         """
         self.mask = mask
         if getattr(self, "step", None) is not None and mask is not None:
             self.history.mask_events.append({"step": self.step, "kept": mask.kept_per_layer()})
+        self._pruned_list: list[torch.Tensor] = []
         if mask is None:
             self._masked_params: list[torch.Tensor] = []
             self._mask_values: list[torch.Tensor] = []
@@ -271,12 +277,20 @@ class Trainer:
         params = mask.check_fits(self.model)
         self._masked_params = list(params.values())
         self._mask_values = [mask[n].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
+        if self.pruned_values is not None:
+            missing = [n for n in params if n not in self.pruned_values]
+            if missing:
+                raise ValueError(f"pruned_values has no values for {missing}; give one tensor per masked parameter")
+            self._pruned_list = [(self.pruned_values[n].detach().to(device=p.device, dtype=p.dtype)
+                                  * (1 - v)) for (n, p), v in zip(params.items(), self._mask_values)]
         self.reapply_mask()
 
     @torch.no_grad()
     def reapply_mask(self) -> None:
         if self._masked_params:
             torch._foreach_mul_(self._masked_params, self._mask_values)
+            if self._pruned_list:
+                torch._foreach_add_(self._masked_params, self._pruned_list)
 
     def _mask_gradients(self) -> None:
         grads = [p.grad for p in self._masked_params if p.grad is not None]

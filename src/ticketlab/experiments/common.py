@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Mapping, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -153,6 +153,7 @@ def train_unit(
     extra_summary: dict[str, Any] | Callable[[Trainer], dict[str, Any]] | None = None,
     regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
     expected_density: float | None = None,
+    pruned_values: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Train one unit, or load it when complete; checkpoints so a kill resumes mid-training.
 
@@ -160,7 +161,8 @@ def train_unit(
     configured one). ``extra_summary`` (a dict, or a function of the finished Trainer) is stored in
     the unit's summary, which is written last and marks the unit complete. After training, a guard
     checks that every pruned weight is exactly zero and, when ``expected_density`` is given, that
-    the final mask keeps that fraction.
+    the final mask keeps that fraction. ``pruned_values`` holds pruned weights at those values
+    instead of zero (Zhou et al.'s mask-0 actions); the guard then checks them against those values.
     """
     run = ctx.run
     if run.is_complete(unit):
@@ -179,7 +181,7 @@ def train_unit(
     trainer = Trainer(model, ctx.data, ctx.train, mask, validation=ctx.validation, seed=ctx.seed,
                       # the checkpoint runs last, so it holds what the step's other callbacks changed
                       device=ctx.device, callbacks=[*callbacks, Callback(checkpoint, every=every)],
-                      progress=ctx.progress, desc=unit, regularizer=regularizer)
+                      progress=ctx.progress, desc=unit, regularizer=regularizer, pruned_values=pruned_values)
     resumed = False
     begin = start_step
     end = trainer.total_steps if end_step is None else min(end_step, trainer.total_steps)
@@ -196,7 +198,7 @@ def train_unit(
             warnings.simplefilter("ignore", UnprunedWeightsWarning)
             final_mask = Mask.dense(model, **ctx.prunable)
     if trainer.mask is not None or mask is not None:
-        check_pruned_weights(model, final_mask, unit, expected_density)
+        check_pruned_weights(model, final_mask, unit, expected_density, pruned_values)
     trained = trainer.history.records[-1]["step"] - start_step  # a callback may have stopped it early
     extra = extra_summary(trainer) if callable(extra_summary) else (extra_summary or {})
     summary = {**summarize(trainer.history, final_mask, start_step), **extra,
@@ -218,17 +220,26 @@ class MaskViolation(RuntimeError):
 
 
 @torch.no_grad()
-def check_pruned_weights(model: nn.Module, mask: Mask, unit: str, expected_density: float | None = None) -> None:
-    """Guard: every weight the mask prunes is exactly zero, and the density is the one asked.
+def check_pruned_weights(model: nn.Module, mask: Mask, unit: str, expected_density: float | None = None,
+                         pruned_values: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Guard: every weight the mask prunes is exactly zero (or exactly its ``pruned_values`` entry,
+    for a mask-0 action), and the density is the one asked.
 
     Cheap (one pass over the masked weights) and run after every training unit, so a mask that
     was silently not applied (a parameter replaced, a hook removed) can never become a result.
     """
     params = mask.check_fits(model)
-    leaks = {n: int(((p.detach().cpu() != 0) & ~mask[n]).sum()) for n, p in params.items()}
+
+    def held(n: str) -> torch.Tensor:
+        if pruned_values is None:
+            return torch.zeros(())
+        return pruned_values[n].detach().cpu().to(params[n].dtype)
+
+    leaks = {n: int(((p.detach().cpu() != held(n)) & ~mask[n]).sum()) for n, p in params.items()}
     leaks = {n: k for n, k in leaks.items() if k}
     if leaks:
-        raise MaskViolation(f"{unit}: pruned weights are not zero after training ({leaks} nonzero); the mask was "
+        what = "not zero" if pruned_values is None else "not at their frozen values"
+        raise MaskViolation(f"{unit}: pruned weights are {what} after training ({leaks} differ); the mask was "
                             "not applied to these parameters. This is a bug: please report it with the command")
     if expected_density is not None:
         expected = round(expected_density * mask.num_total)

@@ -45,6 +45,7 @@ from ..steps import to_iterations
 from ..store import Store, StoreError, index_fields
 from ..training import Callback, resolve_device, lr_factor
 from .resets import RESETS, Reset, ResetInputs
+from . import mask0
 from .common import (running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line,
                      load_or_save_init, prepare_data, train_unit, training_length)
 
@@ -164,9 +165,10 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
             generator=torch.Generator().manual_seed(derived_seed(config.seed, "reset", level)),
             rescale=config.reset_rescale))
         start, lr_override = _segment(s, reset)
-        model.load_state_dict(reset_state)
+        held = mask0.pruned_values(config.mask0, init_state, final_weights, mask)
+        model.load_state_dict(mask0.start_weights(config.mask0, reset_state, init_state, final_weights, mask))
         summary = train_unit(s.ctx, unit_name(level, "ticket"), model, mask, start_step=start,
-                             lr_override=lr_override, extra_summary=conn)
+                             lr_override=lr_override, extra_summary=conn, pruned_values=held)
         rows.append({"level": level, "branch": "ticket", **summary})
         ticket_final = {k: v.clone() for k, v in model.state_dict().items()}
 
