@@ -20,11 +20,12 @@ import pytest
 
 import ticketlab.atomic as atomic
 from ticketlab.config import (DataConfig, EarlyBirdConfig, IMPConfig, ModelConfig, PruneAtInitConfig,
-                              SparseTrainConfig, TrainConfig)
+                              SparseTrainConfig, SupermaskConfig, TrainConfig)
 from ticketlab.experiments.early_bird import run_early_bird
 from ticketlab.experiments.imp import run_imp
 from ticketlab.experiments.prune_at_init import run_prune_at_init
 from ticketlab.experiments.sparse_training import run_sparse_training
+from ticketlab.experiments.supermask import run_supermask
 from ticketlab.integrity import CHECKSUM_KEY
 from ticketlab.planting.benchmark import Protocol
 from ticketlab.planting.study import run_study
@@ -58,6 +59,12 @@ PROCEDURES: dict[str, Callable[[Store], Any]] = {
                         model=MLP, train=TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, batch_size=32,
                                                      steps="5ep", eval_every="2ep"),
                         kind="unstructured", window=2, epsilon=0.5, prune_ratio=0.5),
+        store, device="cpu", progress=False, log=quiet),
+    "supermask": lambda store: run_supermask(
+        SupermaskConfig(data=DataConfig(name="synthetic_mlp", options={"n_train": 128, "n_test": 32, "dim": 8}),
+                        model=MLP, train=TrainConfig(optimizer="sgd", lr=100.0, momentum=0.9, batch_size=32,
+                                                     steps="2ep", eval_every="1ep", fused_optimizer=False),
+                        eval_samples=3),
         store, device="cpu", progress=False, log=quiet),
     "plant": lambda store: run_study(["relu"], ["magnitude"], [0.5], [0], PLANT_TINY, store, workers=1, log=quiet),
 }

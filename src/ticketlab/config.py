@@ -681,6 +681,84 @@ class EarlyBirdConfig:
         return dict(include=self.include, exclude=self.exclude)
 
 
+SUPERMASK_WEIGHT_INITS = ("keep", "signed_constant")
+# The authors' training of the supermask (Zhou et al. 2019; docs/supermask.md): SGD, momentum 0.9,
+# constant LR 100, batches of 250, one evaluation per epoch; the non-fused optimiser the supermask
+# trainer uses. ``ticketlab supermask``'s defaults (its record's base) and SupermaskConfig's.
+SUPERMASK_TRAIN: dict[str, Any] = dict(optimizer="sgd", lr=100.0, momentum=0.9, batch_size=250, steps="10ep",
+                                       eval_every="1ep", fused_optimizer=False)
+
+
+@dataclass(frozen=True)
+class SupermaskConfig:
+    """A learned Bernoulli supermask of the frozen init (Zhou et al. 2019, Sec. 5; see
+    ``pruning/bernoulli_supermask.py``): only the mask logits are trained, the weights never.
+
+    ``train`` maps onto ``train_bernoulli_supermask``: optimizer (sgd or adam), lr, momentum,
+    weight_decay, batch_size, steps (whole epochs, e.g. '10ep'), schedule (constant, cosine or
+    linear). Options it cannot honour are refused, not ignored: eval_every other than '1ep',
+    multistep milestones / gamma, warm-up, nesterov, mask_gradients, the fused optimiser, bf16, adamw,
+    and a validation split (``data.val_size``; the procedure reports test accuracy). ``weight_init``
+    'keep' (the model's init) or 'signed_constant' (sign(w) * std of the layer); ``dynamic_scaling``
+    rescales each layer by size / kept of its sampled mask; ``eval_samples`` sampled masks give the
+    final accuracy. ``include`` / ``exclude`` choose the masked weights as in :class:`PruneConfig`.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(**SUPERMASK_TRAIN))
+    weight_init: str = option("keep", "the frozen weights: the model's init (keep) or sign(w) * std of the layer "
+                                      "(signed_constant)", choices=SUPERMASK_WEIGHT_INITS)
+    dynamic_scaling: bool = option(False, "multiply each layer by size / kept weights of its sampled mask")
+    eval_samples: int = option(10, "sampled masks whose mean test accuracy is the result")
+    seed: int = _seed()
+    include: tuple[str, ...] = _include_field()
+    exclude: tuple[str, ...] = _exclude_field()
+
+    experiment = "supermask"
+
+    def __post_init__(self) -> None:
+        _check_names(self)
+        if self.weight_init not in SUPERMASK_WEIGHT_INITS:
+            raise ConfigError(f"weight_init {self.weight_init!r} is unknown; choose one of {SUPERMASK_WEIGHT_INITS}")
+        if not (isinstance(self.eval_samples, int) and self.eval_samples >= 1):
+            raise ConfigError(f"eval_samples must be an integer >= 1, got {self.eval_samples!r}")
+        if self.data.val_size:
+            raise ConfigError(f"the supermask reports test accuracy and uses no validation split; "
+                              f"val_size must be 0, got {self.data.val_size}")
+        t = self.train
+        refused = "the supermask trainer (train_bernoulli_supermask) cannot honour"
+        if t.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"{refused} optimizer {t.optimizer!r}; choose sgd or adam")
+        epochs, iterations = parse_step(t.steps)
+        if iterations or epochs < 1:
+            raise ConfigError(f"{refused} steps {t.steps!r}: it trains whole epochs, e.g. '10ep'")
+        if parse_step(t.eval_every) != (1, 0):
+            raise ConfigError(f"{refused} eval_every {t.eval_every!r}: it evaluates once per epoch ('1ep')")
+        if t.schedule == "multistep" or t.milestones or t.gamma != 0.1:
+            raise ConfigError(f"{refused} a multistep schedule (milestones, gamma); choose schedule constant, "
+                              "cosine or linear")
+        if parse_step(t.warmup) != (0, 0):
+            raise ConfigError(f"{refused} warmup {t.warmup!r}; leave it at 0it")
+        if t.nesterov:
+            raise ConfigError(f"{refused} nesterov")
+        if t.mask_gradients:
+            raise ConfigError(f"{refused} mask_gradients: only the logits are trained, no weight is pruned")
+        if t.fused_optimizer:
+            raise ConfigError(f"{refused} the fused optimiser; use fused_optimizer=False (--no-fused-optimizer)")
+        if t.precision != "fp32":
+            raise ConfigError(f"{refused} precision {t.precision!r}; it trains in fp32")
+
+    @property
+    def epochs(self) -> int:
+        return parse_step(self.train.steps)[0]
+
+    @property
+    def prunable_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``prunable_parameters`` (the masked weights)."""
+        return dict(include=self.include, exclude=self.exclude)
+
+
 def to_dict(config: Any, *, for_hash: bool = False) -> dict[str, Any]:
     """Plain JSON-able dict of a config; ``for_hash`` leaves out fields marked ``hash: False``."""
     out: dict[str, Any] = {}

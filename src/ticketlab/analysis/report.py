@@ -311,3 +311,50 @@ def early_bird_report(runs: Sequence[Run], plot: Path) -> Report:
     text = "### early-bird tickets\n\n" + early_bird_table([{"run": r.hash[:8], **s} for r, s, _ in summaries])
     return text, [plot_distance_matrix(dm["epochs"], dm["distances"], Path(plot).parent / f"distances_{r.hash[:8]}.png",
                                        drawn=s["drawn_epoch"]) for r, s, dm in summaries]
+
+
+def supermask_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Markdown table, one line per supermask run: its setting, densities and accuracies."""
+    head = ["run", "dataset", "model", "weight init", "dynamic scaling", "density (deterministic mask)",
+            "expected density", "test acc, mean of N samples [min, max]", "deterministic test acc"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["run"], r["dataset"], r["model"], r["weight_init"], "yes" if r["dynamic_scaling"] else "no",
+            f"{r['density']:.4f}", f"{r['expected_density']:.4f}",
+            f"{r['test_accuracy']:.4f} (N={r['eval_samples']}) [{r['test_accuracy_min']:.4f}, "
+            f"{r['test_accuracy_max']:.4f}]",
+            f"{r['deterministic_test_accuracy']:.4f}",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def plot_supermask(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path) -> Path:
+    """Per run: test accuracy (one sampled mask per evaluation batch) after each epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, history in runs:
+        ax.plot([r["epoch"] for r in history], [r["test_accuracy"] for r in history], marker="o", markersize=3,
+                label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (sampled mask)")
+    ax.set_title("Learned Bernoulli supermask: test accuracy per epoch")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def supermask_report(runs: Sequence[Run], plot: Path) -> Report:
+    """Supermask runs: one table line per run; test accuracy per epoch of every run in one plot."""
+    rows, curves = [], []
+    for run in runs:
+        cfg, summary = _config(run), run.read_json("summary.json")
+        rows.append(_row(run, cfg, summary))
+        curves.append((f"{run.hash[:8]} {cfg['weight_init']}" + (" dynamic" if cfg["dynamic_scaling"] else ""),
+                       run.read_jsonl("metrics.jsonl")))
+    return f"### learned Bernoulli supermask\n\n{supermask_table(rows)}", [plot_supermask(curves, plot)]

@@ -12,12 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..analysis.report import early_bird_report, imp_report, prune_report, sparse_report
-from ..config import ConfigError, EarlyBirdConfig, IMPConfig, PruneAtInitConfig, SparseTrainConfig
+from ..analysis.report import early_bird_report, imp_report, prune_report, sparse_report, supermask_report
+from ..config import (SUPERMASK_TRAIN, ConfigError, EarlyBirdConfig, IMPConfig, PruneAtInitConfig, SparseTrainConfig,
+                      SupermaskConfig)
 from .early_bird import run_early_bird
 from .imp import run_imp
 from .prune_at_init import run_prune_at_init
 from .sparse_training import run_sparse_training
+from .supermask import run_supermask
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,12 @@ def _sparse_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) 
         values["density"] = 1.0
 
 
+def _supermask_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
+    """The authors' momentum 0.9 is SGD's: another optimiser (adam) without --momentum gets 0."""
+    if values.get("optimizer") != "sgd" and "momentum" not in given:
+        values["momentum"] = 0.0
+
+
 # Standard settings from the papers (see METHODS.md); any flag given on the command line wins.
 PRESETS: dict[str, dict[str, Any]] = {
     "lenet_mnist": dict(dataset="mnist", model="lenet_300_100", optimizer="adam", lr=1.2e-3, batch_size=60,
@@ -87,6 +95,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                run_sparse_training, sparse_report, "sparse training", finish=_sparse_finish),
     Experiment("early-bird", "early-bird tickets: draw the ticket when its mask stops changing", EarlyBirdConfig,
                run_early_bird, early_bird_report, "early-bird tickets"),
+    Experiment("supermask", "learned Bernoulli supermask of the frozen init (Zhou et al. 2019)", SupermaskConfig,
+               run_supermask, supermask_report, "supermask", base=SUPERMASK_TRAIN, finish=_supermask_finish),
     Experiment("demo", "a small offline IMP experiment (digits) with report", IMPConfig, run_imp, imp_report,
                "pruning", base=DEMO, finish=_imp_finish, threads=1,  # tiny model: one thread is as fast
                intro="ticketlab demo: lottery tickets by IMP on scikit-learn's digits (offline, about 20 seconds).\n"
