@@ -20,7 +20,8 @@ import pytest
 
 import ticketlab.atomic as atomic
 from ticketlab.config import (DataConfig, EarlyBirdConfig, IMPConfig, ModelConfig, PruneAtInitConfig,
-                              SparseTrainConfig, SupermaskConfig, TrainConfig)
+                              SparseTrainConfig, SupermaskConfig, TrainConfig, config_hash)
+from ticketlab.experiments.deconstruct import DeconstructConfig, run_deconstruct
 from ticketlab.experiments.early_bird import run_early_bird
 from ticketlab.experiments.imp import run_imp
 from ticketlab.experiments.prune_at_init import run_prune_at_init
@@ -44,6 +45,7 @@ def quiet(_: str) -> None:
 
 
 PLANT_TINY = Protocol(depth=3, width=8, samples=200, epochs=1, multishot_rounds=2, multishot_epochs=1)
+DECONSTRUCT_SOURCE = IMPConfig(data=MLP_DATA, model=MLP, train=SHORT, levels=0, baselines=())
 PROCEDURES: dict[str, Callable[[Store], Any]] = {
     "imp": lambda store: run_imp(IMPConfig(data=MLP_DATA, model=MLP, train=SHORT, levels=2, reset="rewind",
                                            rewind_step="2it", baselines=("reinit", "random")),
@@ -67,6 +69,11 @@ PROCEDURES: dict[str, Callable[[Store], Any]] = {
                         eval_samples=3),
         store, device="cpu", progress=False, log=quiet),
     "plant": lambda store: run_study(["relu"], ["magnitude"], [0.5], [0], PLANT_TINY, store, workers=1, log=quiet),
+    "deconstruct": lambda store: (
+        run_imp(DECONSTRUCT_SOURCE, store, device="cpu", progress=False, log=quiet),
+        run_deconstruct(DeconstructConfig(source=config_hash(DECONSTRUCT_SOURCE), criteria=("large_final", "random"),
+                                          mask0=("zero", "frozen_init"), kept=(0.3,)),
+                        store, device="cpu", progress=False, log=quiet)),
 }
 
 

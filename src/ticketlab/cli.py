@@ -33,8 +33,9 @@ def _add_experiment(sub: Any, e: Experiment) -> None:
     """``ticketlab <e.name>``: the options generated from e's config fields, --preset and the run options."""
     p = sub.add_parser(e.name, help=e.help, description=e.help)
     groups = {"data and model": p.add_argument_group("data and model")}
-    groups["data and model"].add_argument("--preset", choices=sorted(PRESETS),
-                                          help="paper settings to start from; flags given override them")
+    if e.presets:
+        groups["data and model"].add_argument("--preset", choices=sorted(PRESETS),
+                                              help="paper settings to start from; flags given override them")
     flags.add_options(p, flags.options(e.config_cls, e.group), e.base, groups)
     _add_run_options(p, e.threads)
     p.set_defaults(func=_run_experiment, experiment=e)

@@ -15,6 +15,7 @@ from typing import Any
 from ..analysis.report import early_bird_report, imp_report, prune_report, sparse_report, supermask_report
 from ..config import (SUPERMASK_TRAIN, ConfigError, EarlyBirdConfig, IMPConfig, PruneAtInitConfig, SparseTrainConfig,
                       SupermaskConfig)
+from .deconstruct import DeconstructConfig, deconstruct_report, run_deconstruct
 from .early_bird import run_early_bird
 from .imp import run_imp
 from .prune_at_init import run_prune_at_init
@@ -37,6 +38,7 @@ class Experiment:
     # {dest: value} and the dests given on the command line
     threads: int | None = None          # default --threads
     intro: str = ""                     # printed before the run starts
+    presets: bool = True                # whether --preset (data, model, training settings) applies
 
 
 def _imp_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
@@ -97,6 +99,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                run_early_bird, early_bird_report, "early-bird tickets"),
     Experiment("supermask", "learned Bernoulli supermask of the frozen init (Zhou et al. 2019)", SupermaskConfig,
                run_supermask, supermask_report, "supermask", base=SUPERMASK_TRAIN, finish=_supermask_finish),
+    Experiment("deconstruct", "Zhou et al.'s grid on one stored IMP run: mask criteria x mask-1 x mask-0 x kept "
+               "fractions, one-shot from its trained dense network", DeconstructConfig, run_deconstruct,
+               deconstruct_report, "grid", presets=False),  # data, model and training come from --source
     Experiment("demo", "a small offline IMP experiment (digits) with report", IMPConfig, run_imp, imp_report,
                "pruning", base=DEMO, finish=_imp_finish, threads=1,  # tiny model: one thread is as fast
                intro="ticketlab demo: lottery tickets by IMP on scikit-learn's digits (offline, about 20 seconds).\n"
