@@ -29,14 +29,19 @@ def _add_run_options(p: argparse.ArgumentParser, threads: int | None = None) -> 
                         f"cores are busy with other work (default: {shown})")
 
 
-def _add_experiment(sub: Any, e: Experiment) -> None:
-    """``ticketlab <e.name>``: the options generated from e's config fields, --preset and the run options."""
-    p = sub.add_parser(e.name, help=e.help, description=e.help)
+def _add_config_options(p: argparse.ArgumentParser, e: Experiment, base: dict[str, Any]) -> None:
+    """The options generated from e's config fields (defaults shown from ``base``) and --preset."""
     groups = {"data and model": p.add_argument_group("data and model")}
     if e.presets:
         groups["data and model"].add_argument("--preset", choices=sorted(PRESETS),
                                               help="paper settings to start from; flags given override them")
-    flags.add_options(p, flags.options(e.config_cls, e.group), e.base, groups)
+    flags.add_options(p, flags.options(e.config_cls, e.group), base, groups)
+
+
+def _add_experiment(sub: Any, e: Experiment) -> None:
+    """``ticketlab <e.name>``: the options generated from e's config fields, --preset and the run options."""
+    p = sub.add_parser(e.name, help=e.help, description=e.help)
+    _add_config_options(p, e, e.base)
     _add_run_options(p, e.threads)
     p.set_defaults(func=_run_experiment, experiment=e)
 
@@ -385,12 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the random re-init baseline at every level; the report gives ticket minus re-init "
                                    "accuracy per arm and level. Each (arm, seed) is an ordinary imp run in the store. "
                                    "Defaults: the demo's digits MLP (without --preset); --preset lenet_mnist for the paper's LeNet.")
-    groups = {"data and model": p.add_argument_group("data and model")}
-    groups["data and model"].add_argument("--preset", choices=sorted(PRESETS),
-                                          help="paper settings to start from; flags given override them")
-    flags.add_options(p, flags.options(EXPERIMENTS["imp"].config_cls, "pruning"), LR_CONTRAST_BASE, groups)
+    _add_config_options(p, EXPERIMENTS["imp"], LR_CONTRAST_BASE)
     g = p.add_argument_group("arms (each replaces --optimizer, --lr and --momentum)")
-    for arm, (opt, lr, momentum) in {"small": ("adam", 1.2e-3, 0.0), "large": ("sgd", 0.1, 0.9)}.items():
+    from .experiments.lr_contrast import ARMS
+
+    for arm, settings in ARMS.items():
+        opt, lr, momentum = settings["optimizer"], settings["lr"], settings["momentum"]
         g.add_argument(f"--{arm}-optimizer", default=opt, choices=("sgd", "adam", "adamw"),
                        help=f"optimiser of the {arm}-learning-rate arm (default: {opt})")
         g.add_argument(f"--{arm}-lr", type=float, default=lr, help=f"its learning rate (default: {lr:g})")

@@ -63,7 +63,7 @@ from .masks import Mask, MaskError
 from .models.mlp import MLP
 from .steps import to_iterations
 from .training import (History, Loss, Metric, OptimizerFactory, _batch_generator, _finite, default_device,
-                       default_metrics, lr_factor)
+                       default_metrics, lr_factor, make_optimizer)
 
 __all__ = ["ALIGN", "ENGINES", "BatchOrder", "ReplicateRecord", "Stack", "StackError", "stack", "stack_optimizer",
            "train_stacked"]
@@ -403,19 +403,7 @@ def stack_optimizer(params: Sequence[torch.Tensor], cfg: TrainConfig) -> torch.o
     of 1 and of 4). Over the flat buffer, whose rows are multiples of ``ALIGN`` elements, no element
     falls in such a tail, whatever the number of replicates.
     """
-    params = list(params)
-    if cfg.optimizer == "sgd":
-        cls: type[torch.optim.Optimizer] = torch.optim.SGD
-        kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
-    else:
-        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-        kwargs = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.fused_optimizer:
-        try:
-            return cls(params, **kwargs, fused=True)
-        except (RuntimeError, TypeError, ValueError):
-            pass
-    return cls(params, **kwargs, foreach=True)
+    return make_optimizer(params, cfg, foreach=True)
 
 
 class BatchOrder:

@@ -123,9 +123,12 @@ def run_deconstruct(config: DeconstructConfig, store: Store, *, device: str | to
         ctx = UnitContext(run, data, validation, imp.train, imp.seed, dev, progress, log,
                           prunable=imp.prune.prunable_options)
         rows = []
+        masks: dict[tuple[float, str], Mask] = {}  # one mask per (kept, criterion), shared by its resets and mask-0s
         for i, (kept, criterion, reset, action) in enumerate(config.combinations()):
-            g = torch.Generator().manual_seed(derived_seed(imp.seed, "criterion", 0))
-            mask = supermask(criterion, init, final, dense, kept, scope=config.scope, generator=g)
+            if (kept, criterion) not in masks:
+                g = torch.Generator().manual_seed(derived_seed(imp.seed, "criterion", 0))
+                masks[kept, criterion] = supermask(criterion, init, final, dense, kept, scope=config.scope, generator=g)
+            mask = masks[kept, criterion]
             start = RESETS[reset].start_weights(ResetInputs(
                 init=init, final=final, rewind=lambda: init, mask=mask,
                 generator=torch.Generator().manual_seed(derived_seed(imp.seed, "reset", i + 1))))
