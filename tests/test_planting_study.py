@@ -87,14 +87,17 @@ def test_a_killed_study_reruns_to_the_rows_of_an_uninterrupted_one(clean, tmp_pa
             summaries.append(path)
         return len(summaries) == 3
 
+    # cells are computed in batches of one task (here: relu's 6 cells, then circle's), stored one by
+    # one at the end of their batch: killed after the 3rd summary of the relu batch
     with killed_after(third_cell_summary):
         study(tmp_path)
-    # killed again in the middle of the 5th cell (its environment record written, its summary not)
-    envs = []  # the study's record has one since the first call: the 4th cell's is the first
+    # the rerun computes relu's 3 missing cells in a new stack, then is killed while it opens the
+    # circle batch's runs (the 2nd environment record written in this call: relu's exist already)
+    envs = []
     with killed_after(lambda path: path.name == "environment.json" and not envs.append(path) and len(envs) == 2):
         study(tmp_path)
     again = study(tmp_path)
-    assert again.reused == 4 and again.computed == len(rows) - 4
+    assert again.reused == 6 and again.computed == len(rows) - 6
     assert text(again) == text(rows)
     assert not list(tmp_path.rglob("*.tmp"))
     assert main(["verify", "--runs-dir", str(tmp_path)]) == 0

@@ -151,7 +151,7 @@ def _plant_command(args: argparse.Namespace, protocol: Any) -> str:
         if value == getattr(default, o.path[-1]):
             continue
         parts += [o.flag] if o.kind is bool else [o.flag, str(value)]
-    parts += ["--workers", str(args.workers)]
+    parts += ["--workers", str(args.workers), "--stack-size", str(args.stack_size)]
     return shlex.join(parts)  # where the store and the report are (--runs-dir, --out) is no part of the study
 
 
@@ -177,9 +177,11 @@ def cmd_plant(args: argparse.Namespace) -> int:
         print(f"[{k}/{n}] {r['task']:>6} {r['method']:>19} kept {r['kept']!s:>6} seed {r['seed']}: "
               f"strong {r['strong']:.4g} weak {r['weak']:.4g} ({r['seconds']:.1f} s)", flush=True)
 
+    if args.stack_size < 1:
+        raise ConfigError(f"--stack-size must be >= 1, got {args.stack_size}")
     rows = run_study(args.tasks, args.methods, kept, range(args.seeds), protocol, store, workers=args.workers,
                      device=args.device, progress=None if args.no_progress else progress,
-                     log=lambda text: print(text, flush=True))
+                     log=lambda text: print(text, flush=True), stack_size=args.stack_size)
     wall = time.time() - started
     note = (f"`{_plant_command(args, protocol)}`\n\n{len(rows)} cells in {wall:.0f} s ({rows.reused} reused, "
             f"{rows.computed} computed); study {rows.study} (`ticketlab report {rows.study}` redraws this report)")
@@ -377,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
             action.help += f" (default: {'on' if switches[action.dest] else 'off'})"
     g = p.add_argument_group("execution (not hashed)")
     g.add_argument("--workers", type=int, default=2, help="parallel single-threaded processes (default: 2)")
+    g.add_argument("--stack-size", type=int, default=32,
+                   help="cells of one task trained together as one stacked model (ticketlab.replicates); 1 = one "
+                        "at a time; a cell's numbers do not depend on it (default: 32)")
     g.add_argument("--device", default="cpu", help="device the cells run on (default: cpu)")
     g.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
     g.add_argument("--out", help="folder for report.md, rows.json, weak.png and strong.png, replaced as a whole "

@@ -100,6 +100,32 @@ def _mlp_layers(model: nn.Module) -> list[tuple[str, str | None]] | None:
 ALIGN = 64  # elements: every replicate's row of the flat buffer is a multiple of this long
 
 
+# A batch of one is not computed like one of a batch of many: for a (1, m, 1) or (1, 1, n) operand
+# PyTorch's CPU bmm takes a matrix-vector path that rounds differently from the batched gemm
+# (measured: a planted MLP's input layer, 1 -> 24, differs in the last bit between a stack of 1 and
+# of 2 or more; stacks of 2 and 32 agree). A stack of one therefore runs its products as a stack of
+# two copies and keeps the first, so a replicate's numbers do not depend on the stack's size.
+def _twice(t: torch.Tensor) -> torch.Tensor:
+    """(1, m, n) -> (2, m, n), each matrix laid out in memory as ``t``'s (a transposed view stays one)."""
+    if t.stride(1) == 1 and t.stride(2) != 1:
+        u = t.transpose(1, 2)
+        return u.expand(2, *u.shape[1:]).contiguous().transpose(1, 2)
+    return t.expand(2, *t.shape[1:]).contiguous()
+
+
+def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    if a.shape[0] == 1:
+        r = torch.bmm(_twice(a), _twice(b))[:1]
+        return r if out is None else out.copy_(r)
+    return torch.bmm(a, b) if out is None else torch.bmm(a, b, out=out)
+
+
+def _baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.shape[0] == 1:
+        return torch.baddbmm(bias.expand(2, *bias.shape[1:]), _twice(a), _twice(b))[:1]
+    return torch.baddbmm(bias, a, b)
+
+
 class Stack:
     """K replicates of one architecture in one flat buffer ``flat`` of shape (K, P).
 
@@ -183,7 +209,7 @@ class Stack:
         last = len(self._layers) - 1
         for i, (w, b) in enumerate(zip(weights, biases)):
             inputs.append(h)
-            h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            h = _bmm(h, w.transpose(1, 2)) if b is None else _baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             if i < last:
                 h = h.relu_()
         self._saved = (weights, inputs)
@@ -200,11 +226,11 @@ class Stack:
         index = {name: i for i, (name, _, _) in enumerate(self.layout)}
         for i in reversed(range(len(self._layers))):
             w_name, b_name = self._layers[i]
-            torch.bmm(g.transpose(1, 2), inputs[i], out=self._grad_views[index[w_name]])
+            _bmm(g.transpose(1, 2), inputs[i], out=self._grad_views[index[w_name]])
             if b_name is not None:
                 torch.sum(g, 1, out=self._grad_views[index[b_name]])
             if i > 0:  # the input of layer i is the ReLU output of layer i - 1
-                g = torch.ops.aten.threshold_backward(torch.bmm(g, weights[i]), inputs[i], 0)  # ReLU's backward
+                g = torch.ops.aten.threshold_backward(_bmm(g, weights[i]), inputs[i], 0)  # ReLU's backward
 
     def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
         if self.engine == "vmap":
@@ -221,7 +247,7 @@ class Stack:
         last = len(self._layers) - 1
         for i, (w_name, b_name) in enumerate(self._layers):
             w = self.params[w_name].transpose(1, 2)
-            h = torch.bmm(h, w) if b_name is None else torch.baddbmm(self.params[b_name].unsqueeze(1), h, w)
+            h = _bmm(h, w) if b_name is None else _baddbmm(self.params[b_name].unsqueeze(1), h, w)
             if i < last:
                 h = torch.relu(h)
         return h
@@ -350,6 +376,41 @@ def _per_replicate(splits: Sequence[ArrayData], what: str, device: torch.device)
             raise StackError(f"per-replicate data: the {what} split of replicate {k} differs from replicate 0's in "
                              "size, sample shape or dtype; every replicate needs data of the same shapes")
     return _Split(torch.stack([d.x for d in splits]).to(device), torch.stack([d.y for d in splits]).to(device), False)
+
+
+def _stack_data(data: DataSplits | Sequence[DataSplits], n_models: int,
+                dev: torch.device) -> tuple[_Split, _Split, Callable | None]:
+    """(train, test, augment) on ``dev``: one data set for all replicates, or one per replicate (the
+    training splits concatenated to (K * N, ...), so a step gathers every replicate's batch at once)."""
+    if isinstance(data, DataSplits):
+        return (_Split(data.train.x.to(dev), data.train.y.to(dev), True),
+                _Split(data.test.x.to(dev), data.test.y.to(dev), True), data.augment)
+    data = list(data)
+    if len(data) != n_models:
+        raise StackError(f"per-replicate data: {len(data)} data sets for {n_models} models")
+    if any(d.augment is not data[0].augment for d in data):
+        raise StackError("per-replicate data: every replicate's data must use the same augmentation")
+    train = _per_replicate([d.train for d in data], "train", dev)
+    test = _per_replicate([d.test for d in data], "test", dev)
+    return _Split(train.x.flatten(0, 1), train.y.flatten(0, 1), False), test, data[0].augment
+
+
+def _train_size(train: _Split, n_models: int) -> int:
+    """Training samples per replicate (``_stack_data``'s per-replicate split holds K * N rows)."""
+    return len(train) if train.shared else train.x.shape[0] // n_models
+
+
+def _batch(train: _Split, batches: "BatchOrder", step: int, active: Sequence[int], n_models: int, n_train: int,
+           batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The active replicates' training batches at ``step``: x (k, B, ...), y (k, B, ...)."""
+    k = len(active)
+    idx = batches.indices(step, active)
+    if not train.shared:
+        offsets = torch.as_tensor(list(active), dtype=torch.long, device=idx.device) * n_train
+        idx = idx + offsets.unsqueeze(1)
+    idx = idx.reshape(-1)
+    return (train.x.index_select(0, idx).view(k, batch_size, *train.x.shape[1:]),
+            train.y.index_select(0, idx).view(k, batch_size, *train.y.shape[1:]))
 
 
 # --- training -------------------------------------------------------------------------------------
@@ -507,20 +568,7 @@ def train_stacked(
     dev = torch.device(device) if device is not None else default_device()
     st = stack(models, engine).to(dev)
     n_models = len(models)
-    if isinstance(data, DataSplits):
-        train = _Split(data.train.x.to(dev), data.train.y.to(dev), True)
-        test = _Split(data.test.x.to(dev), data.test.y.to(dev), True)
-        augment = data.augment
-    else:
-        data = list(data)
-        if len(data) != n_models:
-            raise StackError(f"per-replicate data: {len(data)} data sets for {n_models} models")
-        if any(d.augment is not data[0].augment for d in data):
-            raise StackError("per-replicate data: every replicate's data must use the same augmentation")
-        train = _per_replicate([d.train for d in data], "train", dev)
-        test = _per_replicate([d.test for d in data], "test", dev)
-        train = _Split(train.x.flatten(0, 1), train.y.flatten(0, 1), False)  # (K * N, ...): one gather per step
-        augment = data[0].augment
+    train, test, augment = _stack_data(data, n_models, dev)
     val: _Split | None = None
     if isinstance(validation, ArrayData):
         val = _Split(validation.x.to(dev), validation.y.to(dev), True) if len(validation) else None
@@ -531,7 +579,7 @@ def train_stacked(
     metrics = default_metrics(ArrayData(test.x[:1] if test.shared else test.x[0, :1],
                                         test.y[:1] if test.shared else test.y[0, :1])) if metrics is None \
         else dict(metrics)
-    n_train = len(train) if train.shared else train.x.shape[0] // n_models
+    n_train = _train_size(train, n_models)
     ipe = n_train // cfg.batch_size
     if ipe == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({n_train} samples)")
@@ -547,7 +595,6 @@ def train_stacked(
     autocast_off = cfg.precision != "bf16"
     autocast = contextlib.nullcontext() if autocast_off else torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
     batches = BatchOrder(seeds, n_train, cfg.batch_size, dev)
-    offsets = None if train.shared else torch.arange(n_models, device=dev) * n_train
 
     def finish(positions: Sequence[int], reason: Callable[[int], str], step: int) -> None:
         """Record and drop the replicates at ``positions`` of the active list."""
@@ -595,12 +642,7 @@ def train_stacked(
             group["lr"] = lr
         while True:
             k = len(run.active)
-            idx = batches.indices(step, run.active)
-            if offsets is not None:
-                idx = idx + (offsets if k == n_models else offsets[run.active]).unsqueeze(1)
-            idx = idx.reshape(-1)
-            x = train.x.index_select(0, idx).view(k, cfg.batch_size, *train.x.shape[1:])
-            y = train.y.index_select(0, idx).view(k, cfg.batch_size, *train.y.shape[1:])
+            x, y = _batch(train, batches, step, run.active, n_models, n_train, cfg.batch_size)
             if augment is not None:
                 x = torch.stack([augment(x[i], _batch_generator(run.seeds[i], 2, step)) for i in range(k)])
             with autocast:

@@ -34,27 +34,20 @@ from __future__ import annotations
 import copy
 import math
 import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..config import TrainConfig, option
+from ..config import option
 from ..data import ArrayData, DataSplits
 from ..masks import Mask
-from ..pruning.edge_popup import train_edge_popup
 from ..pruning.prune import prune
 from ..pruning.schedules import Iterative
 from ..pruning.scores import ScoreSource
-from ..training import Trainer
-from .plant import host_network, plant
-from .recovery import recovery_metrics
-from .targets import target_network
-from .tasks import TaskData, make_task
+from .tasks import TaskData
 
 SINGLESHOT = ("random", "magnitude", "snip", "grasp", "synflow", "synflow100")
 MULTISHOT = ("multishot_random", "multishot_magnitude", "multishot_snip", "multishot_grasp", "multishot_synflow")
@@ -144,14 +137,6 @@ def _performance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, scale: torc
             "up_to_scale": float(((out / scale).argmax(1) == y).double().mean())}
 
 
-def _fit(model: nn.Module, mask: Mask, splits: DataSplits, loss: Loss, epochs: int, lr: float, batch_size: int,
-         seed: int, device: torch.device) -> None:
-    """Adam on all parameters for ``epochs`` epochs through the Trainer, pruned entries of ``mask`` held at zero."""
-    cfg = TrainConfig(optimizer="adam", lr=lr, batch_size=batch_size, steps=f"{epochs}ep",
-                      eval_every=f"{max(1, epochs)}ep")
-    Trainer(model, splits, cfg, mask, seed=seed, device=device, loss=loss).train()
-
-
 def _kept_density(kept: float | str, ticket: Mask) -> float:
     """The kept fraction asked for: a number, or "ticket" = the ticket's fraction of host weights
     (the authors' ``get_sparsity_gt``, weights only, also when biases are pruned)."""
@@ -184,78 +169,15 @@ def _prunable(host: nn.Module, prune_bias: bool) -> Mask:
 def run_cell(task: str, method: str, kept: float | str, seed: int, protocol: Protocol = Protocol(), *,
              device: str | torch.device = "cpu", return_model: bool = False) -> dict[str, Any]:
     """One benchmark cell; returns a flat dict (see the module docstring). ``return_model`` adds
-    the trained pruned model ("model"), the found weight mask ("mask") and the ticket ("ticket")."""
-    _check_method(method, kept)
-    if method == "dense":
-        kept = 1.0
-    start = time.perf_counter()
-    dev = torch.device(device)
-    torch.manual_seed(seed)
-    pr = protocol
-    data: TaskData = make_task(task, n=pr.samples, noise=pr.noise, seed=seed)
-    target = target_network(task, pr.depth)
-    host = host_network(data.input_dim, data.output_dim, depth=pr.depth, width=pr.width, seed=seed)
-    planted = plant(target, host, distance=pr.distance, fold_output_scale=pr.fold_output_scale)
-    H, T = planted.host, planted.mask
-    density = _kept_density(kept, T)
-    kind = data.kind
-    scale = planted.output_scale.to(dev)
-    loss: Loss = F.mse_loss if kind == "regression" else F.cross_entropy  # on the raw output, as the authors
-    splits = _splits(data, dev)
-    (x_tr, y_tr), (x_te, y_te) = (splits.train.x, splits.train.y), (splits.test.x, splits.test.y)
-    input_shape = (data.input_dim,)
-    pool = _prunable(H, pr.prune_bias)
-    gen = torch.Generator().manual_seed(int(seed))
-    source = ScoreSource(batches=lambda: [(x_tr[:pr.score_samples], y_tr[:pr.score_samples])], input_shape=input_shape,
-                         generator=gen, device=dev, loss=loss)
+    the trained pruned model ("model"), the found weight mask ("mask") and the ticket ("ticket").
 
-    def fit(model: nn.Module, mask: Mask, epochs: int, fit_seed: int) -> None:
-        _fit(model, mask, splits, loss, epochs, pr.lr, pr.batch_size, fit_seed, dev)
+    The cell runs through ``cells.run_cells`` as a stack of one: its row is bit for bit the row it
+    gets when computed together with other cells. A diverged training raises ``DivergenceError``."""
+    from .cells import run_cells
 
-    model = copy.deepcopy(H).to(dev)
-    if method == "ticket":
-        found = Mask({**{n: T[n] for n in T}, **({n: planted.bias_mask[n] for n in planted.bias_mask}
-                                                  if pr.prune_bias else {})})
-    elif density >= 1.0:
-        found = pool
-    elif method in _SCORE_METHODS:  # singleshot: prune the init once
-        score, rounds = _SCORE_METHODS[method]
-        found = prune(score, model, pool, source, density, rounds=rounds, distribution=_distribution(score, pr),
-                      on_collapse="ignore")  # the row records collapse (recovery metrics)
-    elif method in MULTISHOT:
-        score = method.removeprefix("multishot_")
-        found = multishot(score, H, pool, source, density, pr.multishot_rounds,
-                          lambda net, mask, r: fit(net, mask, pr.multishot_epochs, seed * 1_000 + r),
-                          distribution=_distribution(score, pr), device=dev)
-    else:  # edge-popup: scores over the pool, trained on the frozen planted init
-        result = train_edge_popup(model, splits, density, epochs=pr.epochs, lr=0.1, momentum=0.9, weight_decay=5e-4,
-                                  batch_size=pr.batch_size, anneal=method == "edgepopup_anneal", seed=seed,
-                                  include_bias=pr.prune_bias, weight_init="keep", bias_init="keep", device=dev,
-                                  loss=loss)
-        model = result["edge_popup"].remove()
-        found = result["mask"]
-    found.apply_(model)
-    weights = Mask({n: found[n] for n in T})
-
-    strong = _performance(model, x_te, y_te, scale, kind, pr.test_batch_size)
-    recovery = recovery_metrics(weights, T, copy.deepcopy(model).cpu(), input_shape)
-    fit(model, found, pr.epochs, seed * 1_000 + 999)
-    weak = _performance(model, x_te, y_te, scale, kind, pr.test_batch_size)
-    nan = float("nan")
-    row = {
-        "task": task, "method": method, "kept": kept, "seed": seed, "kind": kind,
-        "density": found.density, "weight_density": weights.density, "target_density": density,
-        "ticket_density": T.density,
-        "strong": strong["perf"], "weak": weak["perf"],
-        "strong_raw_mse": strong.get("raw", nan), "weak_raw_mse": weak.get("raw", nan),
-        "strong_up_to_scale": strong.get("up_to_scale", nan),
-        "recall": recovery["recall"], "precision": recovery["precision"], "jaccard": recovery["jaccard"],
-        "effective_density": recovery["effective_density"], "collapsed": len(recovery["collapsed_layers"]),
-        "disconnected": bool(recovery["disconnected"]), "fallbacks": int(sum(planted.fallbacks)),
-        "seconds": time.perf_counter() - start,
-    }
-    if return_model:
-        row.update(model=model, mask=weights, ticket=T)
+    (row,) = run_cells([(task, method, kept, seed)], protocol, device=device, return_models=return_model)
+    if isinstance(row, Exception):
+        raise row
     return row
 
 
@@ -264,7 +186,8 @@ def multishot(score: str, init: nn.Module, pool: Mask, source: ScoreSource, dens
               device: str | torch.device = "cpu", on_round: Callable[[int, Mask], None] | None = None) -> Mask:
     """The paper's multishot pruning with any score: ``rounds`` times, train a copy of ``init`` under
     the current mask (``fit(model, mask, round)``), prune with ``score`` to density^(r / rounds) of
-    ``pool``, and reset the weights to ``init`` (the mask stays). ``on_round(r, mask)`` sees each mask."""
+    ``pool``, and reset the weights to ``init`` (the mask stays). ``on_round(r, mask)`` sees each mask.
+    The benchmark runs these rounds for many cells at once (``cells._multishot``)."""
     found = pool
     schedule = Iterative(density, rounds)
     for r in range(1, rounds + 1):
@@ -276,6 +199,7 @@ def multishot(score: str, init: nn.Module, pool: Mask, source: ScoreSource, dens
         if on_round is not None:
             on_round(r, found)
     return found
+
 
 
 def _distribution(score: str, protocol: Protocol) -> str:

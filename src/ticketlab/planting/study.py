@@ -13,9 +13,12 @@ record is a run of experiment ``plant-study`` whose config holds the study's des
 summary lists its cells' hashes in row order, so ``ticketlab report <study>`` redraws its tables
 and ``ticketlab ls experiment=plant-study`` lists studies.
 
-:func:`run_study` computes only the missing cells, in ``workers`` single-threaded processes (each
-cell locks and writes its own run), and returns the rows in the study's order whatever order they
-finished in. The workers die with the parent, even when it is SIGKILLed (Linux: the
+:func:`run_study` computes only the missing cells, in batches of one task (``batches``: at most
+``BATCH_CELLS`` cells, an even mix of methods) handed to ``workers`` single-threaded processes; a
+batch runs every training of its cells as stacked models (``cells.run_cells``, up to ``stack_size``
+cells per stack) and writes each cell's run (every run of the batch locked while it computes). The
+rows come back in the study's order whatever order they finished in, and a cell's row is the same
+whatever batch or stack it was computed in. The workers die with the parent, even when it is SIGKILLed (Linux: the
 ``PR_SET_PDEATHSIG`` of ``prctl``; elsewhere a watchdog thread that sees the parent pid change).
 
 :func:`write_report` writes ``report.md``, ``rows.json``, ``weak.png`` and ``strong.png`` to a
@@ -43,7 +46,8 @@ from typing import Any
 from ..atomic import _fsync_dir, atomic_write_text
 from ..config import ConfigError, config_hash
 from ..store import Run, Store, StoreError, index_fields
-from .benchmark import METHODS, REFERENCE_METHODS, Protocol, benchmark_table, plot_benchmark, run_cell
+from .benchmark import METHODS, REFERENCE_METHODS, Protocol, benchmark_table, plot_benchmark
+from .cells import STACK_SIZE, run_cells
 from .tasks import TASKS
 
 Row = dict[str, Any]
@@ -89,6 +93,9 @@ class PlantCell:
     protocol: Protocol = field(default_factory=Protocol)
     data: Named = field(init=False, metadata={"hash": False})
     model: Named = field(init=False, metadata={"hash": False})
+    # the trainings' arithmetic: "stacked" = replicates' kernels (cells.run_cells), whose rows differ
+    # from the per-cell Trainer's of earlier versions in the last bits; hashed, so those are not reused
+    numerics: str = field(default="stacked", init=False)
 
     experiment = "plant"
 
@@ -187,16 +194,45 @@ def _check_row(row: Row) -> Row:
 
 def compute_cell(store: Store, cell: PlantCell, *, device: str = "cpu", log: Log = print) -> Row:
     """The cell's row: read from its run when complete, else computed and stored (under its lock)."""
-    from ..experiments.common import running
+    return compute_cells(store, [cell], device=device, log=log)[0]
 
-    with running(store, cell, log) as run:
-        summary = run.complete_summary()
-        if summary is None:
-            row = _check_row(run_cell(cell.task, cell.method, cell.kept, cell.seed, cell.protocol, device=device))
-            run.mark_complete(row)  # last: marks the cell complete
-            summary = run.complete_summary()
-            run.update_index(status="complete", summary=index_fields(summary))
-        return _row_of(summary)  # as stored, so a computed row equals a reused one
+
+def compute_cells(store: Store, cells: Sequence[PlantCell], *, device: str = "cpu", log: Log = print,
+                  stack_size: int = STACK_SIZE) -> list[Row]:
+    """The cells' rows: read from their runs when complete, else computed together (``run_cells``:
+    every training of the batch stacked) and stored one by one, every cell's run locked throughout.
+
+    A cell whose training diverged is not stored (its run is listed as diverged): the others are
+    stored, then ``DivergenceError`` names it. A kill leaves complete cells complete; a rerun computes
+    the rest in other stacks and gets the same rows (a cell's row does not depend on its stack)."""
+    from ..experiments.common import running
+    from ..training import DivergenceError
+
+    protocols = {c.protocol for c in cells}
+    if len(protocols) > 1:
+        raise ValueError("compute_cells: every cell of a batch needs the same protocol")
+    with contextlib.ExitStack() as held:
+        runs = [held.enter_context(running(store, cell, log)) for cell in cells]
+        rows: list[Row | None] = [None if run.complete_summary() is None else _row_of(run.complete_summary())
+                                  for run in runs]
+        todo = [k for k, row in enumerate(rows) if row is None]
+        if todo:
+            protocol = cells[todo[0]].protocol
+            computed = run_cells([(cells[k].task, cells[k].method, cells[k].kept, cells[k].seed) for k in todo],
+                                 protocol, device=device, stack_size=stack_size, log=log)
+            failed = []
+            for k, row in zip(todo, computed):
+                if isinstance(row, DivergenceError):
+                    failed.append(row)
+                    continue
+                run = runs[k]
+                run.mark_complete(_check_row(row))  # last: marks the cell complete
+                summary = run.complete_summary()
+                run.update_index(status="complete", summary=index_fields(summary))
+                rows[k] = _row_of(summary)  # as stored, so a computed row equals a reused one
+            if failed:
+                raise DivergenceError("; ".join(str(e) for e in failed))
+    return rows  # type: ignore[return-value]
 
 
 def stored_row(store: Store, cell: PlantCell) -> Row | None:
@@ -253,7 +289,7 @@ def _portable(exc: BaseException) -> BaseException:
     return RuntimeError(f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)))
 
 
-def _worker_main(conn: Any, parent_pid: int, root: str, device: str) -> None:
+def _worker_main(conn: Any, parent_pid: int, root: str, device: str, stack_size: int) -> None:
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
     import torch
@@ -271,11 +307,11 @@ def _worker_main(conn: Any, parent_pid: int, root: str, device: str) -> None:
             return
         if msg is None:
             return
-        i, cell = msg
+        indices, cells = msg
         try:
-            conn.send((i, compute_cell(store, cell, device=device, log=log), None))
+            conn.send((indices, compute_cells(store, cells, device=device, log=log, stack_size=stack_size), None))
         except Exception as exc:  # noqa: BLE001 - carried to the parent, which stops the study
-            conn.send((i, None, _portable(exc)))
+            conn.send((indices, None, _portable(exc)))
 
 
 @contextlib.contextmanager
@@ -308,24 +344,46 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+BATCH_CELLS = 5 * STACK_SIZE  # at most this many cells per batch: a killed study loses at most one batch per worker
+
+
+def batches(cells: Sequence[tuple[int, PlantCell]], cap: int = BATCH_CELLS) -> list[list[tuple[int, PlantCell]]]:
+    """The cells cut into batches computed together: per task (one architecture per stack), the
+    fewest batches of at most ``cap`` cells, each dealt an even share of every method (so batches
+    cost about the same and each stacks well)."""
+    by_task: dict[str, list[tuple[int, PlantCell]]] = {}
+    for item in cells:
+        by_task.setdefault(item[1].task, []).append(item)
+    out = []
+    for group in by_task.values():
+        group = sorted(group, key=lambda item: (item[1].method, str(item[1].kept), item[1].seed))
+        n = math.ceil(len(group) / cap)
+        out += [sorted(group[i::n], key=lambda item: item[0]) for i in range(n)]
+    return out
+
+
 def _compute(store: Store, cells: Sequence[tuple[int, PlantCell]], workers: int, device: str,
-             done: Callable[[int, Row], None], log: Log) -> None:
-    """Compute ``cells`` (index, cell) in this process (workers <= 1) or in ``workers`` spawned ones."""
-    if workers <= 1 or len(cells) <= 1:
-        for i, cell in cells:
-            done(i, compute_cell(store, cell, device=device, log=log))
+             done: Callable[[int, Row], None], log: Log, stack_size: int = STACK_SIZE) -> None:
+    """Compute ``cells`` (index, cell) in batches (``batches``), in this process (workers <= 1) or
+    in ``workers`` spawned ones, each taking the next batch when it is done with one."""
+    todo = batches(cells, max(1, min(BATCH_CELLS, math.ceil(len(cells) / max(1, workers)))))
+    if workers <= 1 or len(todo) <= 1:
+        for batch in todo:
+            rows = compute_cells(store, [c for _, c in batch], device=device, log=log, stack_size=stack_size)
+            for (i, _), row in zip(batch, rows):
+                done(i, row)
         return
     import multiprocessing as mp
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")  # no fork of a parent with torch threads; pipes, no semaphores
-    todo = list(reversed(cells))
+    todo.reverse()
     procs: list[tuple[Any, Any]] = []
-    busy: dict[int, tuple[int, PlantCell]] = {}  # worker number -> the cell it computes
+    busy: dict[int, list[tuple[int, PlantCell]]] = {}  # worker number -> the batch it computes
     try:
-        for w in range(min(workers, len(cells))):
+        for w in range(min(workers, len(todo))):
             mine, theirs = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(theirs, os.getpid(), str(store.root), device),
+            p = ctx.Process(target=_worker_main, args=(theirs, os.getpid(), str(store.root), device, stack_size),
                             daemon=True, name=f"ticketlab-plant-{w}")
             with _main_without_missing_file():
                 p.start()
@@ -335,7 +393,13 @@ def _compute(store: Store, cells: Sequence[tuple[int, PlantCell]], workers: int,
         def feed(w: int) -> None:
             if todo:
                 busy[w] = todo.pop()
-                procs[w][1].send(busy[w])
+                procs[w][1].send(([i for i, _ in busy[w]], [c for _, c in busy[w]]))
+
+        def died(p: Any, w: int) -> RuntimeError:
+            p.join(1)
+            first = busy[w][0][1]
+            return RuntimeError(f"plant worker {p.pid} died (exit code {p.exitcode}) while computing a batch of "
+                                f"{len(busy[w])} cells ({first.task}, ...); run the same command again to continue")
 
         for w in range(len(procs)):
             feed(w)
@@ -345,27 +409,24 @@ def _compute(store: Store, cells: Sequence[tuple[int, PlantCell]], workers: int,
                 p, conn = procs[w]
                 if conn in ready or (p.sentinel in ready and conn.poll()):
                     try:
-                        i, row, err = conn.recv()
+                        indices, rows, err = conn.recv()
                     except EOFError:
-                        p.join(1)
-                        raise RuntimeError(f"plant worker {p.pid} died (exit code {p.exitcode}) while computing "
-                                           f"cell {busy[w][1]}; run the same command again to continue") from None
+                        raise died(p, w) from None
                     if err is not None:
                         raise err
                     del busy[w]
-                    done(i, row)
+                    for i, row in zip(indices, rows):
+                        done(i, row)
                     feed(w)
                 elif p.sentinel in ready:
-                    p.join(1)
-                    raise RuntimeError(f"plant worker {p.pid} died (exit code {p.exitcode}) while computing cell "
-                                       f"{busy[w][1]}; run the same command again to continue")
+                    raise died(p, w)
         for _, conn in procs:
             with contextlib.suppress(OSError):
                 conn.send(None)
         for p, _ in procs:
             p.join(10)
     finally:
-        for p, conn in procs:  # on an error or Ctrl-C: the workers stop now (a killed cell is recomputed)
+        for p, conn in procs:  # on an error or Ctrl-C: the workers stop now (a killed batch is recomputed)
             if p.is_alive():
                 p.terminate()
         for p, conn in procs:
@@ -380,10 +441,11 @@ def _compute(store: Store, cells: Sequence[tuple[int, PlantCell]], workers: int,
 def run_study(tasks: Iterable[str], methods: Iterable[str], kept: Iterable[float | str], seeds: Iterable[int],
               protocol: Protocol = Protocol(), store: Store | str | os.PathLike = "runs", *, workers: int = 2,
               device: str = "cpu", progress: Callable[[Row, int, int], None] | None = None,
-              log: Log = print) -> StudyRows:
+              log: Log = print, stack_size: int = STACK_SIZE) -> StudyRows:
     """Every cell of the study (see :class:`PlantStudyConfig`), computing only those not complete in
     ``store``; the rows in the study's order. ``progress(row, k, n)`` is called as the k-th of the n
-    cells computed now finishes. The study's record (experiment ``plant-study``) is locked while it
+    cells computed now finishes (cells finish a batch at a time). ``stack_size``: cells trained as
+    one stacked model (1: one at a time; the rows are the same either way). The study's record (experiment ``plant-study``) is locked while it
     runs and marked complete, listing its cells, at the end."""
     from ..experiments.common import running
 
@@ -413,7 +475,7 @@ def run_study(tasks: Iterable[str], methods: Iterable[str], kept: Iterable[float
             if progress is not None:
                 progress(row, finished, len(todo))
 
-        _compute(store, todo, workers, device, done, log)
+        _compute(store, todo, workers, device, done, log, stack_size)
         if record.complete_summary() is None:
             summary = {"cells": [c.hash for c in cells], "n_cells": len(cells)}
             record.mark_complete(summary)
