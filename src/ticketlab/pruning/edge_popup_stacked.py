@@ -52,23 +52,62 @@ class PopupRecord:
     diverged: str | None = None
 
 
+def _kth_largest(x: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
+    """Each row's ``ks[r]``-th largest entry of ``x`` (R, n) as (R, 1); -inf where ``ks[r] >= n``
+    (every entry kept). One ``kthvalue`` per distinct k."""
+    n = x.shape[1]
+    out = torch.full((x.shape[0], 1), float("-inf"), dtype=x.dtype, device=x.device)
+    for k in torch.unique(ks).tolist():
+        if k < n:
+            rows = (ks == k).nonzero().flatten()
+            out[rows] = x.index_select(0, rows).kthvalue(n - k + 1, dim=1, keepdim=True).values
+    return out
+
+
+def _kth_largest_near(x: torch.Tensor, ks: torch.Tensor, guess: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``_kth_largest(x, ks)``, ranking only the entries within ``guess`` +- ``delta`` of each row.
+
+    After an optimiser step that moved every score by at most d, each k-th largest |score| moved by
+    at most d too (order statistics are 1-Lipschitz in the max norm), so last step's value +- d
+    brackets it and only the few entries in that band need sorting. The counts decide exactly
+    whether it does: fewer than k entries above the band and at least k at or above its lower end;
+    a row where that fails (k changed, rounding) is computed in full."""
+    n = x.shape[1]
+    full = ks >= n
+    above = (x > guess + delta).sum(1)
+    band = (x >= guess - delta) & (x <= guess + delta) & ~full.unsqueeze(1)
+    count = band.sum(1)
+    rank = ks - above  # rank of the k-th largest among the band's entries, 1 = the band's largest
+    if not bool((full | ((rank >= 1) & (rank <= count))).all()):
+        return _kth_largest(x, ks)
+    out = torch.full((x.shape[0], 1), float("-inf"), dtype=x.dtype, device=x.device)
+    if bool(full.all()):
+        return out
+    values = x[band]  # row-major: grouped by row
+    rows = band.nonzero()[:, 0]
+    order = torch.sort(values, descending=True, stable=True).indices
+    order = order[torch.sort(rows[order], stable=True).indices]  # by row, descending within a row
+    starts = torch.cumsum(count, 0) - count
+    live = ~full
+    out[live] = values[order[(starts + rank - 1)[live]]].unsqueeze(1)
+    return out
+
+
+def _keep(x: torch.Tensor, ks: torch.Tensor, kth: torch.Tensor) -> torch.Tensor:
+    """Exactly ``ks[r]`` entries of each row: those above its k-th largest ``kth``, and of the entries
+    equal to it the lowest-indexed ones (``topk_mask``'s rule)."""
+    above = x > kth
+    tied = x == kth
+    room = ks.unsqueeze(1) - above.sum(1, keepdim=True)
+    if bool((tied.sum(1, keepdim=True) <= room).all()):  # the usual case: no tie beyond the count
+        return above | tied
+    return above | (tied & (tied.cumsum(1) <= room))
+
+
 def _rows_topk(magnitude: torch.Tensor, ks: torch.Tensor) -> torch.Tensor:
     """Per row r of ``magnitude`` (R, n): keep exactly ``ks[r]`` largest entries, ties to the lowest
-    index (``topk_mask``'s rule, row by row). One ``kthvalue`` per distinct k."""
-    n = magnitude.shape[1]
-    keep = torch.empty_like(magnitude, dtype=torch.bool)
-    for k in torch.unique(ks).tolist():
-        rows = (ks == k).nonzero().flatten()
-        x = magnitude.index_select(0, rows)
-        if k >= n:
-            keep[rows] = True
-            continue
-        threshold = x.kthvalue(n - k + 1, dim=1, keepdim=True).values
-        above = x > threshold
-        tied = x == threshold
-        room = k - above.sum(1, keepdim=True)
-        keep[rows] = above | (tied & (tied.cumsum(1) <= room))
-    return keep
+    index (``topk_mask``'s rule, row by row)."""
+    return _keep(magnitude, ks, _kth_largest(magnitude, ks))
 
 
 def train_edge_popup_stacked(
@@ -144,16 +183,21 @@ def train_edge_popup_stacked(
         return [torch.tensor([_kept_count(schedules[k](epoch), n) for k in active], device=dev)
                 for _, n in segments]
 
+    kth: list[torch.Tensor | None] = [None] * len(segments)  # each tensor's k-th largest |score| per replicate
+    moved: torch.Tensor | None = None  # (active, 1): the largest |score change| of the last step per replicate
+
     def current_mask(ks: list[torch.Tensor]) -> torch.Tensor:
         mask = torch.ones_like(weights)
         magnitude = scores.detach().abs()
-        for (offset, n), k in zip(segments, ks):
-            mask[:, offset:offset + n] = _rows_topk(magnitude[:, offset:offset + n], k)
+        for j, ((offset, n), k) in enumerate(zip(segments, ks)):
+            x = magnitude[:, offset:offset + n]
+            kth[j] = _kth_largest(x, k) if kth[j] is None or moved is None else _kth_largest_near(x, k, kth[j], moved)
+            mask[:, offset:offset + n] = _keep(x, k, kth[j])
         return mask
 
     def drop(positions: list[int], reason: Callable[[int], str], ks: list[torch.Tensor]) -> list[torch.Tensor]:
         """Remove the replicates at ``positions`` of ``active`` (weights, scores, momentum); return their ks."""
-        nonlocal weights, scores, masked_st, optimizer
+        nonlocal weights, scores, masked_st, optimizer, moved
         for pos in positions:
             model = copy.deepcopy(models[active[pos]])
             records[active[pos]] = PopupRecord(None, model, reason(pos))
@@ -170,6 +214,8 @@ def train_edge_popup_stacked(
             optimizer.state[scores] = state
         masked_st = masked_st.select(keep)
         active[:] = [active[i] for i in keep]
+        kth[:] = [None] * len(segments)
+        moved = None
         return [k.index_select(0, idx) for k in ks]
 
     masked_st = st
@@ -201,7 +247,10 @@ def train_edge_popup_stacked(
         with torch.no_grad():
             torch.mul(masked_st.grad, weights, out=scores.grad)  # straight through: dL/d(w*m) * w
             scores.grad.mul_(scores.detach().sign()).mul_(masked)  # ... * sign(s); unmasked tensors: no score
+            before = scores.detach().clone()
         optimizer.step()
+        with torch.no_grad():
+            moved = before.sub_(scores.detach()).abs_().amax(1, keepdim=True).mul_(1.01)
 
     final = current_mask(kept_counts(epochs - 1)) if active else None
     names = {name: (offset, shape) for name, shape, offset in st.layout if name in scored}
