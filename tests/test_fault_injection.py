@@ -26,11 +26,14 @@ from ticketlab.experiments.early_bird import run_early_bird
 from ticketlab.experiments.imp import run_imp
 from ticketlab.experiments.prune_at_init import run_prune_at_init
 from ticketlab.experiments.sparse_training import run_sparse_training
+from ticketlab.experiments.strong import StrongConfig, run_strong
 from ticketlab.experiments.supermask import run_supermask
+from ticketlab.experiments.tropical import TropicalConfig, run_tropical
 from ticketlab.integrity import CHECKSUM_KEY
 from ticketlab.planting.benchmark import Protocol
 from ticketlab.planting.study import run_study
 from ticketlab.pruning.dynamic import DropGrowOptions
+from ticketlab.pruning.genetic import GAOptions
 from ticketlab.store import Store
 
 from faults import Kill
@@ -68,12 +71,19 @@ PROCEDURES: dict[str, Callable[[Store], Any]] = {
                                                      steps="2ep", eval_every="1ep", fused_optimizer=False),
                         eval_samples=3),
         store, device="cpu", progress=False, log=quiet),
+    "strong": lambda store: run_strong(
+        StrongConfig(data=DataConfig(name="moons", options={"n_train": 128, "n_test": 32}), hidden=(6,), seeds=(0,),
+                     ga=GAOptions(population=8, min_generations=2, patience=2, max_generations=4), epochs=1,
+                     batch_size=32, baseline_densities=()),
+        store, device="cpu", progress=False, log=quiet),
     "plant": lambda store: run_study(["relu"], ["magnitude"], [0.5], [0], PLANT_TINY, store, workers=1, log=quiet),
     "deconstruct": lambda store: (
         run_imp(DECONSTRUCT_SOURCE, store, device="cpu", progress=False, log=quiet),
         run_deconstruct(DeconstructConfig(source=config_hash(DECONSTRUCT_SOURCE), criteria=("large_final", "random"),
                                           mask0=("zero", "frozen_init"), kept=(0.3,)),
                         store, device="cpu", progress=False, log=quiet)),
+    "tropical": lambda store: run_tropical(TropicalConfig(samples=64, hidden=6, kept=(0.5,), seeds=(0,), train=SHORT),
+                                           store, device="cpu", progress=False, log=quiet),
 }
 
 
@@ -139,7 +149,9 @@ def snapshot(root: Path) -> dict[str, Any]:
 
 
 def index_of(root: Path) -> list[tuple]:
-    return [(r["hash"], r["status"], _timing_free(r["summary"])) for r in Store(root).list()]
+    """The index's rows by hash: ``Store.list`` orders by creation time (to the second), which a kill
+    and a rerun change (a batch of plant cells opens its runs within one second)."""
+    return sorted((r["hash"], r["status"], _timing_free(r["summary"])) for r in Store(root).list())
 
 
 @pytest.fixture(scope="module")

@@ -265,8 +265,8 @@ def sparse_options() -> dict[str, type]:
 class DataConfig:
     """Which data set, and how much of its training set is held out for validation."""
 
-    name: str = option("mnist", "registered data set: mnist, fashion_mnist, cifar10, cifar100, digits, "
-                                "synthetic_mlp, synthetic_images, synthetic_tokens, or one you registered",
+    name: str = option("mnist", "registered data set: mnist, fashion_mnist, cifar10, cifar100, digits, moons, "
+                                "circles, synthetic_mlp, synthetic_images, synthetic_tokens, or one you registered",
                        flag="--dataset", dest="dataset")
     root: str | None = field(default=None, metadata={
         "hash": False, "help": "folder holding the data set's files (mnist, fashion_mnist, cifar10, cifar100)",

@@ -20,6 +20,7 @@ from .augment import RandomCropFlip
 from .idx import read_idx, write_idx
 from .cifar import safe_unpickle
 from . import digits as _digits, synthetic as _synthetic  # noqa: F401  (registration side effect)
+from . import toy as _toy  # noqa: F401  (registration side effect: moons, circles)
 
 __all__ = [
     "DATASETS",

@@ -20,7 +20,9 @@ from .early_bird import run_early_bird
 from .imp import run_imp
 from .prune_at_init import run_prune_at_init
 from .sparse_training import run_sparse_training
+from .strong import StrongConfig, run_strong, strong_report
 from .supermask import run_supermask
+from .tropical import TROPICAL_TRAIN, TropicalConfig, run_tropical, tropical_report
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,12 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("deconstruct", "Zhou et al.'s grid on one stored IMP run: mask criteria x mask-1 x mask-0 x kept "
                "fractions, one-shot from its trained dense network", DeconstructConfig, run_deconstruct,
                deconstruct_report, "grid", presets=False),  # data, model and training come from --source
+    Experiment("tropical", "tropical pictures (Alfarra et al.): zonotopes and decision boundaries of a 2-h-2 net, its "
+               "one-shot magnitude tickets, re-inits and pruned nets on moons / circles", TropicalConfig, run_tropical,
+               tropical_report, "tropical", base=TROPICAL_TRAIN, threads=1, presets=False),
+    Experiment("strong", "strong lottery tickets of a frozen U[-1, 1] net: genetic algorithm (Altmann et al.) or "
+               "edge-popup, with edge-popup and backprop baselines", StrongConfig, run_strong, strong_report, "strong "
+               "tickets", base=dict(dataset="moons"), threads=1, presets=False),
     Experiment("demo", "a small offline IMP experiment (digits) with report", IMPConfig, run_imp, imp_report,
                "pruning", base=DEMO, finish=_imp_finish, threads=1,  # tiny model: one thread is as fast
                intro="ticketlab demo: lottery tickets by IMP on scikit-learn's digits (offline, about 20 seconds).\n"
