@@ -84,7 +84,8 @@ def test_digits_bad_classes_are_refused_with_the_fix(classes, message):
 # --- the config ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, message", [
-    ({"method": "gem"}, "unknown"), ({"hidden": (0,)}, "widths"), ({"seeds": (1, 1)}, "distinct"),
+    ({"method": "gen"}, "unknown"), ({"method": "gem", "epochs": 2, "gem_iter_period": 2}, "gem-iter-period"),
+    ({"hidden": (0,)}, "widths"), ({"seeds": (1, 1)}, "distinct"),
     ({"density": 0.0}, "density"), ({"baselines": ("ep",)}, "baselines"), ({"baseline_densities": (2.0,)}, "baseline"),
     ({"epochs": 0}, "positive"),
 ])
@@ -119,6 +120,16 @@ def test_edgepopup_method_runs_at_its_density_with_backprop(tmp_path):
                       device="cpu", progress=False, log=quiet)
     assert [(r["method"], r["role"]) for r in rows] == [("edgepopup", "ticket"), ("backprop", "baseline")]
     assert abs(rows[0]["density"] - 0.3) < 0.05
+
+
+def test_gem_method_finds_a_flag_mask_of_exactly_its_density_with_baselines(tmp_path):
+    rows = run_strong(_tiny(method="gem", density=0.3, seeds=(0,), epochs=3, gem_iter_period=1,
+                            baseline_densities=()), Store(tmp_path), device="cpu", progress=False, log=quiet)
+    assert [(r["method"], r["role"]) for r in rows] == [("gem", "ticket"), ("edgepopup", "at ticket density"),
+                                                        ("backprop", "baseline")]
+    gem = rows[0]
+    assert gem["kept"] == max(1, round(0.3 * gem["total"]))  # GEM-MINER's global count, exact
+    assert 0 <= gem["test_accuracy"] <= 1 and abs(rows[1]["density"] - gem["density"]) < 0.1
 
 
 class Kill(Exception):

@@ -7,13 +7,14 @@ backprop. Per seed (the seed draws the frozen net and every random choice of the
 
     ticket   = --method ga:          the GA's best genome (``seed_S/ga``)
                --method edgepopup:   edge-popup's top-k mask at --density (``seed_S/edgepopup``)
+               --method gem:         GEM-MINER's flag mask at --density, before fine-tuning (``seed_S/gem``)
     baselines (--baselines):
       edgepopup  edge-popup on the same frozen net at the ticket's density (``seed_S/edgepopup_ticket``,
-                 method ga only) and at each --baseline-densities value (``seed_S/edgepopup_D``)
+                 methods ga and gem) and at each --baseline-densities value (``seed_S/edgepopup_D``)
       backprop   dense training of the same net from the same U[-1, 1] weights (``seed_S/backprop``)
 
-A new ticket method (GEM-MINER, say) is one more entry in ``TICKETS``: a function
-``(ctx, seed) -> row`` that stores its unit under ``seed_S/<method>``.
+A new ticket method is one more entry in ``TICKETS``: a function ``(ctx, seed) -> row`` that stores
+its unit under ``seed_S/<method>``.
 
 Resuming: the GA saves its whole state (population, fitness, history, generator state) after every
 generation in one atomic ``checkpoint.safetensors``, so a killed run continues from its last
@@ -38,7 +39,7 @@ from ..store import Run, Store, index_fields
 from ..training import Trainer, evaluate, resolve_device
 from .common import Log, prepare_data, running
 
-STRONG_METHODS = ("ga", "edgepopup")
+STRONG_METHODS = ("ga", "edgepopup", "gem")
 BASELINES = ("edgepopup", "backprop")
 
 
@@ -53,15 +54,19 @@ class Named:
 class StrongConfig:
     """One setting (data set, frozen net) over several seeds: a ticket method and its baselines."""
 
-    method: str = option("ga", "how the strong ticket is found: 'ga' (genetic algorithm, Altmann et al.) or "
-                               "'edgepopup' (Ramanujan et al., at --density)", choices=STRONG_METHODS)
+    method: str = option("ga", "how the strong ticket is found: 'ga' (genetic algorithm, Altmann et al.), "
+                               "'edgepopup' (Ramanujan et al., at --density) or 'gem' (GEM-MINER, Sreenivasan et al., "
+                               "at --density)", choices=STRONG_METHODS)
     data: DataConfig = field(default_factory=lambda: DataConfig(name="moons"))
     hidden: tuple[int, ...] = option((20,), "hidden widths of the frozen ReLU MLP (input and output widths come from "
                                             "the data), e.g. 20, or 50 50", metavar="WIDTH")
     seeds: tuple[int, ...] = option((0,), "seeds: each draws its own frozen U[-1, 1] net and the methods' random "
                                           "choices; the data set is the same for all (its own seed option)")
     ga: GAOptions = field(default_factory=GAOptions)
-    density: float = option(0.5, "edgepopup method: kept fraction of every weight matrix", sparsity=True)
+    density: float = option(0.5, "edgepopup and gem methods: kept fraction (edge-popup: of every weight matrix; gem: "
+                                 "of all weights, ranked globally)", sparsity=True)
+    gem_iter_period: int = option(2, "gem method: epochs between GEM-MINER's pruning rounds (needs --epochs >= "
+                                     "period + 1)")
     baselines: tuple[str, ...] = option(BASELINES, "'edgepopup': edge-popup on the same frozen net at the GA "
                                                    "ticket's density and at each --baseline-densities value; "
                                                    "'backprop': dense training of the same net", choices=BASELINES)
@@ -92,6 +97,9 @@ class StrongConfig:
         densities = tuple(float(d) for d in self.baseline_densities)
         if any(not 0.0 < d <= 1.0 for d in densities):
             raise ConfigError(f"--baseline-densities must lie in (0, 1], got {list(self.baseline_densities)}")
+        if self.method == "gem" and not 1 <= self.gem_iter_period < self.epochs:
+            raise ConfigError(f"--gem-iter-period must lie in [1, --epochs - 1] (GEM-MINER prunes after every period "
+                              f"and needs one round at least); got {self.gem_iter_period} with --epochs {self.epochs}")
         if self.epochs < 1 or self.batch_size < 1 or self.edgepopup_lr <= 0 or self.backprop_lr <= 0:
             raise ConfigError(f"--epochs, --batch-size, --edgepopup-lr and --backprop-lr must be positive; got "
                               f"{self.epochs}, {self.batch_size}, {self.edgepopup_lr}, {self.backprop_lr}")
@@ -211,8 +219,37 @@ def _edgepopup_ticket(ctx: StrongContext, seed: int) -> dict[str, Any]:
     return _edgepopup_unit(ctx, seed, ctx.config.density, f"seed_{seed}/edgepopup", "ticket")
 
 
-# the ticket methods: a new one (e.g. GEM-MINER) is one more entry
-TICKETS: dict[str, Callable[[StrongContext, int], dict[str, Any]]] = {"ga": _ga_unit, "edgepopup": _edgepopup_ticket}
+def _gem_ticket(ctx: StrongContext, seed: int) -> dict[str, Any]:
+    """GEM-MINER's flag mask on the seed's frozen net (weights kept as drawn, biases unmasked, like the
+    GA's): scores trained with SGD (--edgepopup-lr, momentum 0.9) for --epochs, a global pruning round
+    every --gem-iter-period epochs toward --density. The strong accuracy is the flag mask's before
+    any fine-tuning (fine-tuning the gem is ``pruning.gem_miner.finetune_gem``)."""
+    from ..pruning.gem_miner import train_gem_miner
+
+    run, cfg, unit = ctx.run, ctx.config, f"seed_{seed}/gem"
+    if run.file(unit, "summary.json").exists():
+        return run.read_json(unit, "summary.json")
+    started = time.perf_counter()
+    model = ctx.net(seed).to_module()
+    dev = ctx.train_device or ctx.device
+    result = train_gem_miner(model, ctx.data, cfg.density, epochs=cfg.epochs, iter_period=cfg.gem_iter_period,
+                             lr=cfg.edgepopup_lr, batch_size=cfg.batch_size, weight_init="keep", seed=seed, device=dev)
+    mask = result["mask"]
+    mask.apply_(model)
+    train_acc = evaluate(model, ctx.data.train.to(dev))["accuracy"]
+    summary = {"seed": seed, "method": "gem", "role": "ticket", "asked_density": cfg.density, "density": mask.density,
+               "kept": mask.num_kept, "total": mask.num_total, "layer_density": mask.densities(),
+               "test_accuracy": result["flag_test_accuracy"], "train_accuracy": train_acc, "epochs": cfg.epochs,
+               "seconds": time.perf_counter() - started}
+    mask.save(run.file(unit, "mask.safetensors"))
+    run.write_json(summary, unit, "summary.json")
+    ctx.log(f"  {unit}: test acc {summary['test_accuracy']:.4f}, density {mask.density:.4f}")
+    return summary
+
+
+# the ticket methods: a new one is one more entry
+TICKETS: dict[str, Callable[[StrongContext, int], dict[str, Any]]] = {"ga": _ga_unit, "edgepopup": _edgepopup_ticket,
+                                                                     "gem": _gem_ticket}
 
 
 def run_strong(config: StrongConfig, store: Store, *, device: str | torch.device | None = None,
