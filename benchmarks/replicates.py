@@ -9,19 +9,21 @@ once at the end of each run, on a 1,000-sample test split, in both variants). Mo
             batch 32 (the planted benchmark's protocol)
   lenet     LeNet-300-100 (784-300-100-10) on MNIST (synthetic MNIST-shaped data if MNIST is not
             found), each replicate with its own init and a random 20% mask, Adam 1.2e-3, batch 60
+  conv2     Conv-2 on CIFAR-10-shaped synthetic images, random 20% mask, Adam 2e-4, batch 60; vmap
+            engine only (bmm is for MLPs); slow on a CPU: ``--models planted,lenet`` skips it
 
 for K = 1, 8, 32, 64, under 1 thread and under torch's default thread count (both in one run).
 "solo" runs ``Trainer(...).train()`` for the replicates one after another; its throughput does not
 depend on K, so it is measured over min(K, --solo-runs) replicates. "bmm" is ``train_stacked``
 with the baddbmm engine (the default for MLPs), "vmap" the torch.func engine. Variants are
 interleaved within each of --repeats repeats; the table shows the best throughput and the median
-over repeats of the per-repeat ratio. Conv-2 is not measured here (the vmap engine runs it; see
-docs/replicates.md).
+over repeats of the per-repeat ratio. ``--device cuda`` runs both variants on the GPU.
 
 Targets (issue 13): >= 6x on the planted MLP; never slower than one at a time. Prints FAIL and
 exits non-zero if the stacked (bmm) training is slower than solo at K >= 8 on the planted MLP.
 
-    python benchmarks/replicates.py                      # the full table, ~5 minutes on 2 cores
+    python benchmarks/replicates.py --models planted,lenet   # the MLP tables, ~5 minutes on 2 cores
+    python benchmarks/replicates.py --models conv2 --threads 1 --repeats 1 --conv2-steps 3   # Conv-2, slow
     python benchmarks/replicates.py --threads 1 --ks 8 --models planted   # a quick look
 """
 from __future__ import annotations

@@ -22,7 +22,7 @@ TINY = Protocol(depth=4, width=24, samples=400, epochs=2, multishot_rounds=3, mu
 CELLS = [(t, m, k, s) for t in ("relu", "circle") for s in (0, 1)
          for m, k in (("dense", 1.0), ("ticket", "ticket"), ("magnitude", 0.2), ("synflow100", "ticket"),
                       ("multishot_snip", 0.2), ("multishot_random", "ticket"), ("multishot_grasp", 0.2),
-                      ("edgepopup", 0.2), ("edgepopup_anneal", "ticket"))]
+                      ("edgepopup", 0.2), ("edgepopup_anneal", "ticket"), ("gem", 0.2))]
 
 
 def text(row):  # NaN-aware, exact: the row as JSON, without its timing
@@ -56,6 +56,8 @@ def test_rows_keep_exact_kept_counts_and_the_methods_meaning(stacked_rows):
             assert row["density"] == 1.0
         elif method == "ticket":
             assert row["recall"] == 1.0 and row["precision"] == 1.0
+        elif method == "gem":  # GEM-MINER: exactly round(kept * pool) of weights and biases
+            assert abs(row["density"] - row["target_density"]) < 1e-3
         elif not method.startswith("edgepopup"):  # global selection: the pool's exact count
             pool = row["density"]
             assert abs(pool - row["target_density"]) < 1e-3, (method, pool, row["target_density"])

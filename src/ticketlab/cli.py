@@ -349,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     for e in EXPERIMENTS.values():
         _add_experiment(sub, e)
 
-    from .planting.benchmark import METHODS as PLANT_METHODS, REFERENCE_METHODS as PLANT_REFERENCES
+    from .planting.benchmark import EXTRA_METHODS as PLANT_EXTRAS, METHODS as PLANT_METHODS
+    from .planting.benchmark import REFERENCE_METHODS as PLANT_REFERENCES
     from .planting.tasks import TASKS as PLANT_TASKS
 
     p = sub.add_parser("plant", help="the Plant 'n' Seek benchmark: find planted tickets with every method",
@@ -361,10 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tasks", nargs="+", default=list(PLANT_TASKS), choices=PLANT_TASKS,
                    help="planted-ticket tasks: relu and helix (regression), circle (classification) "
                         f"(default: {' '.join(PLANT_TASKS)})")
-    g.add_argument("--methods", nargs="+", default=list(PLANT_METHODS), choices=(*PLANT_METHODS, *PLANT_REFERENCES),
-                   metavar="METHOD",
-                   help=f"pruning methods to compare, of: {' '.join(PLANT_METHODS)}; the references "
-                        f"{' and '.join(PLANT_REFERENCES)} are always computed (default: all)")
+    g.add_argument("--methods", nargs="+", default=list(PLANT_METHODS),
+                   choices=(*PLANT_METHODS, *PLANT_EXTRAS, *PLANT_REFERENCES), metavar="METHOD",
+                   help=f"pruning methods to compare, of the paper's: {' '.join(PLANT_METHODS)}; and ticketlab's "
+                        f"additions: {' '.join(PLANT_EXTRAS)} (GEM-MINER); the references "
+                        f"{' and '.join(PLANT_REFERENCES)} are always computed (default: the paper's)")
     g.add_argument("--kept", nargs="+", default=["1", "0.5", "0.1", "0.01", "ticket"], metavar="KEPT",
                    help="fractions of host weights kept, or 'ticket' (the planted ticket's own); kept 1 is the "
                         "dense host, one cell per task and seed (default: 1 0.5 0.1 0.01 ticket)")

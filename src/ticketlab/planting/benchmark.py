@@ -52,7 +52,9 @@ from .tasks import TaskData
 SINGLESHOT = ("random", "magnitude", "snip", "grasp", "synflow", "synflow100")
 MULTISHOT = ("multishot_random", "multishot_magnitude", "multishot_snip", "multishot_grasp", "multishot_synflow")
 EDGE_POPUP = ("edgepopup", "edgepopup_anneal")
-METHODS = SINGLESHOT + MULTISHOT + EDGE_POPUP
+METHODS = SINGLESHOT + MULTISHOT + EDGE_POPUP  # the paper's methods: the benchmark's default
+EXTRA_METHODS = ("gem",)  # ticketlab's additions, opt-in (--methods gem): GEM-MINER (Sreenivasan et al. 2022)
+ALL_METHODS = METHODS + EXTRA_METHODS
 REFERENCE_METHODS = ("dense", "ticket")  # the unpruned host (kept 1) and the planted ticket itself
 _SCORE_METHODS = {"random": ("random", 1), "magnitude": ("magnitude", 1), "snip": ("snip", 1),
                   "grasp": ("grasp", 1), "synflow": ("synflow", 1), "synflow100": ("synflow", 100)}
@@ -152,8 +154,8 @@ def _kept_density(kept: float | str, ticket: Mask) -> float:
 
 
 def _check_method(method: str, kept: float | str) -> None:
-    if method not in METHODS and method not in REFERENCE_METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS + REFERENCE_METHODS)}")
+    if method not in ALL_METHODS and method not in REFERENCE_METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(ALL_METHODS + REFERENCE_METHODS)}")
     if method == "dense" and kept != "ticket" and float(kept) != 1.0:
         raise ValueError(f"method 'dense' is the unpruned host: its kept fraction is 1, got {kept!r}")
     if method == "ticket" and kept != "ticket":
@@ -239,7 +241,7 @@ def _cell_single_thread(cell: tuple, protocol: Protocol) -> dict:
     return run_cell(*cell, protocol)
 
 
-_PANELS = (("singleshot and edge-popup", SINGLESHOT + EDGE_POPUP), ("multishot", MULTISHOT))
+_PANELS = (("singleshot and edge-popup", SINGLESHOT + EDGE_POPUP + EXTRA_METHODS), ("multishot", MULTISHOT))
 
 
 def plot_benchmark(rows: Sequence[dict], path, metric: str = "weak") -> Any:
@@ -321,7 +323,7 @@ def benchmark_table(rows: Sequence[dict]) -> str:
     accuracy up to scale), then recovery of the ticket at its kept fraction."""
     out: list[str] = []
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    order = {m: i for i, m in enumerate(METHODS + REFERENCE_METHODS)}
+    order = {m: i for i, m in enumerate(ALL_METHODS + REFERENCE_METHODS)}
     for task in tasks:
         sel = [r for r in rows if r["task"] == task]
         kind = sel[0]["kind"]
@@ -352,5 +354,5 @@ def benchmark_table(rows: Sequence[dict]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["EDGE_POPUP", "METHODS", "MULTISHOT", "REFERENCE_METHODS", "SINGLESHOT", "Protocol", "benchmark_table",
+__all__ = ["ALL_METHODS", "EDGE_POPUP", "EXTRA_METHODS", "METHODS", "MULTISHOT", "REFERENCE_METHODS", "SINGLESHOT", "Protocol", "benchmark_table",
            "multishot", "plot_benchmark", "rescaled_mse", "run_benchmark", "run_cell"]

@@ -220,6 +220,36 @@ def _edge_popup(cells: Sequence[_Work], pr: Protocol, stacks: _Stacks) -> None:
             stacks.log(f"  edge-popup: {len(chunk)} cells of {chunk[0].task} as one stack ({share * len(chunk):.1f} s)")
 
 
+GEM_PERIOD = 2  # epochs between GEM-MINER's pruning rounds: 4 rounds in the protocol's 10 epochs
+
+
+def gem_period(epochs: int) -> int:
+    """GEM-MINER's round period for ``epochs``: ``GEM_PERIOD``, shorter for short runs (a round needs
+    an epoch after it); a run of one epoch cannot prune."""
+    if epochs < 2:
+        raise ValueError(f"plant method gem needs --epochs >= 2 (GEM-MINER prunes after an epoch and trains on "
+                         f"after its last round), got {epochs}")
+    return min(GEM_PERIOD, epochs - 1)
+
+
+def _gem(cells: Sequence[_Work], pr: Protocol, dev: torch.device) -> None:
+    """GEM-MINER (ticketlab's addition to the benchmark, not the paper's): scores over the pool (the
+    biases too, as every method here prunes them) on H's frozen weights, SGD 0.1, momentum 0.9,
+    L2 1e-4, cosine over ``epochs``, a global round every ``GEM_PERIOD`` epochs to exactly the kept
+    fraction; the flag mask is the found mask. One cell at a time (not stacked): ~7 ms per step."""
+    from ..pruning.gem_miner import train_gem_miner
+
+    for w in cells:
+        start = time.perf_counter()
+        model = copy.deepcopy(w.setup.planted.host).to(dev)
+        biases = [n for n in w.setup.pool if n.endswith(".bias")]
+        result = train_gem_miner(model, w.setup.splits, w.density, epochs=pr.epochs, iter_period=gem_period(pr.epochs), lr=0.1,
+                                 momentum=0.9, batch_size=pr.batch_size, weight_init="keep", seed=w.seed, device=dev,
+                                 loss=w.setup.loss, include=biases)
+        w.found, w.model = result["mask"], model
+        w.seconds += time.perf_counter() - start
+
+
 def run_cells(cells: Sequence[Cell], protocol: Protocol = Protocol(), *, device: str | torch.device = "cpu",
               stack_size: int = STACK_SIZE, log: Log | None = None,
               return_models: bool = False) -> list[dict[str, Any] | DivergenceError]:
@@ -257,6 +287,7 @@ def run_cells(cells: Sequence[Cell], protocol: Protocol = Protocol(), *, device:
             _prune_singleshot(w, pr, dev)
     _multishot([w for w in pending if w.method in MULTISHOT], pr, stacks)
     _edge_popup([w for w in pending if w.method.startswith("edgepopup")], pr, stacks)
+    _gem([w for w in pending if w.method == "gem"], pr, dev)
 
     live = [w for w in work if w.failed is None]
     for w in live:  # strong performance and recovery, one cell at a time (cheap)

@@ -46,7 +46,7 @@ from typing import Any
 from ..atomic import _fsync_dir, atomic_write_text
 from ..config import ConfigError, config_hash
 from ..store import Run, Store, StoreError, index_fields
-from .benchmark import METHODS, REFERENCE_METHODS, Protocol, benchmark_table, plot_benchmark
+from .benchmark import ALL_METHODS, REFERENCE_METHODS, Protocol, benchmark_table, plot_benchmark
 from .cells import STACK_SIZE, run_cells
 from .tasks import TASKS
 
@@ -102,16 +102,20 @@ class PlantCell:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"unknown planting task {self.task!r}; choose from {', '.join(TASKS)}")
-        if self.method not in METHODS and self.method not in REFERENCE_METHODS:
-            raise ConfigError(f"unknown plant method {self.method!r}; choose from {', '.join(METHODS + REFERENCE_METHODS)}")
+        if self.method not in ALL_METHODS and self.method not in REFERENCE_METHODS:
+            raise ConfigError(f"unknown plant method {self.method!r}; choose from "
+                              f"{', '.join(ALL_METHODS + REFERENCE_METHODS)}")
         kept = normalize_kept(self.kept)
         if self.method == "dense" and kept != 1.0:
             raise ConfigError(f"method 'dense' is the unpruned host: kept must be 1, got {self.kept!r}")
         if self.method == "ticket" and kept != "ticket":
             raise ConfigError(f"method 'ticket' is the planted ticket: kept must be 'ticket', got {self.kept!r}")
-        if self.method in METHODS and kept == 1.0:
+        if self.method in ALL_METHODS and kept == 1.0:
             raise ConfigError(f"kept 1 of {self.method} is the dense host: use method 'dense' (one cell per task and "
                               "seed)")
+        if self.method == "gem" and isinstance(self.protocol, Protocol) and self.protocol.epochs < 2:
+            raise ConfigError(f"plant method gem needs --epochs >= 2 (GEM-MINER prunes after an epoch and trains on "
+                              f"after its last round), got {self.protocol.epochs}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.protocol, Protocol):
