@@ -117,7 +117,7 @@ def test_multistep_needs_milestones():
 
 def test_milestones_become_a_tuple_of_strings():
     t = TrainConfig(schedule="multistep", milestones=["80ep", 120])  # type: ignore[arg-type]
-    assert t.milestones == ("80ep", "120")
+    assert t.milestones == ("80ep", "120it")  # a Python int means iterations
 
 
 @pytest.mark.parametrize(

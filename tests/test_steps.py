@@ -16,7 +16,6 @@ from ticketlab.steps import StepError, format_step, parse_step, to_iterations
         ("0it", (0, 0)),
         ("0ep", (0, 0)),
         (" 3 ep 7 it ", (3, 7)),
-        ("1000", (0, 1000)),  # a bare number means iterations
         (5, (0, 5)),
         (0, (0, 0)),
     ],
@@ -94,3 +93,15 @@ def test_format_step_inverts_to_iterations():
 def test_format_step_rejects_bad_input(iteration, per_epoch):
     with pytest.raises(StepError):
         format_step(iteration, per_epoch)
+
+
+@pytest.mark.parametrize("text", ["10", " 1000 ", "0"])
+def test_a_step_string_without_unit_is_refused_with_both_spellings(text):
+    with pytest.raises(StepError) as err:
+        parse_step(text)
+    n = int(text)
+    assert f"'{n}it'" in str(err.value) and f"'{n}ep'" in str(err.value) and "no unit" in str(err.value)
+
+
+def test_a_python_int_still_means_iterations():
+    assert parse_step(1000) == (0, 1000)

@@ -7,6 +7,7 @@ Run "ticketlab COMMAND --help" for a command's options and their defaults.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -270,12 +271,20 @@ def _report_plant(store: Any, hashes: Sequence[str], out: str | None) -> bool:
     return True
 
 
-def _ls_filters(texts: Sequence[str]) -> dict[str, str]:
-    """KEY=VALUE filters of ``ls``; anything else is one clear error."""
-    bad = [t for t in texts if "=" not in t or t.startswith("=")]
-    if bad:
-        raise ConfigError(f"ls filters are KEY=VALUE, got {bad[0]!r}; e.g. ticketlab ls status=complete dataset=mnist")
-    return dict(t.split("=", 1) for t in texts)
+_LS_FILTER = re.compile(r"^([A-Za-z_][\w.]*)(>=|<=|=|>|<)(.*)$")
+
+
+def _ls_filters(texts: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``ls`` filters KEY=VALUE, KEY>NUMBER, KEY<NUMBER, KEY>=NUMBER, KEY<=NUMBER; anything else is
+    one clear error."""
+    out = []
+    for text in texts:
+        m = _LS_FILTER.match(text)
+        if not m:
+            raise ConfigError(f"ls filters are KEY=VALUE or KEY>NUMBER (also <, >=, <=), got {text!r}; e.g. ticketlab "
+                              "ls status=complete dataset=mnist 'final_test_accuracy>0.9'")
+        out.append((m.group(1), m.group(2), m.group(3)))
+    return out
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -285,9 +294,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     store = Store(args.runs_dir)
     if args.reindex:
         print(f"re-indexed {store.reindex()} runs")
-    rows = store.list(**filters)
+    rows = store.list(*filters)
     if not rows:
-        print(f"no runs under {store.root}" + (f" matching {filters}" if filters else ""))
+        print(f"no runs under {store.root}" + (f" matching {' '.join(args.filters)}" if filters else ""))
         return 0
     print(f"{'hash':<13} {'experiment':<10} {'status':<11} {'dataset':<13} {'model':<15} {'method':<9} "
           f"{'levels':>6} {'density':>8} {'test acc':>8}  updated")

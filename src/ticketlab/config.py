@@ -342,7 +342,8 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma}")
-        object.__setattr__(self, "milestones", tuple(str(m) for m in self.milestones))
+        object.__setattr__(self, "milestones", tuple(  # a Python int means iterations, as parse_step reads it
+            f"{m}it" if isinstance(m, int) and not isinstance(m, bool) else str(m) for m in self.milestones))
         for what in ("steps", "warmup", "eval_every"):
             _check_step(what, getattr(self, what))
         for m in self.milestones:

@@ -17,14 +17,17 @@ class StepError(ValueError):
 
 @lru_cache(maxsize=4096)  # called for warm-up and milestones at every training step
 def parse_step(text: str | int) -> tuple[int, int]:
-    """``"2ep100it"`` -> (2, 100). A bare integer means iterations."""
+    """``"2ep100it"`` -> (2, 100). A Python int (from code) means iterations; a string needs its
+    unit: ``"10"`` is refused, as it could mean either (the CLI's ``--steps 10`` used to train 10
+    iterations where an epoch count was often meant)."""
     if isinstance(text, int):
         if text < 0:
             raise StepError(f"step {text} is negative")
         return 0, text
     s = str(text).strip()
     if s.isdecimal():  # not isdigit: '²' is a digit that int() cannot read
-        return 0, int(s)
+        raise StepError(f"step {text!r} has no unit: write '{int(s)}it' for {int(s)} iterations or '{int(s)}ep' "
+                        f"for {int(s)} epochs")
     m = _STEP_RE.match(s)
     if not s or not m or (m.group(1) is None and m.group(2) is None):
         raise StepError(

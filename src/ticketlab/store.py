@@ -318,8 +318,10 @@ class Store:
             cols = ", ".join(f"{k} = ?" for k in fields)
             db.execute(f"UPDATE runs SET {cols} WHERE hash = ?", (*fields.values(), run_hash))
 
-    def list(self, **filters: str) -> list[dict[str, Any]]:
-        """Rows of the index, newest first; filters match columns or config keys (``lr=0.1``).
+    def list(self, *conditions: tuple[str, str, str], **filters: str) -> list[dict[str, Any]]:
+        """Rows of the index, newest first; filters match columns or config keys (``lr=0.1``);
+        ``conditions`` are (key, op, value) with op one of ``= > < >= <=`` over columns, config
+        and summary keys (``("final_test_accuracy", ">", "0.9")``; comparisons are numeric).
 
         A run indexed as running whose lock no live process holds was killed: it is listed as
         ``interrupted``.
@@ -334,8 +336,14 @@ class Store:
             row["summary"] = json.loads(row["summary"]) if row.get("summary") else {}
             if row.get("status") == "running" and not self.is_being_written(row["hash"]):
                 row["status"] = "interrupted"
-        _check_filter_keys(rows, filters)
-        return [r for r in rows if all(_matches(r, k, v) for k, v in filters.items())]
+        every = [(k, "=", v) for k, v in filters.items()] + [tuple(c) for c in conditions]
+        for _, op, value in every:
+            if op not in _OPS:
+                raise StoreError(f"filter operator {op!r} is unknown; use one of {' '.join(_OPS)}")
+            if op != "=" and _number(value) is None:
+                raise StoreError(f"a {op} filter compares numbers; {value!r} is not one")
+        _check_filter_keys(rows, {k: v for k, _, v in every})
+        return [r for r in rows if all(_matches(r, k, v, op) for k, op, v in every)]
 
     def upgrade(self) -> dict[str, dict[str, Any]]:
         """Give every file of every run that predates checksums its checksum (``ticketlab migrate``).
@@ -432,6 +440,18 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_OPS = ("=", ">", "<", ">=", "<=")
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _check_filter_keys(rows: list[dict[str, Any]], filters: dict[str, str]) -> None:
     """A filter key that no run has (a typo: ``datset=mnist``) is an error, not an empty list."""
     if not rows or not filters:
@@ -439,7 +459,7 @@ def _check_filter_keys(rows: list[dict[str, Any]], filters: dict[str, str]) -> N
     columns = {k for k in rows[0] if k not in ("config", "summary")}
     keys: set[str] = set()
     for row in rows:
-        for name in _flatten(row["config"]):
+        for name in [*_flatten(row["config"]), *_flatten(row["summary"])]:
             parts = name.split(".")
             keys.update(".".join(parts[i:]) for i in range(len(parts)))
     unknown = [k for k in filters if k not in columns and k not in keys]
@@ -449,9 +469,17 @@ def _check_filter_keys(rows: list[dict[str, Any]], filters: dict[str, str]) -> N
                          f"{', '.join(known)} (or a dotted config path such as train.lr)")
 
 
-def _matches(row: dict[str, Any], key: str, value: str) -> bool:
+def _matches(row: dict[str, Any], key: str, value: str, op: str = "=") -> bool:
     if key in row and key not in ("config", "summary"):
-        return str(row[key]) == value or (row["hash"].startswith(value) if key == "hash" else False)
-    flat = _flatten(row["config"])
-    candidates = [v for k, v in flat.items() if k == key or k.endswith("." + key)]
-    return any(str(v) == value for v in candidates)
+        candidates = [row[key]]
+        if op == "=" and key == "hash" and row["hash"].startswith(value):
+            return True
+    else:
+        candidates = [v for flat in (_flatten(row["config"]), _flatten(row["summary"]))
+                      for k, v in flat.items() if k == key or k.endswith("." + key)]
+    if op == "=":
+        return any(str(v) == value for v in candidates)
+    target = float(value)
+    numbers = [n for n in map(_number, candidates) if n is not None]
+    compare = {">": float.__gt__, "<": float.__lt__, ">=": float.__ge__, "<=": float.__le__}[op]
+    return any(compare(n, target) for n in numbers)

@@ -54,7 +54,12 @@ def _imp_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) -> 
 
 
 def _sparse_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
-    """Dense training keeps every weight; the other methods need a density."""
+    """Dense training keeps every weight (a density given with it is refused, not ignored); the
+    other methods need a density."""
+    if values["method"] == "dense" and "density" in values and values["density"] != 1.0:
+        raise ConfigError(f"--method dense trains every weight: a density of {values['density']:g} (--density / "
+                          "--sparsity) does not apply to it; drop it, or choose a sparse method (static, set, rigl, "
+                          "gmp)")
     if "density" not in values:
         if values["method"] != "dense":
             raise ConfigError(f"--method {values['method']} needs --density or --sparsity")
