@@ -157,7 +157,6 @@ def test_cli_sparse_rigl_writes_report(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--method", "static"], "--method static needs --density or --sparsity"),
     (["--method", "rigl", "--density", "0.2", "--distribution", "global"], "does not apply to rigl"),
-    (["--method", "gmp", "--density", "0.2", "--distribution", "erks"], "does not apply to gmp"),
     (["--method", "gmp", "--density", "0.2", "--delta-t", "4"], "--delta-t applies to set/rigl, not gmp"),
     (["--method", "static", "--density", "0.2", "--gmp-every", "4it"], "--gmp-every applies to gmp, not static"),
 ])
@@ -168,3 +167,11 @@ def test_cli_sparse_bad_input_is_one_clear_line(tmp_path, capsys, argv, message)
     assert err.startswith("ticketlab: error:") and message in err, err
     assert "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing was trained or stored
+
+
+def test_cli_sparse_distribution_is_one_of_fixed_choices_like_prunes(tmp_path, capsys):
+    """Free text until issue 21 (a typo reached the config's check); now argparse's choices, as in prune."""
+    with pytest.raises(SystemExit) as exc:
+        main(["sparse", "--method", "gmp", "--density", "0.2", "--distribution", "erks", "--runs-dir", str(tmp_path)])
+    assert exc.value.code == 2 and "invalid choice: 'erks'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -581,7 +581,7 @@ class SparseTrainConfig:
                             shown_default="1 for --method dense; the others need --density or --sparsity")
     distribution: str | None = option(None, "sparse init for static/set/rigl: uniform, erk, smart, smart_vgg; "
                                             "gmp: global, uniform, erk, smart, smart_vgg",
-                                      shown_default="erk; gmp: uniform")
+                                      shown_default="erk; gmp: uniform", choices=DISTRIBUTION_CHOICES)
     options: Any = options_field(sparse_options, "the method's own options: DropGrowOptions for set/rigl, "
                                                  "GMPOptions for gmp")
     include_first: bool = _include_first()
