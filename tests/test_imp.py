@@ -209,3 +209,16 @@ def test_store_refuses_folder_of_another_config(tmp_path):
     cfg_file.write_text(seal_json({k: v for k, v in json.loads(edited).items() if k != CHECKSUM_KEY}))
     with pytest.raises(StoreError, match="different experiment"):
         run(cfg, tmp_path)
+
+
+def test_early_stop_panel_marks_minima_at_the_last_evaluation(tmp_path):
+    """Issue 21: the demo's right panel made 722 vs 760 iterations look like a jump and showed an
+    "early-stop iteration" where the minimum was simply the last evaluation."""
+    from ticketlab.analysis.report import early_stop_points, plot_imp
+
+    rows = [{"level": 0, "branch": "ticket", "remaining_percent": 100.0, "final_test_accuracy": 0.9,
+             "early_stop_step": 722, "final_step": 760},
+            {"level": 1, "branch": "ticket", "remaining_percent": 50.0, "final_test_accuracy": 0.9,
+             "early_stop_step": 760, "final_step": 760}]
+    assert early_stop_points(rows) == [(100.0, 722, True), (50.0, 760, False)]
+    assert plot_imp([("run", rows)], tmp_path / "p.png").stat().st_size > 0

@@ -72,6 +72,14 @@ def imp_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def early_stop_points(rows: Sequence[dict[str, Any]]) -> list[tuple[float, int, bool]]:
+    """(remaining %, early-stop iteration, informative) per row, informative False where the minimum of
+    the validation loss is at the last evaluation (``final_step``): training never turned there, so
+    the "early-stop iteration" is only the run's length."""
+    return [(r["remaining_percent"], r["early_stop_step"],
+             r.get("final_step") is None or r["early_stop_step"] < r["final_step"]) for r in rows]
+
+
 def plot_imp(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path,
              metric: str = "final_test_accuracy") -> Path:
     """Accuracy vs. remaining weights (log scale, shrinking to the right) per run and branch."""
@@ -94,7 +102,14 @@ def plot_imp(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path,
                          reverse=True)
             name = f"{label}: {BRANCH_LABELS[branch]}" if len(runs) > 1 else BRANCH_LABELS[branch]
             ax_acc.plot([p[0] for p in pts], [p[1] for p in pts], styles[branch], label=name, markersize=4)
-            ax_es.plot([p[0] for p in pts], [p[2] for p in pts], styles[branch], label=name, markersize=4)
+            line, = ax_es.plot([p[0] for p in pts], [p[2] for p in pts], styles[branch], label=name, markersize=4)
+            last = [(x, y) for x, y, said in early_stop_points(branch_rows) if not said]
+            if last:  # the minimum is at the last evaluation: early stopping says nothing there
+                ax_es.plot([x for x, _ in last], [y for _, y in last], "o", markersize=9, markerfacecolor="none",
+                           markeredgecolor=line.get_color())
+    longest = max((r.get("final_step") or 0 for _, rows in runs for r in rows), default=0)
+    if longest:  # the whole run's length: one epoch's difference looks like one
+        ax_es.set_ylim(0, longest * 1.05)
     for ax, ylabel in ((ax_acc, metric.replace("_", " ")), (ax_es, "early-stop iteration (min val loss)")):
         ax.set_xscale("log")
         ax.invert_xaxis()
@@ -103,7 +118,7 @@ def plot_imp(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path,
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     ax_acc.set_title("Accuracy vs. remaining weights")
-    ax_es.set_title("Early-stop iteration vs. remaining weights")
+    ax_es.set_title("Early-stop iteration (ring: the minimum is the last evaluation)")
     fig.tight_layout()
     return _save(fig, path)
 
