@@ -345,3 +345,12 @@ def test_output_rate_with_no_prune_output_is_refused_but_a_presets_rate_is_dropp
     args = build_parser().parse_args(["imp", "--preset", "lenet_mnist", "--no-prune-output"])
     cfg = config_from_args(args)  # the preset's output rate (0.1) goes with the output layer it prunes
     assert cfg.prune.include_output is False and cfg.prune.output_rate is None
+
+
+def test_early_birds_fraction_removed_is_sparsity_and_the_old_flag_still_works(capsys):
+    """Issue 21, one vocabulary: sparsity = fraction removed everywhere; --prune-ratio is the old name."""
+    new = _build(["early-bird", "--sparsity", "0.8"])
+    assert capsys.readouterr().err == ""
+    old = _build(["early-bird", "--prune-ratio", "0.8"])
+    assert "--prune-ratio is deprecated; use --sparsity" in capsys.readouterr().err
+    assert new == old and new.prune_ratio == 0.8

@@ -77,7 +77,8 @@ def option(default: Any, help: str, **cli: Any) -> Any:
     ``cli`` may name the ``flag`` (default ``--field-name``), the ``dest`` (the key in presets),
     ``choices`` (a tuple, or a function returning one), ``shown_default`` (text for a default that
     is not a plain value), ``required``, ``group``, ``nargs``, ``action`` ("append"), ``metavar``,
-    ``sparsity`` (a density that also takes ``--sparsity`` = 1 - density), or ``cli=False``.
+    ``sparsity`` (a density that also takes ``--sparsity`` = 1 - density), ``deprecated`` (earlier
+    spellings of the flag, still accepted with a deprecation message), or ``cli=False``.
     Metadata never enters the hash.
     """
     return field(default=default, metadata={"help": help, **cli})
@@ -639,7 +640,8 @@ class EarlyBirdConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     kind: str = option("channel", "channel: network slimming on BN scales, a physically smaller ticket; "
                                   "unstructured: |w| masks", choices=("channel", "unstructured"))
-    prune_ratio: float = option(0.5, "fraction of channels (or weights) removed")
+    prune_ratio: float = option(0.5, "sparsity of the ticket: fraction of channels (or weights) removed, 1 - density",
+                                flag="--sparsity", deprecated=("--prune-ratio",), metavar="SPARSITY")
     epsilon: float = option(0.1, "draw the ticket when the last --window mask distances are all below this")
     window: int = option(5, "how many consecutive epoch-to-epoch mask distances must be below --epsilon")
     slimming: float = option(1e-4, "L1 strength on BN scales (channel kind)")

@@ -153,6 +153,24 @@ def help_text(option: Option, base: Mapping[str, Any]) -> str:
     return text.replace("%", "%%")
 
 
+class _DeprecatedAlias(argparse.Action):
+    """Stores like the option's own flag; an old spelling (``deprecated`` in the option's metadata)
+    still works and says once, on stderr, which flag replaces it."""
+
+    def __init__(self, option_strings: list[str], dest: str, deprecated: tuple[str, ...] = (), **kwargs: Any):
+        self.deprecated = tuple(deprecated)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if option_string in self.deprecated:
+            import sys
+
+            print(f"ticketlab: {option_string} is deprecated; use {self.option_strings[0]} (the same value)",
+                  file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_options(parser: argparse.ArgumentParser, opts: list[Option], base: Mapping[str, Any],
                 groups: dict[str, Any]) -> None:
     """One argparse option per ``Option``, in sections by ``group`` (created in ``groups`` as needed)."""
@@ -186,7 +204,10 @@ def add_options(parser: argparse.ArgumentParser, opts: list[Option], base: Mappi
                               help=f"fraction removed (1 - density); instead of {o.flag}")
         else:
             kwargs["required"] = bool(meta.get("required"))
-            g.add_argument(o.flag, **kwargs)
+            old_flags = tuple(meta.get("deprecated", ()))
+            if old_flags:  # earlier spellings keep working, with a deprecation message
+                kwargs.update(action=_DeprecatedAlias, deprecated=old_flags)
+            g.add_argument(o.flag, *old_flags, **kwargs)
 
 
 def values(opts: list[Option], args: argparse.Namespace, layers: Mapping[str, Any]) -> dict[str, Any]:
