@@ -249,7 +249,7 @@ def plot_sparse(runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path
 
 def early_bird_table(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table: where the ticket was drawn, accuracies, sizes and training FLOPs saved."""
-    head = ["run", "kind", "prune ratio", "drawn at epoch", "of epochs", "dense acc", "early-bird ticket acc",
+    head = ["run", "kind", "sparsity (removed)", "drawn at epoch", "of epochs", "dense acc", "early-bird ticket acc",
             "full-training ticket acc", "params ticket / dense", "training FLOPs saved"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:

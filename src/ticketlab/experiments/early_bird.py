@@ -188,7 +188,7 @@ def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch
             log(f"early-bird run {run.hash} is complete; nothing recomputed")
             return {k: v for k, v in done.items() if k != "status"}
         log(f"early-bird run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, {config.kind}, "
-            f"prune ratio {config.prune_ratio})")
+            f"sparsity {config.prune_ratio})")
         load_or_save_init(run, model)
         init = {k: v.clone() for k, v in model.state_dict().items()}
         ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log,
