@@ -30,6 +30,12 @@ def test_imp_ls_report(tmp_path, capsys):
     out_dir = tmp_path / "rep"
     assert main(["report", run_dirs[0].name[:6], "--runs-dir", runs, "--out", str(out_dir)]) == 0
     assert (out_dir / "report.png").exists() and (out_dir / "report.md").exists()
+    # a set of runs chosen by ls filters (issue 21), the same report; a filter matching nothing is an error
+    by_filter = tmp_path / "rep2"
+    assert main(["report", "experiment=imp", "dataset=synthetic_mlp", "--runs-dir", runs, "--out", str(by_filter)]) == 0
+    assert (by_filter / "report.md").read_text() == (out_dir / "report.md").read_text()
+    assert main(["report", "dataset=mnist", "--runs-dir", runs]) == 2
+    assert "no run in" in capsys.readouterr().err
 
     # the same command again finds the finished run instead of training again
     assert main(["imp", *SMALL, "--runs-dir", runs]) == 0

@@ -240,13 +240,36 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .store import Store
 
     store = Store(args.runs_dir)
-    hashes = [store.run(h).hash for h in args.runs]
+    hashes = _report_hashes(store, args.runs)
     if _report_plant(store, hashes, args.out):
         return 0
-    out = Path(args.out) if args.out else (store.run(hashes[0]).path if len(hashes) == 1
-                                           else store.root / "reports" / "_".join(h[:8] for h in hashes))
+    if args.out:
+        out = Path(args.out)
+    elif len(hashes) == 1:
+        out = store.run(hashes[0]).path
+    elif len(hashes) <= 4:
+        out = store.root / "reports" / "_".join(h[:8] for h in hashes)
+    else:  # a set chosen by filters: named by its size and a digest of its members
+        import hashlib
+
+        out = store.root / "reports" / f"{len(hashes)}-runs-{hashlib.sha1(' '.join(hashes).encode()).hexdigest()[:8]}"
     _write_report(hashes, store, out)
     return 0
+
+
+def _report_hashes(store: Any, texts: Sequence[str]) -> list[str]:
+    """The runs ``report`` was given: hashes (or unique prefixes) and ``ls`` filters (KEY=VALUE,
+    KEY>NUMBER, ...; a set of runs), in that order, each run once."""
+    plain = [t for t in texts if not any(c in t for c in "=<>")]
+    conditions = _ls_filters([t for t in texts if t not in plain])
+    hashes = [store.run(h).hash for h in plain]
+    if conditions:
+        matched = [r["hash"] for r in store.list(*conditions)]
+        if not matched:
+            raise ConfigError(f"no run in {store.root} matches {' '.join(t for t in texts if t not in plain)}; "
+                              "ticketlab ls with the same filters lists what there is")
+        hashes += matched
+    return list(dict.fromkeys(hashes))
 
 
 def _report_plant(store: Any, hashes: Sequence[str], out: str | None) -> bool:
@@ -435,7 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("report", help="tables and plots of stored runs (any kinds, one section per kind)")
-    p.add_argument("runs", nargs="+", help="run hashes (or unique prefixes)")
+    p.add_argument("runs", nargs="+", metavar="RUN_OR_FILTER",
+                   help="run hashes (or unique prefixes), and/or ls filters that choose a set of runs "
+                        "(experiment=imp dataset=mnist 'final_test_accuracy>0.9')")
     p.add_argument("--out", help="folder for report.md and the plots (default: the run's folder; for several runs "
                                  "RUNS_DIR/reports/<their hashes>; for plant studies and cells "
                                  "RUNS_DIR/reports/plant-<their hashes>, replaced as a whole)")
