@@ -120,6 +120,8 @@ def test_cli_prune_sparsity_and_report(tmp_path, capsys):
     assert "| mlp | synthetic_mlp | magnitude | global | shuffle | 0.1 | 1 |" in out
     hashes = [p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     assert len(hashes) == 2
+    for h in hashes:  # one run: its layer densities and training curve (a table only, until issue 21)
+        assert (tmp_path / "runs" / h / "report.png").stat().st_size > 10_000
     assert main(["report", *hashes, "--runs-dir", runs, "--out", str(tmp_path / "rep")]) == 0
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "| magnitude | global | none | 0.1 |" in text and "| magnitude | global | shuffle | 0.1 |" in text

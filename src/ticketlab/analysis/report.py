@@ -304,10 +304,44 @@ def imp_report(runs: Sequence[Run], plot: Path) -> Report:
     return text, [plot_imp(labelled, plot)]
 
 
+def plot_prune_run(label: str, summary: dict[str, Any], records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """One prune-at-init run: the kept fraction of each layer (where the method put the weights) and
+    the test accuracy during training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_layers, ax_curve) = plt.subplots(1, 2, figsize=(12, 4.5))
+    layers = summary.get("layer_density") or {}
+    ax_layers.bar(range(len(layers)), list(layers.values()), color="tab:blue")
+    ax_layers.set_xticks(range(len(layers)), list(layers), rotation=30, ha="right", fontsize=8)
+    ax_layers.axhline(summary.get("density", 0.0), color="black", linestyle=":", label="overall density")
+    ax_layers.set_ylabel("fraction kept")
+    ax_layers.set_title(f"{label}: kept fraction per layer")
+    ax_layers.legend(fontsize=8)
+    points = [(r["step"], r["test_accuracy"]) for r in records if r.get("test_accuracy") is not None]
+    ax_curve.plot([p[0] for p in points], [p[1] for p in points], "-o", markersize=3)
+    ax_curve.set_xlabel("iteration")
+    ax_curve.set_ylabel("test accuracy")
+    ax_curve.set_title(f"{label}: training after pruning")
+    for ax in (ax_layers, ax_curve):
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def prune_report(runs: Sequence[Run], plot: Path) -> Report:
-    """Prune-at-init runs: one table over seeds; accuracy vs. density once there are two runs."""
+    """Prune-at-init runs: one table over seeds; accuracy vs. density for two runs or more, the layer
+    densities and training curve for one."""
     rows = [_row(run, _config(run), run.read_json("train", "summary.json")) for run in runs]
-    return f"### pruning at initialisation\n\n{prune_table(rows)}", [plot_prune(rows, plot)] if len(rows) > 1 else []
+    if len(rows) > 1:
+        plots = [plot_prune(rows, plot)]
+    else:
+        run = runs[0]
+        plots = [plot_prune_run(f"{run.hash[:8]} {rows[0]['method']}", run.read_json("train", "summary.json"),
+                                run.read_jsonl("train", "metrics.jsonl"), plot)]
+    return f"### pruning at initialisation\n\n{prune_table(rows)}", plots
 
 
 def sparse_report(runs: Sequence[Run], plot: Path) -> Report:
