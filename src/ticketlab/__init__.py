@@ -4,6 +4,7 @@ Density always means the fraction of weights kept.
 """
 from .config import DataConfig, IMPConfig, ModelConfig, PruneConfig, TrainConfig, config_hash
 from .data import ArrayData, DataSplits, load_dataset, register_dataset, split_validation
+from .export import load_ticket
 from .masks import Mask, MaskError
 from .models import build_model, register_model
 from .prunable import prunable_parameters
@@ -15,5 +16,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ArrayData", "Callback", "DataConfig", "DataSplits", "IMPConfig", "Mask", "MaskError", "ModelConfig",
     "PruneConfig", "Store", "TrainConfig", "Trainer", "build_model", "config_hash", "evaluate", "load_dataset",
-    "prunable_parameters", "register_dataset", "register_model", "split_validation",
+    "load_ticket", "prunable_parameters", "register_dataset", "register_model", "split_validation",
 ]

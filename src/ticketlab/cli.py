@@ -353,6 +353,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A stored ticket as a model that runs without the Store (``ticketlab.export``)."""
+    from .export import completed_levels, export_run
+    from .store import Store
+
+    _set_threads(args)
+    store = Store(args.runs_dir)
+    run = store.run(args.run)
+    shape = tuple(args.input_shape) if args.input_shape else None
+    level = args.level if args.level is not None or not completed_levels(run) else completed_levels(run)[-1]
+    out = Path(args.out) if args.out else store.root / "exports" / f"{run.hash[:12]}-level_{level}-{args.format}"
+    export_run(store, run.hash, out, level=level, fmt=args.format, batch=args.batch, input_shape=shape,
+               num_classes=args.num_classes)
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Upgrade a store written before checksums: seal every file that parses, in place."""
     from .store import Store
@@ -457,6 +473,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="upgrade a store written before checksums (seals every file that parses)")
     p.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
     p.set_defaults(func=cmd_migrate)
+    p = sub.add_parser("export", help="a stored ticket as a standalone model (plain or sparse), with measured latency",
+                       description="Export one level of an IMP run: the level's mask applied to the weights that level "
+                                   "trained to, as a folder (ticket.json, weights.safetensors, export.json) that "
+                                   "ticketlab.load_ticket(folder) turns into a ready nn.Module without the store. "
+                                   "'sparse' stores kept weights only and runs each Linear layer in the form "
+                                   "(csr, csr_rows or dense) measured fastest here at batch 1 and --batch. "
+                                   "See docs/export.md.")
+    p.add_argument("run", help="run hash (or unique prefix)")
+    p.add_argument("--level", type=int, help="IMP level to export (default: the last completed one)")
+    p.add_argument("--format", default="standalone", choices=("standalone", "sparse", "onnx"),
+                   help="standalone: dense weights, pruned entries 0; sparse: kept weights, CSR where measured faster; "
+                        "onnx: needs the optional onnx and onnxruntime packages (default: standalone)")
+    p.add_argument("--batch", type=int, default=60, help="batch size measured besides batch 1 (default: 60)")
+    p.add_argument("--out", help="export folder (default: RUNS_DIR/exports/<hash>-level_<L>-<format>)")
+    p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
+                   help="one sample's shape, e.g. 1 28 28 (default: read from the run's data set)")
+    p.add_argument("--num-classes", type=int, help="number of classes (default: read from the run's data set)")
+    p.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch while measuring; the choice of "
+                                                          "forms holds for this thread count (default: 1)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("report", help="tables and plots of stored runs (any kinds, one section per kind)")
     p.add_argument("runs", nargs="+", metavar="RUN_OR_FILTER",
                    help="run hashes (or unique prefixes), and/or ls filters that choose a set of runs "

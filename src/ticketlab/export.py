@@ -1,0 +1,531 @@
+"""A ticket as a standalone model: export a stored level and load it back without the Store.
+
+    from ticketlab import Store, load_ticket
+    from ticketlab.export import export_run
+
+    export_run(Store("runs"), "3f2a", "ticket_out", level=5, fmt="sparse", batch=60)
+    model = load_ticket("ticket_out")          # a ready nn.Module, in eval mode
+
+An export folder holds three files:
+
+- ``ticket.json``: what rebuilds the model (registry name and options, input shape, classes), its
+  format, where it came from (run, level, the weights file read) and, for ``sparse``, the form
+  chosen for each Linear layer with the timings that chose it;
+- ``weights.safetensors``: the weights. ``standalone``: the plain state dict, pruned entries exactly 0
+  (any safetensors reader loads it). ``sparse``: each masked tensor whose kept entries are cheaper to
+  store as (flat int32 index, value) pairs is stored so; the rest as they are;
+- ``export.json``: honest numbers: parameters kept, bytes on disk, measured latency of the exported
+  vs. the dense (masked) model at batch 1 and the named batch, the thread count.
+
+Formats. ``standalone`` rebuilds the registry model and loads the weights. ``sparse`` does the same and
+then replaces each Linear layer by a :class:`SparseLinear` holding the form measured fastest on this
+machine at export time for its density and shape: CSR (``torch.sparse_csr``, int32 indices), the same
+CSR arrays computed by ``F.embedding_bag`` (``csr_rows``), or dense, separately for small batches
+(measured at batch 1) and large ones (measured at ``batch``); dense wherever no sparse form is
+clearly faster. Conv layers stay dense in this increment. ``onnx`` is not
+implemented in this increment (it needs the optional ``onnx`` and ``onnxruntime`` packages).
+
+The ticket of IMP level L is the level's mask (``level_LL/mask.safetensors``; level 0: no weight
+pruned) applied to the weights that level trained to (``level_LL/ticket/final.safetensors``).
+Loading never unpickles anything (JSON and safetensors only), and every file carries a checksum: a
+corrupt, truncated or foreign file gives one :class:`ExportError` naming the file.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .atomic import atomic_write_bytes, atomic_write_text
+from .integrity import CorruptFileError, open_json, seal_json, seal_safetensors, verify_safetensors
+from .masks import Mask
+
+__all__ = ["ExportError", "FORMATS", "SparseLinear", "choose_form", "choose_forms", "completed_levels", "export_run",
+           "load_ticket", "measure_group", "measure_latency", "SUPPORTED_EXPERIMENTS"]
+
+FORMATS = ("standalone", "sparse", "onnx")
+SUPPORTED_EXPERIMENTS = ("imp",)
+_MARK = "ticketlab-ticket"
+_VERSION = 1
+TICKET_FILE, WEIGHTS_FILE, REPORT_FILE = "ticket.json", "weights.safetensors", "export.json"
+_INDEX_SUFFIX = ".__index"  # the flat int32 positions of a tensor stored by its kept entries
+
+
+class ExportError(ValueError):
+    """An export that cannot be made, or an export file that cannot be loaded; the message says why."""
+
+
+# --- the sparse Linear ------------------------------------------------------------------------------
+SPARSE_FORMS = ("csr", "csr_rows")
+_FORMS = ("dense", *SPARSE_FORMS)
+
+
+def _features_major(x: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+    """``x`` (batch x features) as a contiguous features x batch matrix (``xt`` is ``x.t()``)."""
+    if xt.is_contiguous():
+        return xt
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
+        return torch.from_numpy(np.ascontiguousarray(x.numpy().T))  # ~1.5x faster than torch's transpose copy
+    return xt.contiguous()
+
+
+class SparseLinear(nn.Module):
+    """``nn.Linear`` for inference with its weight in the form measured fastest:
+
+    - ``"dense"``: the ordinary matrix product;
+    - ``"csr"``: ``torch.sparse_csr`` weight (int32 indices), ``addmm(bias, W_csr, x^T)``;
+    - ``"csr_rows"``: the same CSR arrays (row offsets, column indices, values) computed by
+      ``F.embedding_bag``: output j of every sample is the sum of W[j, k] x[:, k] over the kept k of
+      row j, gathered as rows of x^T (one vectorised pass over the batch per kept weight).
+
+    The sparse forms work on transposed activations (features x batch) and return a transposed view,
+    so a chain of them never copies; a dense layer after them multiplies in that layout too.
+    ``forms`` maps a measured batch size to the form chosen there, e.g. ``{1: "dense", 60: "csr_rows"}``;
+    a call uses the form of the measured batch nearest its own (in log scale). Weight and bias are
+    buffers (no gradients): an exported ticket is for inference.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, forms: Mapping[int, str]):
+        super().__init__()
+        bad = {b: f for b, f in forms.items() if f not in _FORMS}
+        if not forms or bad:
+            raise ExportError(f"SparseLinear forms must map batch sizes to one of {_FORMS}, got {dict(forms)}")
+        self.out_features, self.in_features = weight.shape
+        sizes = sorted(int(b) for b in forms)
+        self.small_form, self.large_form = forms[sizes[0]], forms[sizes[-1]]
+        self.threshold = math.sqrt(sizes[0] * sizes[-1])
+        weight = weight.detach().float().contiguous()
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.register_buffer("bias_column", None if bias is None else self.bias[:, None].clone())
+        uses = {self.small_form, self.large_form}
+        self.register_buffer("weight", weight if "dense" in uses else None)
+        self.csr = self.bag_index = self.bag_offsets = self.bag_values = None
+        if uses & set(SPARSE_FORMS):
+            c = weight.to_sparse_csr()
+            if "csr" in uses:  # int32 indices: MKL needs no conversion per call
+                self.csr = torch.sparse_csr_tensor(c.crow_indices().to(torch.int32), c.col_indices().to(torch.int32),
+                                                   c.values(), c.shape)
+            if "csr_rows" in uses:
+                self.bag_index = c.col_indices().contiguous()
+                self.bag_offsets = c.crow_indices()[:-1].contiguous()
+                self.bag_values = c.values().contiguous()
+        self._small, self._large = _FORMS.index(self.small_form), _FORMS.index(self.large_form)
+
+    def form_for(self, batch: int) -> str:
+        return self.small_form if batch <= self.threshold else self.large_form
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Buffers are read from ``_buffers`` directly: Module.__getattr__ costs ~0.3 us a name, which
+        # at batch 1 is a measurable share of a small layer's time.
+        two_d = x.dim() == 2
+        rows = x.shape[0] if two_d else x.numel() // self.in_features
+        form = self._small if rows <= self.threshold else self._large
+        buffers = self._buffers
+        if form == 0:
+            if two_d and rows > 1 and x.stride(0) == 1:  # transposed activations of a sparse layer before
+                if buffers["bias_column"] is None:
+                    return torch.mm(buffers["weight"], x.t()).t()
+                return torch.addmm(buffers["bias_column"], buffers["weight"], x.t()).t()
+            return F.linear(x, buffers["weight"], buffers["bias"])
+        if not two_d:
+            return self.forward(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+        xt = x.t()
+        if form == 1:
+            if buffers["bias_column"] is None:
+                return torch.mm(self.csr, xt).t()
+            return torch.addmm(buffers["bias_column"], self.csr, xt).t()  # (W x^T + b)^T as a view: no copy
+        yt = F.embedding_bag(self.bag_index, _features_major(x, xt), self.bag_offsets, mode="sum",
+                             per_sample_weights=self.bag_values)
+        if buffers["bias_column"] is not None:
+            yt.add_(buffers["bias_column"])
+        return yt.t()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"form={self.small_form} up to batch {self.threshold:.1f}, {self.large_form} above")
+
+
+def choose_form(timings: Mapping[str, float], margin: float = 0.9) -> str:
+    """The form to use given measured seconds per call of each form: the fastest sparse form only
+    when it takes less than ``margin`` x the dense time (so noise never picks a form that is
+    slower), else ``"dense"``."""
+    dense = timings.get("dense")
+    sparse = {f: t for f, t in timings.items() if f in SPARSE_FORMS}
+    if dense is None or not sparse:
+        return "dense"
+    best = min(sparse, key=lambda f: (sparse[f], SPARSE_FORMS.index(f)))
+    return best if sparse[best] < margin * dense else "dense"
+
+
+# --- timing --------------------------------------------------------------------------------------------
+Timer = Callable[[Callable[[], Any]], float]
+
+
+@torch.no_grad()
+def measure_latency(fn: Callable[[], Any], *, seconds: float = 0.05, rounds: int = 5) -> float:
+    """Seconds per call of ``fn``: the median over ``rounds`` rounds, each about ``seconds`` long,
+    after a warm-up."""
+    return measure_group({"fn": fn}, seconds=seconds, rounds=rounds)["fn"]
+
+
+@torch.no_grad()
+def measure_group(fns: Mapping[str, Callable[[], Any]], *, seconds: float = 0.05, rounds: int = 5) -> dict[str, float]:
+    """Seconds per call of each of ``fns``, timed in alternation (a round of each, ``rounds`` times)
+    so that a change in the machine's load hits all alike; the median round of each."""
+    calls = {}
+    for name, fn in fns.items():
+        for _ in range(3):
+            fn()
+        start = time.perf_counter()
+        fn()
+        calls[name] = max(1, min(10_000, int(seconds / max(time.perf_counter() - start, 1e-7))))
+    results: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                fn()
+            results[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(r) for name, r in results.items()}
+
+
+def _time(fns: Mapping[str, Callable[[], Any]], timer: Timer | None, seconds: float) -> dict[str, float]:
+    if timer is None:
+        return measure_group(fns, seconds=seconds)
+    return {name: timer(fn) for name, fn in fns.items()}
+
+
+def choose_forms(model: nn.Module, batches: list[int], timer: Timer | None = None, seconds: float = 0.05
+                 ) -> dict[str, dict[str, Any]]:
+    """Per Linear layer of ``model``: the form chosen at each batch size and the timings that chose it.
+    ``timer`` gets each candidate as ``functools.partial(layer_in_that_form, x)``.
+
+    Each form is timed on the layer alone, with a random input in the layout the layer will get:
+    transposed (features x batch) when the Linear before it (in module order) chose a sparse form at
+    that batch size, row-major otherwise."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    out: dict[str, dict[str, Any]] = {}
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        candidates = {name: {f: SparseLinear(m.weight, m.bias, {1: f}) for f in _FORMS} for name, m in layers.items()}
+        for name, m in layers.items():
+            nnz = int((m.weight != 0).sum())
+            out[name] = {"forms": {}, "timings_s": {}, "density": nnz / m.weight.numel(), "shape": list(m.weight.shape)}
+        gen = torch.Generator().manual_seed(0)
+        for batch in batches:
+            transposed = False
+            for name, m in layers.items():
+                x = torch.randn(m.in_features, batch, generator=gen)
+                x = x.t() if transposed else x.t().contiguous()
+                t = _time({f: functools.partial(c, x) for f, c in candidates[name].items()}, timer, seconds)
+                form = choose_form(t)
+                out[name]["timings_s"][str(batch)] = t
+                out[name]["forms"][str(batch)] = form
+                transposed = form in SPARSE_FORMS or (transposed and form == "dense" and batch > 1)
+    return out
+
+
+# --- files ---------------------------------------------------------------------------------------------
+def _encode(state: Mapping[str, torch.Tensor], sparse_names: set[str]
+            ) -> tuple[dict[str, torch.Tensor], dict[str, list[int]]]:
+    """Tensors to write: a tensor of ``sparse_names`` as (values, flat int32 indices) when that is smaller."""
+    out: dict[str, torch.Tensor] = {}
+    shapes: dict[str, list[int]] = {}
+    for name, t in state.items():
+        t = t.detach().cpu().contiguous()
+        if name in sparse_names and t.is_floating_point():
+            flat = t.reshape(-1)
+            idx = flat.nonzero().reshape(-1)
+            if idx.numel() * (4 + t.element_size()) < t.numel() * t.element_size() and t.numel() < 2**31:
+                out[name] = flat[idx].clone()
+                out[name + _INDEX_SUFFIX] = idx.to(torch.int32)
+                shapes[name] = list(t.shape)
+                continue
+        out[name] = t
+    return out, shapes
+
+
+def _decode(tensors: Mapping[str, torch.Tensor], shapes: Mapping[str, list[int]], source: Path
+            ) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name.endswith(_INDEX_SUFFIX):
+            continue
+        if name in shapes:
+            idx = tensors.get(name + _INDEX_SUFFIX)
+            numel = math.prod(shapes[name])
+            bad = idx is None or idx.numel() != t.numel()
+            if bad or (idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= numel)):
+                raise ExportError(f"{source} is corrupt: the stored entries of {name!r} do not fit its shape "
+                                  f"{shapes[name]}; export the ticket again")
+            full = torch.zeros(numel, dtype=t.dtype)
+            full[idx.long()] = t
+            state[name] = full.reshape(shapes[name])
+        else:
+            state[name] = t
+    return state
+
+
+def _write_weights(path: Path, state: Mapping[str, torch.Tensor], sparse_names: set[str]) -> None:
+    from safetensors.torch import save
+
+    tensors, shapes = _encode(state, sparse_names)
+    meta = {"format": _MARK, "version": str(_VERSION), "sparse_shapes": json.dumps(shapes, sort_keys=True)}
+    atomic_write_bytes(path, seal_safetensors(save(tensors, metadata=meta)))
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ExportError(f"{path} is missing; an export folder holds {TICKET_FILE} and {WEIGHTS_FILE}") from None
+    try:
+        meta = verify_safetensors(data, path, require=True)
+    except CorruptFileError as exc:
+        raise ExportError(f"{path} is not a ticketlab export or is corrupt: {exc.problem}") from None
+    if meta.get("format") != _MARK:
+        raise ExportError(f"{path} is not a ticketlab ticket weights file (format {meta.get('format')!r})")
+    try:
+        tensors = load(data)
+        shapes = json.loads(meta.get("sparse_shapes", "{}"))
+    except Exception as exc:  # safetensors raises several error types for damaged files
+        raise ExportError(f"{path} is corrupt ({exc}); export the ticket again") from None
+    return _decode(tensors, shapes, path)
+
+
+def _read_ticket_json(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ExportError(f"{path} is missing; give an export folder (made by `ticketlab export`) or its "
+                          f"{TICKET_FILE}") from None
+    try:
+        desc = open_json(data, path, require=True)
+    except CorruptFileError as exc:
+        raise ExportError(f"{path} is not a ticketlab export or is corrupt: {exc.problem}") from None
+    if desc.get("format") != _MARK:
+        raise ExportError(f"{path} is not a ticketlab ticket description (format {desc.get('format')!r})")
+    if desc.get("version") != _VERSION:
+        raise ExportError(f"{path} is an export of version {desc.get('version')!r}; this ticketlab reads version "
+                          f"{_VERSION}")
+    missing = [k for k in ("kind", "model", "model_options", "input_shape", "num_classes") if k not in desc]
+    if missing or desc["kind"] not in ("standalone", "sparse"):
+        raise ExportError(f"{path} is corrupt: it lacks {missing or ['a known kind']}; export the ticket again")
+    return desc
+
+
+# --- loading -------------------------------------------------------------------------------------------
+def _build(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: Path) -> nn.Module:
+    from .models import build_model
+
+    model = build_model(desc["model"], tuple(desc["input_shape"]), int(desc["num_classes"]), **desc["model_options"])
+    try:
+        model.load_state_dict(dict(state))
+    except RuntimeError as exc:
+        raise ExportError(f"the weights in {source} do not fit the model {desc['model']!r} ({exc})") from None
+    return model
+
+
+def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _sparsify(model: nn.Module, layers: Mapping[str, Mapping[str, Any]]) -> nn.Module:
+    """Each Linear layer in its recorded forms; a model whose layers are all dense stays as it is
+    (a dense layer after a sparse one is converted too: it takes the transposed activations)."""
+    forms = {name: {int(b): f for b, f in entry["forms"].items()} for name, entry in layers.items()}
+    if all(set(f.values()) == {"dense"} for f in forms.values()):
+        return model
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        for name, layer_forms in forms.items():
+            try:
+                layer = model.get_submodule(name)
+            except AttributeError:
+                layer = None
+            if not isinstance(layer, nn.Linear):
+                raise ExportError(f"layer {name!r} of the export is not a Linear of the model "
+                                  f"({type(layer).__name__}); export the ticket again")
+            _replace_module(model, name, SparseLinear(layer.weight, layer.bias, layer_forms))
+    return model
+
+
+def load_ticket(path: str | Path) -> nn.Module:
+    """The exported ticket in ``path`` (an export folder, or its ``ticket.json``) as a ready
+    ``nn.Module`` in eval mode; needs no Store. Raises :class:`ExportError` for a missing, corrupt or
+    foreign file."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    ticket = path if not path.is_dir() else path / TICKET_FILE
+    desc = _read_ticket_json(ticket)
+    name = desc.get("weights_file", WEIGHTS_FILE)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ExportError(f"{ticket} is corrupt: its weights file {name!r} is not a file name beside it")
+    weights = folder / name
+    model = _build(desc, _read_weights(weights), weights)
+    if desc["kind"] == "sparse":
+        _sparsify(model, desc.get("layers", {}))
+    return model.eval()
+
+
+# --- exporting -----------------------------------------------------------------------------------------
+def completed_levels(run: Any) -> list[int]:
+    """The IMP levels of ``run`` whose ticket is complete (trained weights and, past level 0, a mask)."""
+    levels = []
+    for p in sorted(run.path.glob("level_*")):
+        try:
+            level = int(p.name.split("_", 1)[1])
+        except ValueError:
+            continue
+        if (p / "ticket" / "summary.json").exists() and (level == 0 or (p / "mask.safetensors").exists()):
+            levels.append(level)
+    return levels
+
+
+def _input_spec(config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+    from .data import load_dataset
+
+    data = config["data"]
+    try:
+        splits = load_dataset(data["name"], data.get("root"), **data.get("options", {}))
+    except Exception as exc:
+        raise ExportError(f"the run's data set {data['name']!r} could not be loaded to learn the input shape and "
+                          f"classes ({exc}); pass input_shape and num_classes (--input-shape, --num-classes)") from None
+    return tuple(splits.input_shape), int(splits.num_classes)
+
+
+def _masked_state(run: Any, level: int) -> tuple[dict[str, torch.Tensor], Mask | None, str]:
+    weights_file = f"level_{level:02d}/ticket/final.safetensors"
+    state = run.load_tensors(*weights_file.split("/"))
+    if level == 0:
+        return state, None, weights_file
+    mask = Mask.load(run.file(f"level_{level:02d}", "mask.safetensors"), require_checksum=True)
+    for name, keep in mask.items():
+        if name not in state or state[name].shape != keep.shape:
+            raise ExportError(f"the mask of level {level} does not fit the weights in {weights_file} ({name!r})")
+        state[name] = torch.where(keep, state[name], torch.zeros((), dtype=state[name].dtype))
+    return state, mask, weights_file
+
+
+def _file_bytes(folder: Path) -> dict[str, int]:
+    return {name: (folder / name).stat().st_size for name in (TICKET_FILE, WEIGHTS_FILE)}
+
+
+def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None = None, fmt: str = "standalone",
+               batch: int = 60, *, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
+               timer: Timer | None = None, measure_seconds: float = 0.05, log: Callable[[str], None] = print
+               ) -> dict[str, Any]:
+    """Export level ``level`` (default: the last completed one) of the IMP run ``run_hash`` of
+    ``store`` into ``out_dir`` in format ``fmt``; return the numbers written to ``export.json``.
+
+    ``batch`` is the large batch size measured besides batch 1 (for the sparse form's choice and for
+    the reported latency). ``timer(fn) -> seconds per call`` replaces the latency measurement (tests).
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        import importlib.util
+
+        if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+            raise ExportError("format 'onnx' needs the optional packages onnx and onnxruntime, which are not "
+                              "installed (pip install onnx onnxruntime); use --format standalone or sparse")
+        raise ExportError("format 'onnx' is not implemented yet (issue 19); use --format standalone or sparse")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ExportError(f"batch must be a positive int, got {batch!r}")
+    run = store.run(run_hash)
+    config = run.read_json("config.json")
+    experiment = config.get("experiment")
+    if experiment not in SUPPORTED_EXPERIMENTS:
+        raise ExportError(f"run {run.hash} is a {experiment!r} run; export supports {', '.join(SUPPORTED_EXPERIMENTS)} "
+                          "runs in this version")
+    levels = completed_levels(run)
+    if not levels:
+        raise ExportError(f"run {run.hash} has no completed level to export yet")
+    level = levels[-1] if level is None else level
+    if level not in levels:
+        raise ExportError(f"run {run.hash} has no completed level {level}; completed levels: {levels}")
+    cfg = config["config"]
+    if input_shape is None or num_classes is None:
+        shape, classes = _input_spec(cfg)
+        input_shape = tuple(input_shape or shape)
+        num_classes = int(num_classes or classes)
+    state, mask, weights_file = _masked_state(run, level)
+    desc: dict[str, Any] = {
+        "format": _MARK, "version": _VERSION, "kind": fmt, "model": cfg["model"]["name"],
+        "model_options": cfg["model"].get("options", {}), "input_shape": list(input_shape),
+        "num_classes": num_classes, "weights_file": WEIGHTS_FILE,
+        "source": {"run": run.hash, "experiment": experiment, "level": level, "weights": weights_file,
+                   "mask": None if mask is None else f"level_{level:02d}/mask.safetensors"},
+    }
+    dense_model = _build(desc, state, run.file(*weights_file.split("/"))).eval()
+    out = Path(out_dir)
+    batches = sorted({1, batch})
+    if fmt == "sparse":
+        layers = choose_forms(dense_model, batches, timer, measure_seconds)
+        desc["layers"] = layers
+        desc["conv_layers"] = "dense (not converted in this version)"
+        _write_weights(out / WEIGHTS_FILE, state, set() if mask is None else set(mask))
+    else:
+        _write_weights(out / WEIGHTS_FILE, state, set())
+    atomic_write_text(out / TICKET_FILE, seal_json(desc))
+
+    exported = load_ticket(out)  # what a user gets, so the numbers are those of the files written
+    report = _measure(dense_model, exported, state, mask, input_shape, batches, timer, measure_seconds)
+    report.update({"format": fmt, "run": run.hash, "level": level, "weights_from": weights_file,
+                   "bytes": {**_file_bytes(out), "dense_fp32_state": sum(t.numel() * 4 for t in state.values())},
+                   "threads": torch.get_num_threads(), "torch": torch.__version__})
+    if fmt == "sparse":
+        report["layer_forms"] = {n: e["forms"] for n, e in desc["layers"].items()}
+    atomic_write_text(out / REPORT_FILE, seal_json(report))
+    log(describe(report, out))
+    return report
+
+
+@torch.no_grad()
+def _measure(dense: nn.Module, exported: nn.Module, state: Mapping[str, torch.Tensor], mask: Mask | None,
+             input_shape: tuple[int, ...], batches: list[int], timer: Timer | None, seconds: float
+             ) -> dict[str, Any]:
+    total = sum(t.numel() for t in state.values())
+    pruned = 0 if mask is None else mask.num_total - mask.num_kept
+    latency = {}
+    gen = torch.Generator().manual_seed(0)
+    max_diff = 0.0
+    for b in batches:
+        x = torch.randn(b, *input_shape, generator=gen)
+        max_diff = max(max_diff, float((dense(x) - exported(x)).abs().max()))
+        t = _time({"dense": lambda: dense(x), "export": lambda: exported(x)}, timer, seconds)
+        t_dense, t_export = t["dense"], t["export"]
+        latency[str(b)] = {"dense_s": t_dense, "export_s": t_export, "speedup": t_dense / t_export}
+    return {"parameters": {"total": total, "kept": total - pruned, "pruned": pruned,
+                           "masked_density": None if mask is None else mask.density},
+            "latency": latency, "max_abs_output_difference": max_diff}
+
+
+def describe(report: Mapping[str, Any], out: Path | str = "") -> str:
+    p, b = report["parameters"], report["bytes"]
+    lines = [f"exported run {report['run'][:12]} level {report['level']} as {report['format']} to {out}",
+             f"  parameters kept {p['kept']:,} of {p['total']:,}"
+             + (f" (masked weights density {p['masked_density']:.4f})" if p["masked_density"] is not None else ""),
+             f"  bytes on disk: weights {b[WEIGHTS_FILE]:,}, {TICKET_FILE} {b[TICKET_FILE]:,} "
+             f"(dense fp32 state {b['dense_fp32_state']:,}, {b['dense_fp32_state'] / b[WEIGHTS_FILE]:.1f}x)"]
+    for batch, t in report["latency"].items():
+        lines.append(f"  batch {batch:>4}: dense {t['dense_s'] * 1e6:9.1f} us, exported {t['export_s'] * 1e6:9.1f} us "
+                     f"({t['speedup']:.2f}x), threads {report['threads']}")
+    if "layer_forms" in report:
+        lines.append("  forms: " + ", ".join(f"{n} {f}" for n, f in report["layer_forms"].items()))
+    return "\n".join(lines)
