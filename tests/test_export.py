@@ -220,3 +220,36 @@ def test_cli_export(store, tmp_path, capsys):
     assert (out / "export.json").exists() and load_ticket(out) is not None
     assert main(["export", h, "--runs-dir", str(store.root), "--level", "9", "--out", str(out)]) == 2
     assert "completed levels" in capsys.readouterr().err
+
+
+def test_a_killed_export_leaves_the_previous_export_whole_and_a_rerun_completes(store, tmp_path, monkeypatch):
+    """The three files are written into a new folder that replaces the old one as a whole."""
+    import ticketlab.export as export_module
+
+    out = tmp_path / "out"
+    h = config_hash(MLP_CFG)
+    export_run(store, h, out, level=1, batch=8, measure_seconds=0.002, log=lambda _: None)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = export_module.atomic_write_text
+
+    def killed(path, text):
+        if path.name == "export.json":
+            raise KeyboardInterrupt  # killed after the weights and ticket.json of the new export
+        real(path, text)
+
+    monkeypatch.setattr(export_module, "atomic_write_text", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(store, h, out, level=2, batch=8, measure_seconds=0.002, log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # level 1's export, untouched
+    assert json.loads((out / "ticket.json").read_text())["source"]["level"] == 1
+    monkeypatch.setattr(export_module, "atomic_write_text", real)
+    export_run(store, h, out, level=2, batch=8, measure_seconds=0.002, log=lambda _: None)
+    assert json.loads((out / "ticket.json").read_text())["source"]["level"] == 2
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no temp folders left
+
+
+def test_an_export_never_replaces_a_folder_of_other_files(store, tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="holds other files"):
+        export_run(store, config_hash(MLP_CFG), tmp_path, batch=8, measure_seconds=0.002, log=lambda _: None)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"

@@ -6,7 +6,10 @@ the permissions the user's umask gives new files (``tempfile`` alone would make 
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -77,3 +80,65 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the file system cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.{kind}-*"))
+
+
+def recover_folder(out: Path) -> None:
+    """Finish what a killed ``replace_folder`` left: with ``out`` gone, its old copy goes back; temp
+    folders go."""
+    if not out.exists():
+        old = _leftovers(out, "old")
+        if old:
+            os.rename(old[-1], out)
+    for leftover in _leftovers(out, "new") + _leftovers(out, "old"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def replace_folder(out: Path, write: Callable[[Path], None]) -> None:
+    """``write(folder)`` fills a new folder beside ``out``, which then replaces ``out`` as a whole
+    (``renameat2(RENAME_EXCHANGE)`` on Linux, else two renames that ``recover_folder`` completes or
+    undoes after a kill): ``out`` is always either the old folder or the new one, never a mix."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        _fsync_dir(tmp)
+        if out.exists():
+            if _renameat2_exchange(tmp, out):  # tmp now holds the old folder
+                _fsync_dir(out.parent)
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.rename(out, old)  # a kill here: the next call puts old back (recover_folder)
+                os.rename(tmp, out)
+                _fsync_dir(out.parent)
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+            _fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import atomic_write_bytes, atomic_write_text, replace_folder
 from .integrity import CorruptFileError, open_json, seal_json, seal_safetensors, verify_safetensors
 from .masks import Mask
 
@@ -475,23 +475,32 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
     dense_model = _build(desc, state, run.file(*weights_file.split("/"))).eval()
     out = Path(out_dir)
     batches = sorted({1, batch})
-    if fmt == "sparse":
-        layers = choose_forms(dense_model, batches, timer, measure_seconds)
-        desc["layers"] = layers
-        desc["conv_layers"] = "dense (not converted in this version)"
-        _write_weights(out / WEIGHTS_FILE, state, set() if mask is None else set(mask))
-    else:
-        _write_weights(out / WEIGHTS_FILE, state, set())
-    atomic_write_text(out / TICKET_FILE, seal_json(desc))
+    report: dict[str, Any] = {}
 
-    exported = load_ticket(out)  # what a user gets, so the numbers are those of the files written
-    report = _measure(dense_model, exported, state, mask, input_shape, batches, timer, measure_seconds)
-    report.update({"format": fmt, "run": run.hash, "level": level, "weights_from": weights_file,
-                   "bytes": {**_file_bytes(out), "dense_fp32_state": sum(t.numel() * 4 for t in state.values())},
-                   "threads": torch.get_num_threads(), "torch": torch.__version__})
-    if fmt == "sparse":
-        report["layer_forms"] = {n: e["forms"] for n, e in desc["layers"].items()}
-    atomic_write_text(out / REPORT_FILE, seal_json(report))
+    def write(folder: Path) -> None:
+        """The three files, written into a new folder that then replaces ``out`` as a whole: a
+        killed export leaves the previous export (or none), never a mix of two."""
+        if fmt == "sparse":
+            desc["layers"] = choose_forms(dense_model, batches, timer, measure_seconds)
+            desc["conv_layers"] = "dense (not converted in this version)"
+            _write_weights(folder / WEIGHTS_FILE, state, set() if mask is None else set(mask))
+        else:
+            _write_weights(folder / WEIGHTS_FILE, state, set())
+        atomic_write_text(folder / TICKET_FILE, seal_json(desc))
+        exported = load_ticket(folder)  # what a user gets, so the numbers are those of the files written
+        report.update(_measure(dense_model, exported, state, mask, input_shape, batches, timer, measure_seconds))
+        report.update({"format": fmt, "run": run.hash, "level": level, "weights_from": weights_file,
+                       "bytes": {**_file_bytes(folder), "dense_fp32_state": sum(t.numel() * 4 for t in state.values())},
+                       "threads": torch.get_num_threads(), "torch": torch.__version__})
+        if fmt == "sparse":
+            report["layer_forms"] = {n: e["forms"] for n, e in desc["layers"].items()}
+        atomic_write_text(folder / REPORT_FILE, seal_json(report))
+
+    if out.exists() and (not out.is_dir() or not {p.name for p in out.iterdir()} <= {TICKET_FILE, WEIGHTS_FILE,
+                                                                                    REPORT_FILE}):
+        raise ExportError(f"{out} holds other files than an export's ({TICKET_FILE}, {WEIGHTS_FILE}, {REPORT_FILE}); "
+                          "an export replaces its folder as a whole, so choose a new or empty folder")
+    replace_folder(out, write)
     log(describe(report, out))
     return report
 

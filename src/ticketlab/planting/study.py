@@ -32,10 +32,8 @@ import ctypes
 import json
 import math
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -43,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import _fsync_dir, atomic_write_text
+from ..atomic import atomic_write_text, recover_folder, replace_folder
 from ..config import ConfigError, config_hash
 from ..store import Run, Store, StoreError, index_fields
 from .benchmark import ALL_METHODS, REFERENCE_METHODS, Protocol, benchmark_table, plot_benchmark
@@ -530,39 +528,6 @@ def study_rows(store: Store, run: Run) -> list[Row]:
 
 
 # --- the report -----------------------------------------------------------------------------------
-def _renameat2_exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the file system cannot exchange
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _leftovers(out: Path, kind: str) -> list[Path]:
-    return sorted(out.parent.glob(f".{out.name}.{kind}-*"))
-
-
-def _recover(out: Path) -> None:
-    """Finish what a killed swap left: with ``out`` gone, its old copy goes back; temp folders go."""
-    if not out.exists():
-        old = _leftovers(out, "old")
-        if old:
-            os.rename(old[-1], out)
-    for leftover in _leftovers(out, "new") + _leftovers(out, "old"):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
 def _check_replaceable(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a folder")
@@ -582,10 +547,10 @@ def write_report(rows: Sequence[Row], out: str | os.PathLike, note: str = "") ->
     replaces ``out`` as a whole; returns the files' final paths."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _recover(out)
+    recover_folder(out)
     _check_replaceable(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         table = benchmark_table(rows)
         atomic_write_text(tmp / "report.md", table + (f"\n\n{note}\n" if note else "\n"))
         atomic_write_text(tmp / "rows.json", json.dumps([{k: _finite(v) for k, v in r.items()} for r in rows],
@@ -593,29 +558,9 @@ def write_report(rows: Sequence[Row], out: str | os.PathLike, note: str = "") ->
         plot_benchmark(rows, tmp / "weak.png", metric="weak")
         plot_benchmark(rows, tmp / "strong.png", metric="strong")
         (tmp / _MARKER).write_text("written by ticketlab plant / report; replaced as a whole on the next report\n")
-        os.chmod(tmp, 0o777 & ~_umask())
-        _fsync_dir(tmp)
-        if out.exists():
-            if _renameat2_exchange(tmp, out):  # tmp now holds the old report
-                _fsync_dir(out.parent)
-            else:
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                os.rename(out, old)  # a kill here: the next call puts old back (see _recover)
-                os.rename(tmp, out)
-                _fsync_dir(out.parent)
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-            _fsync_dir(out.parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    replace_folder(out, write)
     return {name: out / name for name in REPORT_FILES}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 __all__ = ["PlantCell", "PlantStudyConfig", "Protocol", "StudyRows", "compute_cell", "run_study", "stored_row",
