@@ -64,7 +64,7 @@ class _Plant:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a cell in progress is one object
 class _Work:
     """One cell in progress."""
 
@@ -302,11 +302,10 @@ def run_cells(cells: Sequence[Cell], protocol: Protocol = Protocol(), *, device:
         w.seconds += time.perf_counter() - start
     trained = stacks.fit([(w, w.model, w.found, w.seed * 1_000 + 999) for w in live], pr.epochs, "weak training")
     out: list[dict[str, Any] | DivergenceError] = []
+    for w, model in zip(live, trained):
+        if model is not None:
+            w.model = model
     for w in work:
-        if w.failed is None and w.model is not None and w in live:
-            model = trained[live.index(w)]
-            if model is not None:
-                w.model = model
         if w.failed is not None:
             out.append(DivergenceError(f"plant cell {w.task} {w.method} kept {w.kept} seed {w.seed} diverged in "
                                        f"{w.failed}"))
