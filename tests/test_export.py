@@ -191,8 +191,6 @@ def test_unsupported_requests_fail_clearly(store, tmp_path):
         export_run(store, h, tmp_path / "x", level=7, timer=fast_timer, log=lambda _: None)
     with pytest.raises(ExportError, match="standalone, sparse, onnx"):
         export_run(store, h, tmp_path / "x", fmt="tflite", log=lambda _: None)
-    with pytest.raises(ExportError, match="onnx"):
-        export_run(store, h, tmp_path / "x", fmt="onnx", log=lambda _: None)
     run = store.run(h)
     cfg = run.read_json("config.json")
     other = store.root / "fakeprune"
@@ -253,3 +251,29 @@ def test_an_export_never_replaces_a_folder_of_other_files(store, tmp_path):
     with pytest.raises(ExportError, match="holds other files"):
         export_run(store, config_hash(MLP_CFG), tmp_path, batch=8, measure_seconds=0.002, log=lambda _: None)
     assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("cfg,shape", [(MLP_CFG, (16,)), (CNN_CFG, (3, 8, 8))], ids=["mlp", "cnn"])
+def test_onnx_export_agrees_with_the_masked_model_under_onnxruntime(store, tmp_path, cfg, shape):
+    """Issue 19: the ONNX file, run by onnxruntime, gives the masked model's outputs within 1e-5."""
+    ort = pytest.importorskip("onnxruntime")  # the optional [onnx] extra; CI installs it
+    report = export_run(store, config_hash(cfg), tmp_path / "out", fmt="onnx", batch=8, measure_seconds=0.002,
+                        log=lambda _: None)
+    assert report["onnx"]["max_abs_diff"] <= 1e-5 and set(report["onnx"]["latency_us"]) == {"1", "8"}
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(5))
+    expected = masked_model(store, cfg, cfg.levels, shape, 4)
+    with torch.no_grad():
+        want = expected(x).numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert abs(got - want).max() <= 1e-5  # another batch size than the export's checks: the batch axis is dynamic
+    assert load_ticket(tmp_path / "out")(x).shape == (3, 4)  # the same folder still loads in PyTorch
+
+
+def test_onnx_without_the_extra_is_one_clear_error(store, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("onnx") else real(name, *a))
+    with pytest.raises(ExportError, match=r"ticketlab\[onnx\]"):
+        export_run(store, config_hash(MLP_CFG), tmp_path / "x", fmt="onnx", log=lambda _: None)

@@ -22,8 +22,9 @@ then replaces each Linear layer by a :class:`SparseLinear` holding the form meas
 machine at export time for its density and shape: CSR (``torch.sparse_csr``, int32 indices), the same
 CSR arrays computed by ``F.embedding_bag`` (``csr_rows``), or dense, separately for small batches
 (measured at batch 1) and large ones (measured at ``batch``); dense wherever no sparse form is
-clearly faster. Conv layers stay dense in this increment. ``onnx`` is not
-implemented in this increment (it needs the optional ``onnx`` and ``onnxruntime`` packages).
+clearly faster. Conv layers stay dense in this increment. ``onnx`` writes the standalone files plus
+``model.onnx`` (batch dimension dynamic), checked under onnxruntime against PyTorch within
+``ONNX_TOLERANCE`` before it is written (the optional ``onnx`` extra: onnx and onnxruntime).
 
 The ticket of IMP level L is the level's mask (``level_LL/mask.safetensors``; level 0: no weight
 pruned) applied to the weights that level trained to (``level_LL/ticket/final.safetensors``).
@@ -38,7 +39,7 @@ import math
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,8 @@ SUPPORTED_EXPERIMENTS = ("imp",)
 _MARK = "ticketlab-ticket"
 _VERSION = 1
 TICKET_FILE, WEIGHTS_FILE, REPORT_FILE = "ticket.json", "weights.safetensors", "export.json"
+ONNX_FILE = "model.onnx"
+ONNX_TOLERANCE = 1e-5  # largest |onnxruntime - PyTorch| output difference an onnx export may have
 _INDEX_SUFFIX = ".__index"  # the flat int32 positions of a tensor stored by its kept entries
 
 
@@ -322,7 +325,7 @@ def _read_ticket_json(path: Path) -> dict[str, Any]:
         raise ExportError(f"{path} is an export of version {desc.get('version')!r}; this ticketlab reads version "
                           f"{_VERSION}")
     missing = [k for k in ("kind", "model", "model_options", "input_shape", "num_classes") if k not in desc]
-    if missing or desc["kind"] not in ("standalone", "sparse"):
+    if missing or desc["kind"] not in FORMATS:
         raise ExportError(f"{path} is corrupt: it lacks {missing or ['a known kind']}; export the ticket again")
     return desc
 
@@ -384,6 +387,39 @@ def load_ticket(path: str | Path) -> nn.Module:
 
 
 # --- exporting -----------------------------------------------------------------------------------------
+def _write_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...], batches: Sequence[int],
+                timer: Timer | None, measure_seconds: float) -> dict[str, Any]:
+    """``model`` as ONNX (batch dimension dynamic), checked under onnxruntime against PyTorch at every
+    measured batch size: a larger difference than ``ONNX_TOLERANCE`` is an error, not a file. Returns
+    the largest difference, the opset, the file's SHA-256 and onnxruntime's latency."""
+    import hashlib
+    import io
+
+    import onnxruntime
+
+    buf = io.BytesIO()
+    example = torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated but needs no extra package
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+    data = buf.getvalue()
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    worst, latency = 0.0, {}
+    for b in batches:
+        x = torch.randn(b, *input_shape, generator=torch.Generator().manual_seed(b))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run(None, {"input": x.numpy()})[0]
+        worst = max(worst, float(abs(got - expected).max()))
+        run = functools.partial(session.run, None, {"input": x.numpy()})
+        latency[str(b)] = (timer or functools.partial(measure_latency, seconds=measure_seconds))(run) * 1e6
+    if not worst <= ONNX_TOLERANCE:
+        raise ExportError(f"the ONNX model's outputs differ from PyTorch's by {worst:.3g} (> {ONNX_TOLERANCE}) under "
+                          "onnxruntime; nothing was written")
+    atomic_write_bytes(path, data)
+    return {"max_abs_diff": worst, "tolerance": ONNX_TOLERANCE, "opset": 17, "sha256": hashlib.sha256(data).hexdigest(),
+            "onnxruntime": onnxruntime.__version__, "latency_us": latency}
 def completed_levels(run: Any) -> list[int]:
     """The IMP levels of ``run`` whose ticket is complete (trained weights and, past level 0, a mask)."""
     levels = []
@@ -443,8 +479,7 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
 
         if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
             raise ExportError("format 'onnx' needs the optional packages onnx and onnxruntime, which are not "
-                              "installed (pip install onnx onnxruntime); use --format standalone or sparse")
-        raise ExportError("format 'onnx' is not implemented yet (issue 19); use --format standalone or sparse")
+                              "installed (pip install 'ticketlab[onnx]'); use --format standalone or sparse")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ExportError(f"batch must be a positive int, got {batch!r}")
     run = store.run(run_hash)
@@ -494,12 +529,15 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
                        "threads": torch.get_num_threads(), "torch": torch.__version__})
         if fmt == "sparse":
             report["layer_forms"] = {n: e["forms"] for n, e in desc["layers"].items()}
+        if fmt == "onnx":
+            report["onnx"] = _write_onnx(exported, folder / ONNX_FILE, input_shape, batches, timer, measure_seconds)
+            report["bytes"][ONNX_FILE] = (folder / ONNX_FILE).stat().st_size
         atomic_write_text(folder / REPORT_FILE, seal_json(report))
 
     if out.exists() and (not out.is_dir() or not {p.name for p in out.iterdir()} <= {TICKET_FILE, WEIGHTS_FILE,
-                                                                                    REPORT_FILE}):
-        raise ExportError(f"{out} holds other files than an export's ({TICKET_FILE}, {WEIGHTS_FILE}, {REPORT_FILE}); "
-                          "an export replaces its folder as a whole, so choose a new or empty folder")
+                                                                                    REPORT_FILE, ONNX_FILE}):
+        raise ExportError(f"{out} holds other files than an export's ({TICKET_FILE}, {WEIGHTS_FILE}, {REPORT_FILE}, "
+                          f"{ONNX_FILE}); an export replaces its folder as a whole, so choose a new or empty folder")
     replace_folder(out, write)
     log(describe(report, out))
     return report
@@ -537,4 +575,10 @@ def describe(report: Mapping[str, Any], out: Path | str = "") -> str:
                      f"({t['speedup']:.2f}x), threads {report['threads']}")
     if "layer_forms" in report:
         lines.append("  forms: " + ", ".join(f"{n} {f}" for n, f in report["layer_forms"].items()))
+    if "onnx" in report:
+        o = report["onnx"]
+        lines.append(f"  {ONNX_FILE}: {b.get(ONNX_FILE, 0):,} bytes, opset {o['opset']}; under onnxruntime "
+                     f"{o['onnxruntime']} its outputs differ from PyTorch's by at most {o['max_abs_diff']:.2g} "
+                     f"(tolerance {o['tolerance']:g}); latency " + ", ".join(
+                         f"batch {k} {v:.1f} us" for k, v in o["latency_us"].items()))
     return "\n".join(lines)
