@@ -26,6 +26,9 @@ CNN_CFG = IMPConfig(data=DataConfig(name="synthetic_images",
                     model=ModelConfig(name="conv2"), train=TRAIN, prune=PruneConfig(rate=0.5), levels=1,
                     baselines=(), seed=0)
 
+RESNET_CFG = IMPConfig(data=CNN_CFG.data, model=ModelConfig(name="resnet20", options={"width": 4}), train=TRAIN,
+                       prune=PruneConfig(rate=0.5), levels=1, baselines=(), seed=0)  # BatchNorm buffers, residual adds
+
 
 def fast_timer(fn):
     fn()
@@ -35,7 +38,7 @@ def fast_timer(fn):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     s = Store(tmp_path_factory.mktemp("runs"))
-    for cfg in (MLP_CFG, CNN_CFG):
+    for cfg in (MLP_CFG, CNN_CFG, RESNET_CFG):
         run_imp(cfg, s, device="cpu", progress=False, log=lambda _: None)
     return s
 
@@ -49,7 +52,8 @@ def masked_model(store: Store, cfg: IMPConfig, level: int, input_shape, classes)
     return model.eval()
 
 
-@pytest.mark.parametrize("cfg,shape,classes", [(MLP_CFG, (16,), 4), (CNN_CFG, (3, 8, 8), 4)], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("cfg,shape,classes", [(MLP_CFG, (16,), 4), (CNN_CFG, (3, 8, 8), 4), (RESNET_CFG, (3, 8, 8), 4)],
+                         ids=["mlp", "cnn", "resnet20"])
 @pytest.mark.parametrize("fmt", ["standalone", "sparse"])
 def test_export_reloads_to_the_masked_model(store, tmp_path, cfg, shape, classes, fmt):
     level = cfg.levels
@@ -253,7 +257,8 @@ def test_an_export_never_replaces_a_folder_of_other_files(store, tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("cfg,shape", [(MLP_CFG, (16,)), (CNN_CFG, (3, 8, 8))], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("cfg,shape", [(MLP_CFG, (16,)), (CNN_CFG, (3, 8, 8)), (RESNET_CFG, (3, 8, 8))],
+                         ids=["mlp", "cnn", "resnet20"])
 def test_onnx_export_agrees_with_the_masked_model_under_onnxruntime(store, tmp_path, cfg, shape):
     """Issue 19: the ONNX file, run by onnxruntime, gives the masked model's outputs within 1e-5."""
     ort = pytest.importorskip("onnxruntime")  # the optional [onnx] extra; CI installs it
