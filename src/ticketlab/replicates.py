@@ -52,6 +52,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -490,6 +491,13 @@ class BatchOrder:
         return rows[:, offset * self.batch_size:(offset + 1) * self.batch_size]
 
 
+def state_rows(state: Mapping[str, Any], idx: torch.Tensor, k: int) -> dict[str, Any]:
+    """An element-wise optimiser's state over a (k, P) buffer, keeping the replicates' rows ``idx``
+    (moments, momentum); scalars such as the step count stay as they are."""
+    return {key: (v.index_select(0, idx) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == k else v)
+            for key, v in state.items()}
+
+
 class _Run:
     """The mutable state of one stacked training (the active replicates shrink when one diverges)."""
 
@@ -517,10 +525,7 @@ class _Run:
         """Remove the replicates at ``positions`` (of the active list), optimiser state included."""
         keep = [i for i in range(len(self.active)) if i not in set(positions)]
         idx = torch.as_tensor(keep, dtype=torch.long, device=self.stack.device)
-        k = len(self.active)
-        old = self.optimizer.state.get(self.stack.flat, {})
-        state = {key: (v.index_select(0, idx) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == k else v)
-                 for key, v in old.items()}
+        state = state_rows(self.optimizer.state.get(self.stack.flat, {}), idx, len(self.active))
         self.active = [self.active[i] for i in keep]
         self.seeds = [self.seeds[i] for i in keep]
         self.set(self.stack.select(keep), None if self.mask is None else self.mask.index_select(0, idx), state)

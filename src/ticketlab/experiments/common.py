@@ -19,13 +19,13 @@ from torch import nn
 
 from ..checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from ..atomic import remove_stale_temp_files
-from ..config import DataConfig, ModelConfig, TrainConfig, to_dict
+from ..config import DataConfig, IMPConfig, ModelConfig, TrainConfig, imp_config_from_dict, to_dict
 from ..data import ArrayData, DataSplits, load_dataset, split_validation
 from ..masks import Mask
 from ..models import build_model
 from ..prunable import UnprunedWeightsWarning
 from ..steps import to_iterations
-from ..store import CorruptFileError, Run, Store, index_fields
+from ..store import CorruptFileError, Run, Store, StoreError, index_fields
 from ..training import Callback, DivergenceError, History, Trainer
 
 Log = Callable[[str], None]
@@ -118,6 +118,29 @@ class UnitContext:
     @property
     def iterations_per_epoch(self) -> int:
         return len(self.data.train) // self.train.batch_size
+
+
+@dataclass(frozen=True)
+class Named:
+    """A config's ``data`` / ``model`` when only its name matters: the index's dataset and model
+    columns, kept outside the hash (taken from a source run, or derived from other fields)."""
+
+    name: str = field(default="", metadata={"cli": False})
+
+
+def trained_imp_source(store: Store, source: str) -> tuple[Run, IMPConfig]:
+    """The stored IMP run ``source`` (its full hash) and its config, once its dense network (level 0)
+    is trained: what ``deconstruct`` and ``tropical --source`` start from. Anything else is one
+    clear StoreError."""
+    run = store.run(source)
+    if run.hash != source:
+        raise StoreError(f"--source {source!r} names run {run.hash}; give its full hash")
+    described = run.read_json("config.json")
+    if described.get("experiment") != "imp":
+        raise StoreError(f"run {run.hash} is a {described.get('experiment')!r} run; --source needs an imp run")
+    if not run.file("level_00", "ticket", "summary.json").exists():
+        raise StoreError(f"run {run.hash} has not finished training its dense network (level 0); finish it first")
+    return run, imp_config_from_dict(described["config"])
 
 
 def summarize(history: History, mask: Mask, start_step: int) -> dict[str, Any]:

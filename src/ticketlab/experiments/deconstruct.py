@@ -26,12 +26,13 @@ from typing import Any
 import torch
 
 from ..analysis.supermask import supermask
-from ..config import ConfigError, criterion_modes, imp_config_from_dict, option
+from ..config import ConfigError, criterion_modes, option
 from ..masks import Mask
-from ..store import Store, StoreError, index_fields
+from ..store import Store, index_fields
 from ..training import resolve_device
 from . import mask0 as mask0_actions
-from .common import Log, UnitContext, build_seeded_model, connectivity, prepare_data, running, train_unit
+from .common import (Log, Named, UnitContext, build_seeded_model, connectivity, prepare_data, running,
+                     trained_imp_source, train_unit)
 from .imp import derived_seed
 from .resets import RESETS, ResetInputs
 
@@ -40,12 +41,6 @@ def grid_resets() -> tuple[str, ...]:
     """The resets a one-shot grid can use: those that start from w_i or w_f (no rewind point)."""
     return tuple(name for name, r in RESETS.items() if not r.needs_rewind_point)
 
-
-@dataclass(frozen=True)
-class Named:
-    """The index's dataset / model column: taken from the source run, outside the hash."""
-
-    name: str = field(default="", metadata={"cli": False})
 
 
 @dataclass(frozen=True)
@@ -98,15 +93,7 @@ def unit_of(kept: float, criterion: str, reset: str, mask0: str) -> str:
 def run_deconstruct(config: DeconstructConfig, store: Store, *, device: str | torch.device | None = None,
                     progress: bool = True, log: Log = print) -> list[dict[str, Any]]:
     """Run (or continue) the grid; one row per (kept, criterion, reset, mask0)."""
-    source = store.run(config.source)
-    if source.hash != config.source:
-        raise StoreError(f"--source {config.source!r} names run {source.hash}; give its full hash")
-    described = source.read_json("config.json")
-    if described.get("experiment") != "imp":
-        raise StoreError(f"run {source.hash} is a {described.get('experiment')!r} run; --source needs an imp run")
-    imp = imp_config_from_dict(described["config"])
-    if not source.file("level_00", "ticket", "summary.json").exists():
-        raise StoreError(f"run {source.hash} has not finished training its dense network (level 0); finish it first")
+    source, imp = trained_imp_source(store, config.source)
     object.__setattr__(config, "data", Named(imp.data.name))
     object.__setattr__(config, "model", Named(imp.model.name))
     init = source.load_tensors("init.safetensors")

@@ -37,17 +37,11 @@ from ..data import ArrayData, DataSplits
 from ..pruning.genetic import FrozenMLP, GAOptions, GAState, evolve
 from ..store import Run, Store, index_fields
 from ..training import Trainer, evaluate, resolve_device
-from .common import Log, prepare_data, running
+from .common import Log, Named, prepare_data, running
 
 STRONG_METHODS = ("ga", "edgepopup", "gem")
 BASELINES = ("edgepopup", "backprop")
 
-
-@dataclass(frozen=True)
-class Named:
-    """The index's model column (outside the hash)."""
-
-    name: str = field(default="", metadata={"cli": False})
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ConfigError, ModelConfig, TrainConfig, imp_config_from_dict, option
+from ..config import ConfigError, ModelConfig, TrainConfig, option
 from ..data import ArrayData, DataSplits
 from ..masks import Mask
 from ..store import Store, StoreError, index_fields
 from ..training import evaluate, resolve_device
-from .common import Log, UnitContext, build_seeded_model, prepare_data, running, train_unit
+from .common import (Log, Named, UnitContext, build_seeded_model, prepare_data, running, trained_imp_source,
+                     train_unit)
 from .imp import derived_seed
 
 VARIANTS = ("ticket", "reinit", "pruned")
@@ -46,12 +47,6 @@ TOY = ("moons", "circles")
 # the procedure's training defaults (the command's base, so flags and the constructor agree)
 TROPICAL_TRAIN = dict(optimizer="adam", lr=0.01, batch_size=50, steps="100ep", eval_every="25ep")
 
-
-@dataclass(frozen=True)
-class Named:
-    """The index's dataset / model column (outside the hash)."""
-
-    name: str = field(default="", metadata={"cli": False})
 
 
 def toy_data(name: str, samples: int, noise: float, seed: int = 0) -> DataSplits:
@@ -151,15 +146,7 @@ def _source(config: TropicalConfig, store: Store) -> dict[str, Any]:
     """What a --source imp run gives: data, model config, training, seed, init and trained dense weights."""
     from ..analysis.tropical import affine_relu_affine
 
-    source = store.run(config.source)
-    if source.hash != config.source:
-        raise StoreError(f"--source {config.source!r} names run {source.hash}; give its full hash")
-    described = source.read_json("config.json")
-    if described.get("experiment") != "imp":
-        raise StoreError(f"run {source.hash} is a {described.get('experiment')!r} run; --source needs an imp run")
-    imp = imp_config_from_dict(described["config"])
-    if not source.file("level_00", "ticket", "summary.json").exists():
-        raise StoreError(f"run {source.hash} has not finished training its dense network (level 0); finish it first")
+    source, imp = trained_imp_source(store, config.source)
     data, _ = prepare_data(imp.data, imp.seed)
     if data.input_shape != (2,) or data.num_classes < 2:
         raise StoreError(f"run {source.hash} has inputs of shape {data.input_shape} and {data.num_classes} classes; "

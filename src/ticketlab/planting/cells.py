@@ -99,12 +99,12 @@ def _source(p: _Plant, seed: int, pr: Protocol, dev: torch.device) -> ScoreSourc
                        generator=torch.Generator().manual_seed(int(seed)), device=dev, loss=p.loss)
 
 
-def _chunks(items: Sequence[_Work], size: int) -> list[list[_Work]]:
-    """Items grouped by task (one architecture and loss per stack), each group cut into the fewest
-    stacks of at most ``size``, as even as possible."""
-    by_task: dict[str, list[_Work]] = {}
-    for w in items:
-        by_task.setdefault(w.task, []).append(w)
+def _chunks(items: Sequence[Any], size: int, key: Callable[[Any], str] = lambda w: w.task) -> list[list[Any]]:
+    """Items grouped by task (``key``; one architecture and loss per stack), each group cut into the
+    fewest stacks of at most ``size``, as even as possible."""
+    by_task: dict[str, list[Any]] = {}
+    for item in items:
+        by_task.setdefault(key(item), []).append(item)
     out = []
     for group in by_task.values():
         n = math.ceil(len(group) / size)
@@ -131,30 +131,24 @@ class _Stacks:
         Trainer's recipe (``benchmark._fit``); None where the replicate diverged (its cell fails)."""
         cfg = TrainConfig(optimizer="adam", lr=self.pr.lr, batch_size=self.pr.batch_size, steps=f"{epochs}ep",
                           eval_every=f"{max(1, epochs)}ep")
-        out: dict[int, nn.Module | None] = {}
-        indexed = list(enumerate(jobs))
-        for chunk in _chunks([_Tagged(i, job[0].task) for i, job in indexed], self.size):
+        out: list[nn.Module | None] = [None] * len(jobs)
+        for chunk in _chunks(list(range(len(jobs))), self.size, key=lambda i: jobs[i][0].task):
             start = time.perf_counter()
-            batch = [jobs[t.index] for t in chunk]
+            batch = [jobs[i] for i in chunk]
             records = train_stacked([m for _, m, _, _ in batch], [mask for _, _, mask, _ in batch],
                                     [w.setup.splits for w, _, _, _ in batch], cfg, [s for _, _, _, s in batch],
                                     loss=batch[0][0].setup.loss, device=self.dev)
             share = (time.perf_counter() - start) / len(batch)
-            for t, (w, _, _, _), rec in zip(chunk, batch, records):
+            for i, (w, _, _, _), rec in zip(chunk, batch, records):
                 w.seconds += share
                 if rec.diverged is not None:
                     w.failed = f"{what}: {rec.diverged}"
-                out[t.index] = None if rec.diverged is not None else rec.model
+                else:
+                    out[i] = rec.model
             if self.log is not None:
                 self.log(f"  {what}: {len(batch)} cells of {batch[0][0].task} trained as one stack "
                          f"({share * len(batch):.1f} s)")
-        return [out[i] for i in range(len(jobs))]
-
-
-@dataclass
-class _Tagged:
-    index: int
-    task: str
+        return out
 
 
 def _prune_singleshot(w: _Work, pr: Protocol, dev: torch.device) -> None:

@@ -215,8 +215,8 @@ def compute_cells(store: Store, cells: Sequence[PlantCell], *, device: str = "cp
         raise ValueError("compute_cells: every cell of a batch needs the same protocol")
     with contextlib.ExitStack() as held:
         runs = [held.enter_context(running(store, cell, log)) for cell in cells]
-        rows: list[Row | None] = [None if run.complete_summary() is None else _row_of(run.complete_summary())
-                                  for run in runs]
+        summaries = [run.complete_summary() for run in runs]
+        rows: list[Row | None] = [None if summary is None else _row_of(summary) for summary in summaries]
         todo = [k for k, row in enumerate(rows) if row is None]
         if todo:
             protocol = cells[todo[0]].protocol

@@ -33,7 +33,7 @@ from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import Mask
 from ..replicates import (BatchOrder, StackError, _batch, _stack_data, _stacked_loss, _train_size, stack,
-                          stack_optimizer)
+                          stack_optimizer, state_rows)
 from ..steps import to_iterations
 from ..training import default_device, lr_factor
 from .edge_popup import EdgePopup, _kept_count
@@ -203,9 +203,7 @@ def train_edge_popup_stacked(
             records[active[pos]] = PopupRecord(None, model, reason(pos))
         keep = [i for i in range(len(active)) if i not in set(positions)]
         idx = torch.as_tensor(keep, dtype=torch.long, device=dev)
-        state = optimizer.state.get(scores, {})
-        state = {key: (v.index_select(0, idx) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == len(active)
-                       else v) for key, v in state.items()}
+        state = state_rows(optimizer.state.get(scores, {}), idx, len(active))
         weights = weights.index_select(0, idx)
         scores = scores.detach().index_select(0, idx)
         scores.grad = torch.zeros_like(scores)
