@@ -28,6 +28,7 @@ from ticketlab.experiments.prune_at_init import run_prune_at_init
 from ticketlab.experiments.sparse_training import run_sparse_training
 from ticketlab.experiments.strong import StrongConfig, run_strong
 from ticketlab.experiments.supermask import run_supermask
+from ticketlab.experiments.transfer import TransferConfig, run_transfer
 from ticketlab.experiments.tropical import TropicalConfig, run_tropical
 from ticketlab.integrity import CHECKSUM_KEY
 from ticketlab.planting.benchmark import Protocol
@@ -49,6 +50,7 @@ def quiet(_: str) -> None:
 
 PLANT_TINY = Protocol(depth=3, width=8, samples=200, epochs=1, multishot_rounds=2, multishot_epochs=1)
 DECONSTRUCT_SOURCE = IMPConfig(data=MLP_DATA, model=MLP, train=SHORT, levels=0, baselines=())
+TRANSFER_SOURCE = IMPConfig(data=MLP_DATA, model=MLP, train=SHORT, levels=1, baselines=())
 PROCEDURES: dict[str, Callable[[Store], Any]] = {
     "imp": lambda store: run_imp(IMPConfig(data=MLP_DATA, model=MLP, train=SHORT, levels=2, reset="rewind",
                                            rewind_step="2it", baselines=("reinit", "random")),
@@ -82,6 +84,11 @@ PROCEDURES: dict[str, Callable[[Store], Any]] = {
         run_deconstruct(DeconstructConfig(source=config_hash(DECONSTRUCT_SOURCE), criteria=("large_final", "random"),
                                           mask0=("zero", "frozen_init"), kept=(0.3,)),
                         store, device="cpu", progress=False, log=quiet)),
+    "transfer": lambda store: (
+        run_imp(TRANSFER_SOURCE, store, device="cpu", progress=False, log=quiet),
+        run_transfer(TransferConfig(source=config_hash(TRANSFER_SOURCE), levels=(1,), data=DataConfig(
+            name="synthetic_mlp", options={"n_train": 96, "n_test": 32, "dim": 8, "num_classes": 3, "seed": 5})),
+                     store, device="cpu", progress=False, log=quiet)),
     "tropical": lambda store: run_tropical(TropicalConfig(samples=64, hidden=6, kept=(0.5,), seeds=(0,), train=SHORT),
                                            store, device="cpu", progress=False, log=quiet),
 }

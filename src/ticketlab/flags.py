@@ -85,11 +85,11 @@ def _collect(cls: type, prefix: tuple[str, ...], group: str, out: list[Option]) 
                 for o in _fields_of(options_cls, (*prefix, f.name), group):
                     out.append(dataclasses.replace(o, methods=methods, options_cls=options_cls))
             continue
+        if not f.metadata.get("cli", True):  # e.g. a nested config set by the procedure itself
+            continue
         kind = _without_none(hints[f.name])
         if dataclasses.is_dataclass(kind):
             _collect(kind, (*prefix, f.name), getattr(kind, "cli_group", group), out)
-            continue
-        if not f.metadata.get("cli", True):
             continue
         if "help" not in f.metadata:
             raise TypeError(f"{cls.__name__}.{f.name} has no help text: give it one with config.option(default, help)")
@@ -241,7 +241,7 @@ def build(config_cls: type, opts: list[Option], vals: Mapping[str, Any]) -> Any:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             kind = _without_none(hints[f.name])
-            if dataclasses.is_dataclass(kind):
+            if dataclasses.is_dataclass(kind) and f.metadata.get("cli", True):
                 kwargs[f.name] = make(kind, (*prefix, f.name))
         for o in opts:
             if o.path[:-1] == prefix and o.dest in vals:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +183,40 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **option
     loader = DATASETS.get(key)
     if loader is None:
         raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(sorted(DATASETS))}")
+    classes = None
+    if "classes" in options and "classes" not in inspect.signature(loader).parameters:
+        classes = options.pop("classes")  # a generic class split (MNIST 0-4 -> 5-9) of any labelled set
     _check_options(key, loader, options)
     path = None if root is None else Path(root).expanduser()
-    return loader(path, **options)
+    splits = loader(path, **options)
+    return splits if classes is None else select_classes(splits, classes)
+
+
+def select_classes(splits: DataSplits, classes: Any) -> DataSplits:
+    """Only the samples of ``classes`` (a list of labels, or "5,6,7"), relabelled 0..k-1 in the order
+    given: the class-split tasks of transfer studies (``--data-option classes=[5,6,7,8,9]``)."""
+    how = "give at least two distinct class labels, e.g. classes=[5,6,7,8,9] or classes=\"0,1\""
+    if isinstance(classes, str):
+        try:
+            classes = [int(c) for c in classes.split(",")]
+        except ValueError:
+            raise DataError(f"{splits.name}: option classes {classes!r} is not a comma-separated list of labels; {how}") from None
+    if (not isinstance(classes, (list, tuple)) or len(classes) < 2 or len(set(classes)) != len(classes)
+            or any(isinstance(c, bool) or not isinstance(c, int) for c in classes)):
+        raise DataError(f"{splits.name}: option classes {classes!r} is invalid; {how}")
+    if splits.train.y.is_floating_point():
+        raise DataError(f"{splits.name}: option classes needs class labels, but this data set has regression targets")
+    outside = [c for c in classes if not 0 <= c < splits.num_classes]
+    if outside:
+        raise DataError(f"{splits.name}: classes {outside} do not exist (labels are 0..{splits.num_classes - 1})")
+    relabel = torch.full((splits.num_classes,), -1, dtype=torch.int64)
+    relabel[torch.tensor(classes)] = torch.arange(len(classes))
+
+    def keep(part: ArrayData) -> ArrayData:
+        rows = relabel[part.y] >= 0
+        return ArrayData(part.x[rows], relabel[part.y[rows]])
+
+    return replace(splits, train=keep(splits.train), test=keep(splits.test), num_classes=len(classes))
 
 
 def split_validation(data: ArrayData, size: int, seed: int) -> tuple[ArrayData, ArrayData]:

@@ -24,10 +24,13 @@ def _split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple
 
 @register_dataset("digits")
 def load_digits_splits(root: Path | None = None, test_fraction: float = 0.2, seed: int = 0,
-                       flatten: bool = True, classes: str | Sequence[int] | None = None) -> DataSplits:
+                       flatten: bool = True, classes: str | Sequence[int] | None = None,
+                       size: int = 8) -> DataSplits:
     """1797 digits scaled to [0, 1] and standardised with the train split's scalar mean/std.
 
     Flat N x 64 by default (for MLPs); flatten=False gives N x 1 x 8 x 8 for conv nets.
+    ``size`` upsamples the 8 x 8 images bilinearly to size x size (28: MNIST's resolution, the small
+    source / target of the transfer study) before the standardisation.
     ``classes`` keeps only those digits (``"0,1"`` or ``[0, 1]``), relabelled 0..k-1 in the order
     given (the binary digits task of Altmann et al.); the split and the standardisation are then
     those of the kept digits. `root` is ignored: the data ships with scikit-learn.
@@ -49,10 +52,15 @@ def load_digits_splits(root: Path | None = None, test_fraction: float = 0.2, see
         raise DataError(f"digits: test_fraction {test_fraction} leaves a split with fewer samples than the "
                         f"{k} classes; use a value between about 0.01 and 0.99")
     train_idx, test_idx = _split_indices(labels, float(test_fraction), int(seed))
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise DataError(f"digits: size must be a positive integer (the image side, e.g. 28), got {size!r}")
     x = torch.from_numpy(images.astype(np.float32) / 16.0)
+    if size != 8:
+        x = torch.nn.functional.interpolate(x.reshape(-1, 1, 8, 8), size=(size, size), mode="bilinear",
+                                            align_corners=False).reshape(len(x), -1)
     mean, std = x[train_idx].mean(), x[train_idx].std()
     x = (x - mean) / std
-    shape: tuple[int, ...] = (64,) if flatten else (1, 8, 8)
+    shape: tuple[int, ...] = (size * size,) if flatten else (1, size, size)
     x = x.reshape(-1, *shape)
     y = torch.from_numpy(relabel[labels].astype(np.int64))
     train_t, test_t = torch.from_numpy(train_idx), torch.from_numpy(test_idx)

@@ -22,6 +22,7 @@ from .prune_at_init import run_prune_at_init
 from .sparse_training import run_sparse_training
 from .strong import StrongConfig, run_strong, strong_report
 from .supermask import run_supermask
+from .transfer import TransferConfig, run_transfer, transfer_report
 from .tropical import TROPICAL_TRAIN, TropicalConfig, run_tropical, tropical_report
 
 
@@ -109,6 +110,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("deconstruct", "Zhou et al.'s grid on one stored IMP run: mask criteria x mask-1 x mask-0 x kept "
                "fractions, one-shot from its trained dense network", DeconstructConfig, run_deconstruct,
                deconstruct_report, "grid", presets=False),  # data, model and training come from --source
+    Experiment("transfer", "ticket transfer (Morcos et al.): a stored IMP run's tickets trained on another data set or "
+               "with another optimiser, beside the target's own ticket and random controls", TransferConfig,
+               run_transfer, transfer_report, "transfer", presets=False),  # training settings: the source's
     Experiment("tropical", "tropical pictures (Alfarra et al.): zonotopes and decision boundaries of a 2-h-2 net, its "
                "one-shot magnitude tickets, re-inits and pruned nets on moons / circles", TropicalConfig, run_tropical,
                tropical_report, "tropical", base=TROPICAL_TRAIN, threads=1, presets=False),
