@@ -412,8 +412,12 @@ def transfer_report(runs, plot) -> tuple[str, list]:
                 lines.append(f"| {r['level']} | {r['remaining_percent']:.2f} | {r['branch']} | "
                              f"{r['mean']:.4f} ± {r['std']:.4f} | {r['n']} |")
         lines.append("")
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4.2), squeeze=False)
-    for ax, label in zip(axes[0], groups):
+    cols = min(2, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    for ax, label in zip(axes.flat, groups):
         for branch, (name, color, style) in BRANCH_STYLE.items():
             pts = [r for r in table if r["transfer"] == label and r["branch"] == branch]
             if not pts:
