@@ -11,6 +11,7 @@ from torch import nn
 
 from ticketlab.analysis.flops import forward_flops
 from ticketlab.models import build_model
+from ticketlab.pruning import channels as channels_module
 from ticketlab.pruning.channels import (
     ChannelPruningError,
     apply_channel_mask,
@@ -21,6 +22,22 @@ from ticketlab.pruning.channels import (
 )
 
 SHAPE = (3, 32, 32)
+
+
+def _graph_available() -> bool:
+    from ticketlab.pruning.graph_shrink import available
+
+    return available()
+
+
+@pytest.fixture(autouse=True, params=["graph", "builtin"])
+def path(request, monkeypatch):
+    """Every test runs on both paths: Torch-Pruning's dependency graph (when installed) and the
+    built-in VGG/ResNet code used without it; they must agree on VGG and ResNet."""
+    if request.param == "graph" and not _graph_available():
+        pytest.skip("torch-pruning not installed (pip install 'ticketlab[structured]')")
+    monkeypatch.setattr(channels_module, "USE_GRAPH", request.param == "graph")
+    return request.param
 
 
 def make(name: str) -> nn.Module:
@@ -164,7 +181,7 @@ def test_vgg_every_features_bn_is_prunable():
     assert prunable_bn_layers(model) == bns and len(bns) == 13
 
 
-def test_resnet_only_bn1_is_prunable_and_residual_stream_is_untouched():
+def test_resnet_only_bn1_is_prunable_and_residual_stream_is_untouched(path):
     model = randomize(make("resnet20"), 3)
     layers = prunable_bn_layers(model)
     assert layers == [f"stages.{s}.{b}.bn1" for s in range(3) for b in range(3)]
@@ -181,16 +198,31 @@ def test_resnet_only_bn1_is_prunable_and_residual_stream_is_untouched():
     for key in residual:  # stem BN, bn2, shortcut conv + BN, fc: same shape and values
         assert torch.equal(small_state[key], before[key]), key
         assert torch.equal(masked_state[key], before[key]), key
-    # Shrinking a residual-stream BN is refused.
     stream = channel_mask_from_bn(model, 0.5, layers=["stages.0.0.bn2"])
-    with pytest.raises(ValueError, match="residual"):
-        shrink(model, stream)
+    if path == "builtin":  # shrinking a residual-stream BN is refused
+        with pytest.raises(ValueError, match="residual"):
+            shrink(model, stream)
+        return
+    # The graph removes a residual-stream channel from every coupled layer of the stage (stem conv
+    # and BN, each block's conv2/bn2, the next stage's conv1 and shortcut inputs).
+    small = shrink(model, stream).eval()
+    masked = apply_channel_mask(copy.deepcopy(model), stream).eval()
+    n_gone = int((~stream["stages.0.0.bn2"]).sum())
+    assert n_gone > 0
+    for name in ("bn", "stages.0.0.bn2", "stages.0.1.bn2", "stages.0.2.bn2"):
+        assert small.get_submodule(name).num_features == 8 - n_gone
+        assert not masked.get_submodule(name).weight[~stream["stages.0.0.bn2"]].any()
+    assert small.conv.out_channels == 8 - n_gone
+    assert small.stages[1][0].shortcut[0].in_channels == 8 - n_gone
+    x = torch.randn(3, *SHAPE)
+    with torch.no_grad():
+        assert torch.allclose(small(x), masked(x), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv2"])
 def test_unsupported_model_raises(name):
     model = build_model(name, (784,) if name == "mlp" else (1, 28, 28), 10)
-    with pytest.raises(ValueError, match="VGG and ResNet"):
+    with pytest.raises(ValueError, match="channel pruning supports"):
         prunable_bn_layers(model)
     with pytest.raises(ChannelPruningError):
         channel_mask_from_bn(model, 0.5)

@@ -155,7 +155,7 @@ def _retrain(cfg: EarlyBirdConfig, ctx: UnitContext, unit: str, source_weights: 
         model = build_seeded_model(cfg.model, ctx.data, cfg.seed + 7919)
     example = example_input(ctx.data)
     if cfg.kind == "channel":
-        small = shrink(model, mask)
+        small = shrink(model, mask, example_input=example)
         summary = train_unit(ctx, unit, small, None, start_step=0)
         return {**summary, "parameters": sum(p.numel() for p in small.parameters()),
                 "forward_flops": forward_flops(small, ctx.data.input_shape, example_input=example)}
@@ -174,7 +174,9 @@ def run_early_bird(config: EarlyBirdConfig, store: Store, *, device: str | torch
     data, validation = prepare_data(config.data, config.seed)
     model = build_seeded_model(config.model, data, config.seed)
     if config.kind == "channel":
-        channel_mask_from_bn(model, config.prune_ratio)  # fails clearly for models without prunable BN
+        # Fails clearly for models without prunable BN; with Torch-Pruning installed this also traces
+        # (and caches) the model's dependency graph on a real input for the per-epoch masks.
+        channel_mask_from_bn(model, config.prune_ratio, example_input=example_input(data))
     else:
         Mask.dense(model, **config.prunable_options)  # checks include / exclude, names weights left dense
     ipe, total = training_length(config.train, data)

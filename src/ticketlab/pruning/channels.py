@@ -24,11 +24,25 @@ match across every residual addition and are kept. This is what network slimming
 do for ResNets (they prune the inner channels of the residual blocks). The structure is
 recognised from ticketlab's :class:`~ticketlab.models.VGG` / :class:`~ticketlab.models.ResNet`
 classes (and checked); other models raise :class:`ChannelPruningError`.
+
+Any model, through the dependency graph. When Torch-Pruning is installed
+(``pip install 'ticketlab[structured]'``) every function here works on the groups of coupled
+channels that its dependency graph finds (:mod:`ticketlab.pruning.graph_shrink`), for any
+``nn.Module``: the prunable BatchNorms are, for each group whose channels are produced by one
+conv/linear layer (no residual merge), the BatchNorm right after that layer – for VGG and ResNet
+exactly the layers listed above; for a depthwise-separable block the BN after the pointwise conv,
+which the BN after the depthwise conv follows. A masked BatchNorm stands for its whole group: the
+coupled BatchNorms the mask does not list are zeroed with it (:func:`graph_shrink.expand_bn_mask`),
+so listing a residual-stream BN prunes that stream channel in every block of the stage, and
+:func:`shrink` removes it from every coupled layer. Without Torch-Pruning the VGG/ResNet code below
+is used (and other models raise with the install hint). ``example_input`` (one batch the model
+accepts) lets the graph be traced; when omitted it is guessed from the first layer.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -147,18 +161,80 @@ def _groups(model: nn.Module) -> list[_Group]:
         return _resnet_groups(model)
     raise ChannelPruningError(
         f"channel pruning supports ticketlab's VGG and ResNet models (whose conv/BN structure is "
-        f"known), not {type(model).__name__}; a model without a known conv -> BN -> next-layer "
-        f"chain has no channels that can be removed safely"
+        f"known), not {type(model).__name__}, unless Torch-Pruning's dependency graph is installed "
+        f"for any model: pip install 'ticketlab[structured]'"
     )
 
 
-def prunable_bn_layers(model: nn.Module) -> list[str]:
+# --- the dependency-graph path ------------------------------------------------------------------
+
+USE_GRAPH = True
+"""Use Torch-Pruning's dependency graph when it is installed (set False to force the VGG/ResNet code)."""
+
+_GRAPH_CACHE: dict[tuple, tuple[tuple, list]] = {}
+_GRAPH_CACHE_SIZE = 16
+
+
+def _graph() -> bool:
+    if not USE_GRAPH:
+        return False
+    from . import graph_shrink
+
+    return graph_shrink.available()
+
+
+def _signature(model: nn.Module) -> tuple:
+    return (
+        type(model).__qualname__,
+        tuple((n, type(m).__name__) for n, m in model.named_modules()),
+        tuple((n, tuple(p.shape)) for n, p in model.named_parameters()),
+    )
+
+
+def _graph_groups(model: nn.Module, example_input=None) -> list:
+    """The model's channel groups (cached per architecture: the search calls this every epoch)."""
+    from .graph_shrink import channel_groups
+
+    key = _signature(model)
+    shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else None
+    hit = _GRAPH_CACHE.get(key)
+    if hit is not None and (shape is None or hit[0] == shape):
+        return hit[1]
+    groups = channel_groups(model, example_input)
+    if len(_GRAPH_CACHE) >= _GRAPH_CACHE_SIZE:
+        _GRAPH_CACHE.pop(next(iter(_GRAPH_CACHE)))
+    _GRAPH_CACHE[key] = (shape, groups)
+    return groups
+
+
+def _graph_prunable(model: nn.Module, example_input=None) -> list[str]:
+    groups = _graph_groups(model, example_input)
+    reps = {
+        g.representative_bn
+        for g in groups
+        if g.refusal is None and not g.residual and g.representative_bn is not None
+    }
+    names = [n for n, m in model.named_modules() if n in reps]
+    if not names:
+        raise ChannelPruningError(
+            f"channel pruning supports models whose conv/linear channels are normalised by a "
+            f"BatchNorm (network slimming ranks channels by the BatchNorm scale); the dependency "
+            f"graph of {type(model).__name__} has no such channel group that can be removed"
+        )
+    return names
+
+
+def prunable_bn_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
     """Names of the BatchNorm layers whose channels can be removed independently, in forward order.
 
     VGG: every ``features`` BN. ResNet: only each block's ``bn1`` – the residual-stream BNs
     (``bn2``, shortcut BN, stem ``bn``) must keep matching channel counts across the residual
-    additions (as in network slimming / Early-Bird for ResNets). Other models: ChannelPruningError.
+    additions (as in network slimming / Early-Bird for ResNets). With Torch-Pruning installed, any
+    model: the BN after the producing layer of each non-residual dependency group (see the module
+    docstring). Otherwise other models raise ChannelPruningError.
     """
+    if _graph():
+        return _graph_prunable(model, example_input)
     return [g.bn for g in _groups(model)]
 
 
@@ -173,7 +249,10 @@ def _bn(model: nn.Module, name: str) -> nn.BatchNorm2d:
 
 
 def channel_mask_from_bn(
-    model: nn.Module, prune_ratio: float, layers: Sequence[str] | None = None
+    model: nn.Module,
+    prune_ratio: float,
+    layers: Sequence[str] | None = None,
+    example_input: torch.Tensor | None = None,
 ) -> ChannelMask:
     """Channel mask at a global |γ| threshold: the ``round(prune_ratio * total)`` smallest go.
 
@@ -196,7 +275,7 @@ def channel_mask_from_bn(
         or not 0 <= prune_ratio <= 1
     ):
         raise ChannelPruningError(f"prune_ratio must be a number in [0, 1], got {prune_ratio!r}")
-    names = prunable_bn_layers(model) if layers is None else list(layers)
+    names = prunable_bn_layers(model, example_input) if layers is None else list(layers)
     if not names:
         raise ChannelPruningError("no BatchNorm layers given")
     if len(set(names)) != len(names):
@@ -265,15 +344,25 @@ def _check_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> dict[str,
     return checked
 
 
-def apply_channel_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
+def apply_channel_mask(
+    model: nn.Module, mask: Mapping[str, torch.Tensor], example_input: torch.Tensor | None = None
+) -> nn.Module:
     """Zero γ and β of the pruned channels in place (the "masked full model"); returns ``model``.
 
     With γ = β = 0 the BN outputs exactly 0 for those channels (in train and eval mode), and
     ReLU(0) = 0, so every later layer sees zeros, as if the channel were gone; :func:`shrink`
     computes the same function with smaller layers. This is a one-off edit: training the masked
     model further lets γ, β move away from 0 unless the mask is applied again after each step.
+    With the dependency graph, the BatchNorms coupled to a masked one (same group) follow it.
     """
     checked = _check_mask(model, mask)
+    if _graph():
+        from .graph_shrink import expand_bn_mask
+
+        for name in checked:
+            if not _bn(model, name).affine:
+                raise ChannelPruningError(f"{name!r} has no affine parameters to zero")
+        checked = expand_bn_mask(_graph_groups(model, example_input), checked)
     with torch.no_grad():
         for name, keep in checked.items():
             bn = _bn(model, name)
@@ -351,7 +440,9 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
-def shrink(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
+def shrink(
+    model: nn.Module, mask: Mapping[str, torch.Tensor], example_input: torch.Tensor | None = None
+) -> nn.Module:
     """A new, physically smaller copy of ``model`` without the pruned channels (``model`` untouched).
 
     For each masked BN: the conv before it loses those output channels (weight rows, bias), the BN
@@ -361,9 +452,26 @@ def shrink(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> nn.Module:
     function as :func:`apply_channel_mask` on a copy (exactly up to float rounding, in train and
     eval mode), with fewer parameters and FLOPs; it is what Early-Bird retrains. ``mask`` may cover
     a subset of :func:`prunable_bn_layers` (other layers keep all channels) but no other layer.
+
+    With Torch-Pruning installed this goes through the dependency graph
+    (:func:`graph_shrink.shrink_bn_mask`) for any model: any BatchNorm may be masked, coupled
+    layers (residual adds, 1x1 shortcuts, depthwise convs, concatenations) are sliced together,
+    and the result is checked against the masked model on ``example_input``. A channel that stays
+    alive in a coupled layer is kept (zeroed); :func:`graph_shrink.shrink_bn_mask` returns the
+    report of what was kept and why.
     """
-    groups = {g.bn: g for g in _groups(model)}
     checked = _check_mask(model, mask)
+    for name, keep in checked.items():
+        if not keep.any():
+            raise ChannelPruningError(f"mask removes every channel of {name!r}; keep at least one")
+    if _graph():
+        from .graph_shrink import shrink_bn_mask
+
+        result = shrink_bn_mask(model, checked, example_input, on_empty="error")
+        if result.report.not_removed:
+            warnings.warn(f"shrink kept pruned channels (they stay zeroed):\n{result.report}", stacklevel=2)
+        return result.model
+    groups = {g.bn: g for g in _groups(model)}
     extra = [name for name in checked if name not in groups]
     if extra:
         raise ChannelPruningError(
