@@ -51,7 +51,7 @@ def test_toy_sets_have_their_shapes_scaling_and_seeds(name):
     ({"scale": "big"}, "scale must be a number"),
     ({"seed": -1}, "seed must be an integer >= 0"),
     ({"factor": 1.5}, "factor must lie strictly between 0 and 1"),
-    ({"classes": "0,1"}, "unknown option"),
+    ({"colour": "red"}, "unknown option"),  # (classes= is the generic class split of any labelled set)
 ])
 def test_toy_sets_refuse_bad_options_clearly(options, message):
     name = "circles" if "factor" in options else "moons"

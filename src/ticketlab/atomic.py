@@ -29,7 +29,12 @@ _FILE_MODE = 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+    from .distributed import writer_only  # under torchrun only rank 0 writes (see ticketlab.distributed)
+
+    writer_only(lambda: _write_bytes(Path(path), data))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

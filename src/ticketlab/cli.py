@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, flags
+from . import __version__, distributed, flags
 from .config import ConfigError, config_hash
 from .experiments.registry import DEMO, EXPERIMENTS, PRESETS, Experiment, experiment_of  # noqa: F401 (DEMO re-exported)
 
@@ -91,10 +91,12 @@ def _run_experiment(args: argparse.Namespace) -> int:
     from .training import resolve_device
 
     e: Experiment = args.experiment
-    if e.intro:
-        print(e.intro)
     config = config_from_args(args)
     _set_threads(args)
+    if distributed.init_from_env(args.device):  # launched by torchrun: one run on WORLD_SIZE processes
+        return _run_distributed(args, e, config)
+    if e.intro:
+        print(e.intro)
     resolve_device(args.device)  # a missing GPU is reported before the store is touched
     store = Store(args.runs_dir)
     started = time.time()
@@ -102,6 +104,41 @@ def _run_experiment(args: argparse.Namespace) -> int:
     run = store.run(config_hash(config))
     print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
     _write_report([run.hash], store, run.path)
+    return 0
+
+
+DISTRIBUTED_EXPERIMENTS = ("imp", "prune", "sparse", "demo")
+
+
+def _run_distributed(args: argparse.Namespace, e: Experiment, config: Any) -> int:
+    """The run on every rank of the process group; rank 0 alone prints, writes and reports."""
+    import contextlib
+    import io
+
+    from .store import Store
+    from .training import resolve_device
+
+    if e.name not in DISTRIBUTED_EXPERIMENTS:
+        raise distributed.DistributedError(f"ticketlab {e.name} runs in one process; under torchrun: "
+                                           f"{', '.join(DISTRIBUTED_EXPERIMENTS)}")
+    device = distributed.rank_device(args.device)
+    resolve_device(device)
+    world = distributed.world_size()
+    writer = distributed.is_writer()
+    started = time.time()
+    try:
+        with contextlib.redirect_stdout(sys.stdout if writer else io.StringIO()):
+            e.run(config, Store(args.runs_dir), device=device, progress=writer and not args.no_progress)
+        distributed.barrier()  # every rank done with the run before any leaves the group
+    finally:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if writer:  # the report after the group is gone: its writes are plain ones
+        store = Store(args.runs_dir)
+        run = store.run(config_hash(config))
+        print(f"\nfinished in {time.time() - started:.1f} s on {world} processes; results in {run.path}")
+        _write_report([run.hash], store, run.path)
     return 0
 
 
@@ -242,6 +279,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = Store(args.runs_dir)
     hashes = _report_hashes(store, args.runs)
     if _report_plant(store, hashes, args.out):
+        if args.html:
+            print("ticketlab: warning: --html does not cover plant studies yet; their report is the report.md, "
+                  "weak.png and strong.png above", file=sys.stderr)
         return 0
     if args.out:
         out = Path(args.out)
@@ -253,7 +293,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         import hashlib
 
         out = store.root / "reports" / f"{len(hashes)}-runs-{hashlib.sha1(' '.join(hashes).encode()).hexdigest()[:8]}"
-    _write_report(hashes, store, out)
+    if not args.html:
+        _write_report(hashes, store, out)
+        return 0
+    import shlex
+
+    from .analysis.html_report import write_html_report
+
+    # the same tables and plots as without --html (report.md beside the page); a run whose report
+    # cannot be computed yet is left out of its kind's tables with a warning instead of failing
+    command = ["ticketlab", "report", *args.runs, *(["--out", args.out] if args.out else []),
+               "--runs-dir", args.runs_dir, "--html"]
+    page = write_html_report(store, hashes, out, command=shlex.join(command))
+    print((out / "report.md").read_text().rstrip("\n"))
+    print(f"table: {out / 'report.md'}")
+    print(f"html: {page}")
     return 0
 
 
@@ -501,6 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for report.md and the plots (default: the run's folder; for several runs "
                                  "RUNS_DIR/reports/<their hashes>; for plant studies and cells "
                                  "RUNS_DIR/reports/plant-<their hashes>, replaced as a whole)")
+    p.add_argument("--html", action="store_true",
+                   help="also write report.html beside report.md: one self-contained page (plots embedded, no "
+                        "network) with every run's status, config, warnings and its kind's tables (default: off)")
     p.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
     p.set_defaults(func=cmd_report)
     return parser

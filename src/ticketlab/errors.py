@@ -6,6 +6,7 @@ import errno
 
 from .config import ConfigError
 from .data import DataError
+from .distributed import DistributedError
 from .masks import MaskError
 from .models import ModelError
 from .prunable import PrunableError
@@ -15,6 +16,7 @@ from .store import StoreError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DataError, MaskError, ModelError, PrunableError, SelectionError, StepError, StoreError, ValueError,
+    DistributedError,
 )
 
 

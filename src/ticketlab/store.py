@@ -25,7 +25,11 @@ from .config import config_hash, to_dict
 from .integrity import (CorruptFileError, StoreError, open_json, open_jsonl, seal_json, seal_jsonl,
                         seal_safetensors, verify_file, verify_safetensors)
 
-__all__ = ["CorruptFileError", "Run", "Store", "StoreError", "load_tensors", "save_tensors"]
+__all__ = ["CorruptFileError", "Run", "RunBusyError", "Store", "StoreError", "load_tensors", "save_tensors"]
+
+
+class RunBusyError(StoreError):
+    """The run is being written by another live process (its lock is held): wait, then run again."""
 
 
 def _unshare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -228,6 +232,8 @@ class Store:
     # --- runs ---------------------------------------------------------------------------------
     def open_run(self, config: Any) -> Run:
         """The folder for ``config``, created if new; checks an existing one belongs to it."""
+        from .distributed import writer_only
+
         self.require_writable()
         run_hash = config_hash(config)
         path = self.root / run_hash
@@ -240,11 +246,11 @@ class Store:
                 raise StoreError(f"{path} holds a different experiment than this config; refusing to mix them")
         else:
             if path.exists():
-                remove_stale_temp_files(path)  # a kill while config.json was being written
+                writer_only(lambda: remove_stale_temp_files(path))  # a kill while config.json was being written
             if path.exists() and any(p.name != ".lock" for p in path.iterdir()):
                 raise StoreError(f"{path} holds files but no config.json, so it cannot be told whose they are; "
                                  "move the folder aside and run again")
-            path.mkdir(parents=True, exist_ok=True)
+            writer_only(lambda: path.mkdir(parents=True, exist_ok=True))  # under torchrun: rank 0, collectively
             atomic_write_text(cfg_file, seal_json(described))
         run = Run(path, run_hash, self)
         return run
@@ -276,6 +282,11 @@ class Store:
 
         An ``flock`` dies with its process, so a killed run never leaves a lock that blocks the rerun.
         """
+        from .distributed import is_writer
+
+        if not is_writer():  # under torchrun rank 0 holds the lock for the whole process group
+            yield
+            return
         lock_path = run.file(".lock")
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -285,7 +296,7 @@ class Store:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise StoreError(f"run {run.hash} is being written by another process "
+                raise RunBusyError(f"run {run.hash} is being written by another process "
                                  f"(lock {lock_path}); wait for it to finish") from None
             yield
         finally:
@@ -310,6 +321,10 @@ class Store:
 
     # --- index --------------------------------------------------------------------------------
     def update(self, run_hash: str, *, create: bool = False, **fields: Any) -> None:
+        from .distributed import is_writer
+
+        if not is_writer():  # under torchrun only rank 0 writes the index
+            return
         fields = {k: (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v) for k, v in fields.items()}
         fields["updated"] = _now()
         with self._db() as db:

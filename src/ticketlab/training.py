@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .config import TrainConfig
 from .data import ArrayData, DataSplits
 from .masks import Mask
@@ -258,6 +259,13 @@ class Trainer:
             raise ValueError("parameters to train must be a non-empty selection of the model's own parameters "
                              "(checkpoints save the model's state)")
         self.optimizer = (optimizer or partial(make_optimizer, cfg=cfg))(params)
+        # under torchrun: each rank trains on its shard of every batch, DDP averages the gradients
+        self._forward = self.model
+        if distributed.active():
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # --- masking --------------------------------------------------------------------------------
     def set_mask(self, mask: Mask | None) -> None:
@@ -277,6 +285,7 @@ class Trainer:
             self._mask_values: list[torch.Tensor] = []
             return
         params = mask.check_fits(self.model)
+        distributed.check_same_on_every_rank("the mask", mask)  # under torchrun every rank trains one ticket
         self._masked_params = list(params.values())
         self._mask_values = [mask[n].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
         if self.pruned_values is not None:
@@ -307,7 +316,7 @@ class Trainer:
             g = _batch_generator(self.seed, 1, epoch)
             self._perm = torch.randperm(len(self.train_data), generator=g).to(self.device)
             self._perm_epoch = epoch
-        idx = self._perm[offset * self.cfg.batch_size:(offset + 1) * self.cfg.batch_size]
+        idx = distributed.shard(self._perm[offset * self.cfg.batch_size:(offset + 1) * self.cfg.batch_size])
         x, y = self.train_data.x.index_select(0, idx), self.train_data.y.index_select(0, idx)
         if self.augment is not None:
             x = self.augment(x, _batch_generator(self.seed, 2, step))
@@ -362,7 +371,7 @@ class Trainer:
             self.set_lr(step, lr_override)
             x, y = self.batch(step)
             with self._autocast():
-                loss = self.loss(self.model(x), y)
+                loss = self.loss(self._forward(x), y)
             if self.regularizer is not None:
                 loss = loss + self.regularizer(self.model)
             self.optimizer.zero_grad(set_to_none=True)
@@ -375,7 +384,7 @@ class Trainer:
             loss_count += 1
             done = self.step = step + 1
             if done % self.eval_every == 0 or done == end:
-                rec = self.evaluate_now(done, float(loss_sum) / loss_count)
+                rec = self.evaluate_now(done, float(distributed.mean_over_ranks(loss_sum)) / loss_count)
                 self._check_finite(rec, done - loss_count, lr_override)
                 loss_sum.zero_()
                 loss_count = 0
@@ -387,7 +396,7 @@ class Trainer:
                 bar.update(1)
             if self.stop_requested:
                 if self.history.records[-1]["step"] != done:
-                    rec = self.evaluate_now(done, float(loss_sum) / max(1, loss_count))
+                    rec = self.evaluate_now(done, float(distributed.mean_over_ranks(loss_sum)) / max(1, loss_count))
                     self._check_finite(rec, done - loss_count, lr_override)
                 break
         if bar is not None:

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
+from ..distributed import writer_only
 from ..checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from ..atomic import remove_stale_temp_files
 from ..config import DataConfig, IMPConfig, ModelConfig, TrainConfig, imp_config_from_dict, to_dict
@@ -232,7 +234,7 @@ def train_unit(
     if trainer.history.mask_events:
         run.write_jsonl(trainer.history.mask_events, unit, "mask_events.jsonl")
     run.write_json(summary, unit, "summary.json")  # written last: marks the unit complete
-    ckpt.unlink(missing_ok=True)
+    writer_only(lambda: ckpt.unlink(missing_ok=True))
     ctx.log(f"  {unit}: density {final_mask.density:.4f}  test acc final {summary['final_test_accuracy']:.4f}"
             f"  max {summary['max_test_accuracy']:.4f}  early-stop it {summary['early_stop_step']}")
     return summary
@@ -296,7 +298,7 @@ def running(store: Store, config: Any, log: Log = print) -> Iterator[Run]:
     """
     run = store.open_run(config)
     with store.lock(run):
-        for tmp in remove_stale_temp_files(run.path):
+        for tmp in writer_only(lambda: remove_stale_temp_files(run.path)) or []:
             log(f"  removed {tmp.relative_to(run.path)}, left by a killed writer")
         problems = run.verify()
         if problems:
@@ -305,7 +307,7 @@ def running(store: Store, config: Any, log: Log = print) -> Iterator[Run]:
                 f"{', '.join(str(p.path.relative_to(run.path)) for p in problems[1:])})" if len(problems) > 1 else ""))
         for ckpt in run.path.rglob("checkpoint.safetensors"):
             if (ckpt.parent / "summary.json").exists():  # the unit completed before its checkpoint was removed
-                ckpt.unlink()
+                writer_only(ckpt.unlink)
         record_environment(run, log)
         complete = run.complete_summary() is not None
         if complete:
@@ -330,9 +332,12 @@ def environment() -> dict[str, Any]:
 
     from .. import __version__
 
-    return {"threads": torch.get_num_threads(), "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "ticketlab": __version__,
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    env = {"threads": torch.get_num_threads(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version(), "ticketlab": __version__,
+           "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    if distributed.active():  # one run on several processes (torchrun): gradients summed in another order
+        env["world_size"] = distributed.world_size()
+    return env
 
 
 def record_environment(run: Run, log: Log) -> None:
