@@ -201,7 +201,7 @@ def test_unsupported_requests_fail_clearly(store, tmp_path):
     other.mkdir(exist_ok=True)
     from ticketlab.integrity import seal_json
 
-    (other / "config.json").write_text(seal_json({**cfg, "experiment": "prune", "hash": "fakeprune"}))
+    (other / "config.json").write_text(seal_json({**cfg, "experiment": "supermask", "hash": "fakeprune"}))
     with pytest.raises(ExportError, match="export supports imp"):
         export_run(store, "fakeprune", tmp_path / "x", log=lambda _: None)
 
@@ -282,3 +282,81 @@ def test_onnx_without_the_extra_is_one_clear_error(store, tmp_path, monkeypatch)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("onnx") else real(name, *a))
     with pytest.raises(ExportError, match=r"ticketlab\[onnx\]"):
         export_run(store, config_hash(MLP_CFG), tmp_path / "x", fmt="onnx", log=lambda _: None)
+
+
+# --- tickets of other procedures -----------------------------------------------------------------
+
+def _reference(store, run_hash, unit, mask, model_cfg, shape, classes):
+    """The unit's trained weights with ``mask`` applied: what the export must reproduce."""
+    model = build_model(model_cfg.name, shape, classes, **model_cfg.options)
+    model.load_state_dict(store.run(run_hash).load_tensors(*unit.split("/"), "final.safetensors"))
+    if mask is not None:
+        mask.apply_(model)
+    return model.eval()
+
+
+def _same_outputs(folder, reference, shape):
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(load_ticket(folder)(x), reference(x), atol=1e-6)
+
+
+def test_imp_baseline_branches_export_with_their_own_masks(store, tmp_path):
+    from ticketlab.experiments.imp import run_imp as imp
+
+    cfg = IMPConfig(data=MLP_CFG.data, model=MLP_CFG.model, train=TRAIN, prune=PruneConfig(rate=0.5), levels=1, seed=1)
+    imp(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    h = config_hash(cfg)
+    random_mask = Mask.load(store.run(h).file("level_01", "random_mask.safetensors"))
+    report = export_run(store, h, tmp_path / "r", branch="random", timer=fast_timer, log=lambda _: None)
+    assert report["weights_from"] == "level_01/random/final.safetensors"
+    assert report["parameters"]["kept"] == report["parameters"]["total"] - (random_mask.num_total - random_mask.num_kept)
+    _same_outputs(tmp_path / "r", _reference(store, h, "level_01/random", random_mask, cfg.model, (16,), 4), (16,))
+    with pytest.raises(ExportError, match="branch must be one of"):
+        export_run(store, h, tmp_path / "x", branch="own", log=lambda _: None)
+
+
+def test_prune_and_sparse_runs_export_their_trained_ticket(store, tmp_path):
+    from ticketlab.config import PruneAtInitConfig, SparseTrainConfig
+    from ticketlab.experiments.prune_at_init import run_prune_at_init
+    from ticketlab.experiments.sparse_training import run_sparse_training
+
+    prune = PruneAtInitConfig(data=MLP_CFG.data, model=MLP_CFG.model, train=TRAIN, method="snip", density=0.1)
+    run_prune_at_init(prune, store, device="cpu", progress=False, log=lambda _: None)
+    h = config_hash(prune)
+    mask = Mask.load(store.run(h).file("mask.safetensors"))
+    report = export_run(store, h, tmp_path / "p", timer=fast_timer, log=lambda _: None)
+    assert report["unit"] == "train" and report["parameters"]["masked_density"] == pytest.approx(mask.density)
+    _same_outputs(tmp_path / "p", _reference(store, h, "train", mask, MLP_CFG.model, (16,), 4), (16,))
+
+    sparse = SparseTrainConfig(data=MLP_CFG.data, model=MLP_CFG.model, train=TRAIN, method="rigl", density=0.2)
+    run_sparse_training(sparse, store, device="cpu", progress=False, log=lambda _: None)
+    h = config_hash(sparse)
+    report = export_run(store, h, tmp_path / "s", fmt="sparse", batch=8, timer=fast_timer, log=lambda _: None)
+    summary = store.run(h).read_json("train", "summary.json")
+    assert report["parameters"]["kept"] == report["parameters"]["total"] - (summary["total"] - summary["kept"])
+    _same_outputs(tmp_path / "s", _reference(store, h, "train", None, MLP_CFG.model, (16,), 4), (16,))
+    with pytest.raises(ExportError, match="--unit"):
+        export_run(store, h, tmp_path / "x", level=1, log=lambda _: None)
+    with pytest.raises(ExportError, match="no completed unit 'nope'"):
+        export_run(store, h, tmp_path / "x", unit="nope", log=lambda _: None)
+
+
+def test_transfer_levels_export_with_the_source_model(store, tmp_path):
+    from ticketlab.experiments.transfer import TransferConfig, run_transfer
+
+    target = DataConfig(name="synthetic_mlp", options={"n_train": 128, "n_test": 32, "dim": 16, "num_classes": 3,
+                                                       "seed": 4})
+    cfg = TransferConfig(source=config_hash(MLP_CFG), data=target, levels=(2,), controls=("random",))
+    run_transfer(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    h = config_hash(cfg)
+    report = export_run(store, h, tmp_path / "t", timer=fast_timer, log=lambda _: None)
+    assert report["unit"] == "level_02/ticket"
+    desc = json.loads((tmp_path / "t" / "ticket.json").read_text())
+    assert desc["model_options"] == {"hidden": [64, 32]} and desc["num_classes"] == 3
+    source_mask = Mask.load(store.run(config_hash(MLP_CFG)).file("level_02", "mask.safetensors"))
+    covered = Mask({n: t for n, t in source_mask.items() if n != "fc.weight"})  # the fresh output layer is dense
+    assert report["parameters"]["masked_density"] == pytest.approx(covered.density)
+    _same_outputs(tmp_path / "t", _reference(store, h, "level_02/ticket", covered, MLP_CFG.model, (16,), 3), (16,))
+    report = export_run(store, h, tmp_path / "r", branch="random", timer=fast_timer, log=lambda _: None)
+    assert report["unit"] == "level_02/random"

@@ -56,7 +56,10 @@ __all__ = ["ExportError", "FORMATS", "SparseLinear", "choose_form", "choose_form
            "load_ticket", "measure_group", "measure_latency", "SUPPORTED_EXPERIMENTS"]
 
 FORMATS = ("standalone", "sparse", "onnx")
-SUPPORTED_EXPERIMENTS = ("imp",)
+SUPPORTED_EXPERIMENTS = ("imp", "prune", "sparse", "early_bird", "transfer", "deconstruct")
+# The unit exported when none is named, by kind of run (imp: a level's branch; transfer: its deepest level).
+DEFAULT_UNITS = {"prune": "train", "sparse": "train", "early_bird": "ticket_retrain"}
+BRANCHES = ("ticket", "reinit", "random")
 _MARK = "ticketlab-ticket"
 _VERSION = 1
 TICKET_FILE, WEIGHTS_FILE, REPORT_FILE = "ticket.json", "weights.safetensors", "export.json"
@@ -445,16 +448,53 @@ def _input_spec(config: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
     return tuple(splits.input_shape), int(splits.num_classes)
 
 
-def _masked_state(run: Any, level: int) -> tuple[dict[str, torch.Tensor], Mask | None, str]:
-    weights_file = f"level_{level:02d}/ticket/final.safetensors"
+def _apply(state: dict[str, torch.Tensor], mask: Mask, weights_file: str) -> dict[str, torch.Tensor]:
+    for name, keep in mask.items():
+        if name not in state or state[name].shape != keep.shape:
+            raise ExportError(f"the mask does not fit the weights in {weights_file} ({name!r})")
+        state[name] = torch.where(keep, state[name], torch.zeros((), dtype=state[name].dtype))
+    return state
+
+
+def _masked_state(run: Any, level: int, branch: str = "ticket") -> tuple[dict[str, torch.Tensor], Mask | None, str]:
+    """An IMP level's branch: its trained weights under the level's mask (the random-mask baseline:
+    its own random mask; level 0: no mask)."""
+    weights_file = f"level_{level:02d}/{branch}/final.safetensors"
+    if not run.file(*weights_file.split("/")).exists():
+        raise ExportError(f"run {run.hash} has no trained {branch!r} branch at level {level} ({weights_file})")
     state = run.load_tensors(*weights_file.split("/"))
     if level == 0:
         return state, None, weights_file
-    mask = Mask.load(run.file(f"level_{level:02d}", "mask.safetensors"), require_checksum=True)
-    for name, keep in mask.items():
-        if name not in state or state[name].shape != keep.shape:
-            raise ExportError(f"the mask of level {level} does not fit the weights in {weights_file} ({name!r})")
-        state[name] = torch.where(keep, state[name], torch.zeros((), dtype=state[name].dtype))
+    mask_file = "random_mask.safetensors" if branch == "random" else "mask.safetensors"
+    mask = Mask.load(run.file(f"level_{level:02d}", mask_file), require_checksum=True)
+    return _apply(state, mask, weights_file), mask, weights_file
+
+
+def _unit_state(run: Any, unit: str, model: nn.Module, prunable: Mapping[str, Any],
+                mask_file: str | None) -> tuple[dict[str, torch.Tensor], Mask | None, str]:
+    """A trained unit of any procedure: its final weights under the run's stored mask (``mask_file``),
+    or else under the mask its pruned weights spell (exactly zero in every procedure here),
+    checked against the kept count the unit's summary recorded."""
+    weights_file = f"{unit}/final.safetensors"
+    if not run.is_complete(unit):
+        units = sorted(str(p.parent.relative_to(run.path)) for p in run.path.rglob("summary.json")
+                       if p.parent != run.path)
+        raise ExportError(f"run {run.hash} has no completed unit {unit!r}; its completed units: {units}")
+    state = run.load_tensors(*weights_file.split("/"))
+    if mask_file is not None:
+        mask = Mask.load(run.file(mask_file), require_checksum=True)
+        return _apply(state, mask, weights_file), mask, weights_file
+    summary = run.read_json(unit, "summary.json")
+    names = list(summary.get("layer_density") or Mask.dense(model, **prunable))  # the weights the unit masked
+    missing = [n for n in names if n not in state or state[n].shape != dict(model.named_parameters())[n].shape]
+    if missing:
+        raise ExportError(f"the weights in {weights_file} do not fit the run's model at {missing} (an early-bird "
+                          "channel ticket is already a smaller model: it is not exported in this version)")
+    mask = Mask({n: state[n] != 0 for n in names})
+    kept = summary.get("kept")
+    if kept is not None and kept != mask.num_kept:
+        raise ExportError(f"{unit}: its summary records {kept} kept weights but {mask.num_kept} are non-zero in "
+                          f"{weights_file}; the mask cannot be read from the weights")
     return state, mask, weights_file
 
 
@@ -463,11 +503,17 @@ def _file_bytes(folder: Path) -> dict[str, int]:
 
 
 def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None = None, fmt: str = "standalone",
-               batch: int = 60, *, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
+               batch: int = 60, *, branch: str = "ticket", unit: str | None = None,
+               input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
                timer: Timer | None = None, measure_seconds: float = 0.05, log: Callable[[str], None] = print
                ) -> dict[str, Any]:
-    """Export level ``level`` (default: the last completed one) of the IMP run ``run_hash`` of
-    ``store`` into ``out_dir`` in format ``fmt``; return the numbers written to ``export.json``.
+    """Export a trained ticket of the run ``run_hash`` of ``store`` into ``out_dir`` in format ``fmt``;
+    return the numbers written to ``export.json``.
+
+    Which ticket: an IMP run's ``level`` (default: the last completed one) and ``branch`` (ticket,
+    reinit, random); a prune or sparse run's training, an early-bird run's retrained ticket, a
+    transfer run's deepest transferred ticket (``level`` / ``branch`` choose another), or any
+    completed ``unit`` of these runs (e.g. ``level_03/random``, a deconstruct grid's ticket).
 
     ``batch`` is the large batch size measured besides batch 1 (for the sparse form's choice and for
     the reported latency). ``timer(fn) -> seconds per call`` replaces the latency measurement (tests).
@@ -482,30 +528,60 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
                               "installed (pip install 'ticketlab[onnx]'); use --format standalone or sparse")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ExportError(f"batch must be a positive int, got {batch!r}")
+    if branch not in BRANCHES:
+        raise ExportError(f"branch must be one of {', '.join(BRANCHES)}, got {branch!r}")
     run = store.run(run_hash)
     config = run.read_json("config.json")
     experiment = config.get("experiment")
     if experiment not in SUPPORTED_EXPERIMENTS:
         raise ExportError(f"run {run.hash} is a {experiment!r} run; export supports {', '.join(SUPPORTED_EXPERIMENTS)} "
                           "runs in this version")
-    levels = completed_levels(run)
-    if not levels:
-        raise ExportError(f"run {run.hash} has no completed level to export yet")
-    level = levels[-1] if level is None else level
-    if level not in levels:
-        raise ExportError(f"run {run.hash} has no completed level {level}; completed levels: {levels}")
     cfg = config["config"]
+    model_cfg, data_cfg = cfg["model"], cfg["data"]
+    if experiment in ("transfer", "deconstruct"):  # the model (and its input) are the source IMP run's
+        source_cfg = store.run(cfg["source"]).read_json("config.json")["config"]
+        model_cfg = source_cfg["model"]
+        if input_shape is None:
+            input_shape, _ = _input_spec({"data": source_cfg["data"]})
     if input_shape is None or num_classes is None:
-        shape, classes = _input_spec(cfg)
+        shape, classes = _input_spec({"data": data_cfg})
         input_shape = tuple(input_shape or shape)
         num_classes = int(num_classes or classes)
-    state, mask, weights_file = _masked_state(run, level)
+    if unit is None and experiment in ("imp", "transfer"):
+        levels = completed_levels(run) if experiment == "imp" else sorted(
+            {r["level"] for r in (run.complete_summary() or {}).get("rows", [])})
+        if not levels:
+            raise ExportError(f"run {run.hash} has no completed level to export yet")
+        level = levels[-1] if level is None else level
+        if level not in levels:
+            raise ExportError(f"run {run.hash} has no completed level {level}; completed levels: {levels}")
+        if experiment == "imp":
+            state, mask, weights_file = _masked_state(run, level, branch)
+            mask_from = f"level_{level:02d}/{'random_mask' if branch == 'random' else 'mask'}.safetensors"
+        else:
+            unit = f"level_{level:02d}/{branch}"
+    elif level is not None or branch != "ticket":
+        raise ExportError(f"--level / --branch choose a level of an imp or transfer run; a {experiment!r} run's "
+                          "ticket is named by --unit")
+    if unit is not None or experiment not in ("imp", "transfer"):
+        unit = unit or DEFAULT_UNITS.get(experiment)
+        if unit is None:
+            raise ExportError(f"a {experiment!r} run holds several tickets: name one with --unit (e.g. "
+                              f"{next((str(p.parent.relative_to(run.path)) for p in run.path.rglob('summary.json') if p.parent != run.path), 'UNIT')})")
+        from .models import build_model
+
+        skeleton = build_model(model_cfg["name"], tuple(input_shape), int(num_classes), **model_cfg.get("options", {}))
+        prunable = {k: cfg.get("prune", cfg).get(k) for k in ("include", "exclude", "include_first", "include_output")
+                    if k in cfg.get("prune", cfg)}
+        mask_file = "mask.safetensors" if experiment == "prune" and unit == "train" else None
+        state, mask, weights_file = _unit_state(run, unit, skeleton, prunable, mask_file)
+        mask_from = mask_file or "the zeros of the unit's weights"
     desc: dict[str, Any] = {
-        "format": _MARK, "version": _VERSION, "kind": fmt, "model": cfg["model"]["name"],
-        "model_options": cfg["model"].get("options", {}), "input_shape": list(input_shape),
+        "format": _MARK, "version": _VERSION, "kind": fmt, "model": model_cfg["name"],
+        "model_options": model_cfg.get("options", {}), "input_shape": list(input_shape),
         "num_classes": num_classes, "weights_file": WEIGHTS_FILE,
-        "source": {"run": run.hash, "experiment": experiment, "level": level, "weights": weights_file,
-                   "mask": None if mask is None else f"level_{level:02d}/mask.safetensors"},
+        "source": {"run": run.hash, "experiment": experiment, "level": level, "unit": unit, "weights": weights_file,
+                   "mask": None if mask is None else mask_from},
     }
     dense_model = _build(desc, state, run.file(*weights_file.split("/"))).eval()
     out = Path(out_dir)
@@ -524,7 +600,7 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
         atomic_write_text(folder / TICKET_FILE, seal_json(desc))
         exported = load_ticket(folder)  # what a user gets, so the numbers are those of the files written
         report.update(_measure(dense_model, exported, state, mask, input_shape, batches, timer, measure_seconds))
-        report.update({"format": fmt, "run": run.hash, "level": level, "weights_from": weights_file,
+        report.update({"format": fmt, "run": run.hash, "level": level, "unit": unit, "weights_from": weights_file,
                        "bytes": {**_file_bytes(folder), "dense_fp32_state": sum(t.numel() * 4 for t in state.values())},
                        "threads": torch.get_num_threads(), "torch": torch.__version__})
         if fmt == "sparse":
