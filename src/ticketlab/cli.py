@@ -416,10 +416,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = Store(args.runs_dir)
     run = store.run(args.run)
     shape = tuple(args.input_shape) if args.input_shape else None
-    level = args.level if args.level is not None or not completed_levels(run) else completed_levels(run)[-1]
-    out = Path(args.out) if args.out else store.root / "exports" / f"{run.hash[:12]}-level_{level}-{args.format}"
-    export_run(store, run.hash, out, level=level, fmt=args.format, batch=args.batch, input_shape=shape,
-               num_classes=args.num_classes)
+    level = args.level
+    if args.unit is None and level is None and completed_levels(run):
+        level = completed_levels(run)[-1]
+    what = (args.unit.replace("/", "-") if args.unit else f"level_{level}" if level is not None else "ticket") + (
+        f"-{args.branch}" if args.branch != "ticket" else "")
+    out = Path(args.out) if args.out else store.root / "exports" / f"{run.hash[:12]}-{what}-{args.format}"
+    export_run(store, run.hash, out, level=level, fmt=args.format, batch=args.batch, branch=args.branch,
+               unit=args.unit, input_shape=shape, num_classes=args.num_classes)
     return 0
 
 
@@ -528,14 +532,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
     p.set_defaults(func=cmd_migrate)
     p = sub.add_parser("export", help="a stored ticket as a standalone model (plain or sparse), with measured latency",
-                       description="Export one level of an IMP run: the level's mask applied to the weights that level "
+                       description="Export a stored ticket (an IMP level, a prune / sparse / early-bird run's "
+                                   "training, a transfer level, any unit): its mask applied to the weights it "
                                    "trained to, as a folder (ticket.json, weights.safetensors, export.json) that "
                                    "ticketlab.load_ticket(folder) turns into a ready nn.Module without the store. "
                                    "'sparse' stores kept weights only and runs each Linear layer in the form "
                                    "(csr, csr_rows or dense) measured fastest here at batch 1 and --batch. "
                                    "See docs/export.md.")
     p.add_argument("run", help="run hash (or unique prefix)")
-    p.add_argument("--level", type=int, help="IMP level to export (default: the last completed one)")
+    p.add_argument("--level", type=int, help="IMP (or transfer) level to export (default: the last completed one)")
+    p.add_argument("--branch", default="ticket", choices=("ticket", "reinit", "random"),
+                   help="which of the level's trainings: the ticket or a baseline / control (default: ticket)")
+    p.add_argument("--unit", help="any completed unit of the run, e.g. train (prune, sparse), ticket_retrain "
+                                  "(early-bird), level_03/random, a deconstruct grid's ticket (default: the run's "
+                                  "ticket)")
     p.add_argument("--format", default="standalone", choices=("standalone", "sparse", "onnx"),
                    help="standalone: dense weights, pruned entries 0; sparse: kept weights, CSR where measured faster; "
                         "onnx: needs the optional onnx and onnxruntime packages (default: standalone)")
