@@ -358,6 +358,10 @@ class TrainConfig:
             raise ConfigError("schedule 'multistep' needs milestones, e.g. --milestones 80ep 120ep")
 
 
+# Structured-ticket post-processing of IMP levels (pruning/structure.py keeps the same tuple).
+STRUCTURE_MODES = ("none", "refill", "refill+", "regroup")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """How much to prune per IMP level and how the cut is spread over layers.
@@ -387,11 +391,34 @@ class PruneConfig:
         "help": "which weights an IMP level keeps, scored over (w_init, w_final) (Zhou et al. 2019): large_final "
                 "(|w_final|, LTH), magnitude_increase, movement, large_init, the same/diff-sign variants, random, "
                 "...; registered in pruning/criteria.py"})
+    # Structured tickets (Chen et al. 2022, pruning/structure.py), added after runs existed: at their
+    # defaults these fields are left out of the hash and of config.json ("always").
+    structure: str = field(default="none", metadata={
+        "omit_default": "always", "choices": STRUCTURE_MODES,
+        "help": "turn each IMP level's mask into a structured one before it is reset and retrained "
+                "(Chen et al. 2022): refill (whole channels, as many weights), refill+ (extra channels, "
+                "--structure-ratio), regroup (dense blocks of row groups); pruning/structure.py"})
+    structure_ratio: float = field(default=0.1, metadata={
+        "omit_default": "always", "help": "r of refill+: keep floor(n + r*(C_out - n)) channels, n = kept weights / "
+                                          "row length"})
+    structure_importance: str = field(default="count", metadata={
+        "omit_default": "always", "choices": ("count", "l1"),
+        "help": "channel ranking of refill / refill+: count (kept weights per channel, the authors' code) or l1 "
+                "(l1 norm of the kept trained weights)"})
+    structure_layers: str = field(default="all", metadata={
+        "omit_default": "always", "choices": ("all", "conv"),
+        "help": "layers --structure acts on: all (masked Conv and Linear weights) or conv (Conv only, as the "
+                "authors); never the output layer"})
+    structure_parts: int = field(default=8, metadata={
+        "omit_default": "always", "help": "regroup: row groups per layer (hMETIS parts in the authors' code)"})
+    structure_min_rows: int = field(default=16, metadata={
+        "omit_default": "always", "help": "regroup: row groups of at most this many rows give no dense block"})
 
     def __post_init__(self) -> None:
         _check_names(self)
         if self.criterion not in criterion_modes():
             raise ConfigError(f"criterion {self.criterion!r} is unknown; choose one of {criterion_modes()}")
+        _check_structure(self)
         if not 0 <= self.rate < 1:
             raise ConfigError(f"prune rate must be in [0, 1) (fraction of remaining weights removed), got {self.rate}")
         if self.output_rate is not None and not 0 <= self.output_rate < 1:
@@ -405,6 +432,27 @@ class PruneConfig:
     def prunable_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Mask.dense`` / ``prunable_parameters``."""
         return _prunable_options(self)
+
+
+def _check_structure(p: "PruneConfig") -> None:
+    """The structure options: known values, and each one only with the structure that uses it."""
+    if p.structure not in STRUCTURE_MODES:
+        raise ConfigError(f"structure {p.structure!r} is unknown; choose one of {STRUCTURE_MODES}")
+    if p.structure_importance not in ("count", "l1"):
+        raise ConfigError(f"structure_importance {p.structure_importance!r} is unknown; choose count or l1")
+    if p.structure_layers not in ("all", "conv"):
+        raise ConfigError(f"structure_layers {p.structure_layers!r} is unknown; choose all or conv")
+    if not 0 < p.structure_ratio <= 1:
+        raise ConfigError(f"structure_ratio must be in (0, 1], got {p.structure_ratio}")
+    if p.structure_parts < 1 or p.structure_min_rows < 0:
+        raise ConfigError(f"structure_parts must be >= 1 and structure_min_rows >= 0, got {p.structure_parts} and "
+                          f"{p.structure_min_rows}")
+    used = {"structure_ratio": ("refill+",), "structure_importance": ("refill", "refill+"),
+            "structure_layers": ("refill", "refill+", "regroup"), "structure_parts": ("regroup",),
+            "structure_min_rows": ("regroup",)}
+    for name, structures in used.items():
+        if getattr(p, name) != PruneConfig.__dataclass_fields__[name].default and p.structure not in structures:
+            raise ConfigError(f"{name} is only used with structure {' or '.join(structures)}, not {p.structure!r}")
 
 
 @dataclass(frozen=True)

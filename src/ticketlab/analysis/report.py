@@ -45,6 +45,9 @@ def imp_table(rows: Sequence[dict[str, Any]]) -> str:
     connectivity = any("effective_density" in r for r in rows)  # runs from before it was recorded lack it
     if connectivity:
         head += ["ticket effective density", "collapsed layers"]
+    structure = any("empty_channel_fraction" in r for r in rows)  # recorded since structured tickets (issue 18)
+    if structure:
+        head += ["empty channels %", "kept in dense blocks %", "shrunk params / dense", "shrunk FLOPs / dense"]
     spent = 0.0  # IMP's cost grows with every level trained, baselines excluded
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for level in sorted(by_level):
@@ -68,6 +71,14 @@ def imp_table(rows: Sequence[dict[str, Any]]) -> str:
             eff = t.get("effective_density")
             cells += ["" if eff is None else f"{eff:.4f}",
                       ", ".join(t.get("collapsed_layers", [])) or ("none" if "collapsed_layers" in t else "")]
+        if structure:
+            if "empty_channel_fraction" in t:
+                pct = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
+                cells += [pct(t["empty_channel_fraction"]), pct(t["block_nonzero_fraction"]),
+                          f"{t['shrunk_params'] / t['params_dense']:.3f}",
+                          f"{t['shrunk_flops'] / t['flops_dense']:.3f}" if t["flops_dense"] else ""]
+            else:
+                cells += ["", "", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -299,6 +310,8 @@ def imp_report(runs: Sequence[Run], plot: Path) -> Report:
     for run in runs:
         cfg = _config(run)
         label = f"{run.hash[:8]} {cfg['model']['name']}/{cfg['data']['name']} reset={cfg['reset']}"
+        if cfg.get("prune", {}).get("structure", "none") != "none":
+            label += f" structure={cfg['prune']['structure']}"
         labelled.append((label, run.read_jsonl("levels.jsonl")))
     text = "\n\n".join(f"### {label}\n\n{imp_table(rows)}" for label, rows in labelled)
     return text, [plot_imp(labelled, plot)]

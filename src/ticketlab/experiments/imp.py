@@ -26,6 +26,14 @@ weights on some input->output path / all masked weights; ``collapsed_layers``: l
 weight), and every level logs it for the ticket and the random-mask baseline. ``config.prune``'s
 ``include`` / ``exclude`` choose the weights besides the Linear/Conv ones (raw parameters,
 embeddings) that the masks cover.
+
+Structured tickets (Chen et al. 2022, ``config.prune.structure``, ``pruning/structure.py``): with
+``refill`` / ``refill+`` / ``regroup`` each level's IMP mask is post-processed into whole channels or
+dense blocks (Conv and Linear weights, or Conv only with ``structure_layers="conv"``; never the
+output layer) before it is stored, so the level resets and retrains the structured mask and the next
+level prunes from it. Every unit's summary also records the structure metrics of its mask
+(``empty_channel_fraction``, ``block_nonzero_fraction``, ``shrunk_params``, ``shrunk_flops`` and
+their dense counterparts; :func:`ticketlab.pruning.structure.structure_metrics`).
 """
 from __future__ import annotations
 
@@ -41,13 +49,14 @@ from ..masks import Mask
 from ..prunable import PrunableError, UnprunedWeightsWarning, output_parameter_name
 from ..pruning.criteria import imp_prune_by
 from ..pruning.selection import random_mask_like
+from ..pruning.structure import structurable_weights, structure_mask, structure_metrics
 from ..steps import to_iterations
 from ..store import Store, StoreError, index_fields
 from ..training import Callback, resolve_device, lr_factor
 from .resets import RESETS, Reset, ResetInputs
 from . import mask0
 from .common import (running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line,
-                     load_or_save_init, prepare_data, train_unit, training_length)
+                     example_input, load_or_save_init, prepare_data, train_unit, training_length)
 
 
 @dataclass
@@ -79,11 +88,17 @@ def _rewind_callback(s: Setup) -> Callback:
 
 
 def level_mask(s: Setup, level: int, previous: Mask, previous_weights: dict[str, torch.Tensor],
-               output_name: str | None, init_state: dict[str, torch.Tensor]) -> Mask:
+               output_name: str | None, init_state: dict[str, torch.Tensor],
+               model: torch.nn.Module | None = None) -> Mask:
     """The level's mask: ``config.prune.criterion`` (``pruning/criteria.py``) scores each weight the
     previous level still keeps from (theta_0 = ``init_state``, the previous level's final weights), and
     ``keep_top`` keeps IMP's exact count per group. The default ``large_final`` is the |w| ranking of
-    ``imp_prune``, bit for bit. ``random`` draws from a generator seeded by (seed, level)."""
+    ``imp_prune``, bit for bit. ``random`` draws from a generator seeded by (seed, level).
+
+    With ``config.prune.structure`` other than ``none`` the pruned mask is then structured (refill,
+    refill+ or regroup of ``pruning/structure.py``; refill ranks channels with the previous level's
+    final weights) on the Conv/Linear weights of ``model`` except its output layer; the structured
+    mask is the one stored."""
     path = s.run.file(f"level_{level:02d}", "mask.safetensors")
     if path.exists():
         return Mask.load(path, require_checksum=True)
@@ -91,6 +106,15 @@ def level_mask(s: Setup, level: int, previous: Mask, previous_weights: dict[str,
     mask = imp_prune_by(p.criterion, init_state, previous_weights, previous, level=level, rate=p.rate, scope=p.scope,
                         output_name=output_name, output_rate=p.output_rate,
                         generator=torch.Generator().manual_seed(derived_seed(s.config.seed, "criterion", level)))
+    if p.structure != "none":
+        if model is None:
+            raise ValueError("level_mask needs the model to structure the mask (config.prune.structure)")
+        names = _structured_layers(s, model, mask)
+        pruned = mask
+        mask = structure_mask(mask, p.structure, names, weights=previous_weights, ratio=p.structure_ratio,
+                              importance=p.structure_importance, parts=p.structure_parts, min_rows=p.structure_min_rows)
+        s.ctx.log(f"level {level}: {p.structure} on {len(names)} layers, density {pruned.density:.4f} -> "
+                  f"{mask.density:.4f}")
     mask.save(path)
     return mask
 
@@ -157,7 +181,7 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
 
     for level in range(1, config.levels + 1):
         final_weights = {k: v.clone() for k, v in model.state_dict().items()}
-        mask = level_mask(s, level, mask, final_weights, output_name, init_state)
+        mask = level_mask(s, level, mask, final_weights, output_name, init_state, model)
         s.ctx.log(f"level {level}: pruned to density {mask.density:.4f}\n{mask.table()}")
         conn = _connectivity(s, model, mask, level, "ticket")
         reset_state = reset.start_weights(ResetInputs(
@@ -193,11 +217,31 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
     return rows
 
 
+def _structured_layers(s: Setup, model: torch.nn.Module, mask: Mask) -> list[str]:
+    """The masked weights ``config.prune.structure`` acts on (and the structure metrics measure):
+    Conv (and Linear, ``structure_layers="all"``) weights, the output layer's excluded."""
+    try:
+        output = (output_parameter_name(model),)
+    except PrunableError:  # no Linear/Conv layer at all: nothing to structure
+        output = ()
+    return structurable_weights(model, mask, layers=s.config.prune.structure_layers, exclude=output)
+
+
 def _connectivity(s: Setup, model: torch.nn.Module, mask: Mask, level: int, what: str) -> dict[str, Any]:
-    """Effective density and collapsed layers of ``mask``, logged as one line (stored with the unit)."""
+    """Effective density and collapsed layers of ``mask``, logged as one line, and its structure
+    metrics (``pruning/structure.py``), all stored with the unit."""
     conn, _ = connectivity(model, mask, s.ctx.data)
     s.ctx.log(connectivity_line(f"level {level} {what}", mask, conn))
-    return conn
+    names = _structured_layers(s, model, mask)
+    metrics = structure_metrics(model, mask, s.ctx.data.input_shape, names=names,
+                                example_input=example_input(s.ctx.data))
+    fraction = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    if s.config.prune.structure != "none":  # (stored with every unit; logged where the run asks for structure)
+        s.ctx.log(f"  structure ({len(names)} layers): empty channels {fraction(metrics['empty_channel_fraction'])}, kept "
+                  f"weights in dense blocks {fraction(metrics['block_nonzero_fraction'])}; shrunk model "
+                  f"{metrics['shrunk_params']}/{metrics['params_dense']} params, "
+                  f"{metrics['shrunk_flops']}/{metrics['flops_dense']} FLOPs")
+    return {**conn, **metrics}
 
 
 def _write_levels(s: Setup, rows: list[dict[str, Any]], stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
