@@ -454,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for e in EXPERIMENTS.values():
         _add_experiment(sub, e)
+    from .sweep import add_sweep_parser
+
+    add_sweep_parser(sub)  # ticketlab sweep: a grid of any of the commands above, on a pool or Ray
 
     from .planting.benchmark import EXTRA_METHODS as PLANT_EXTRAS, METHODS as PLANT_METHODS
     from .planting.benchmark import REFERENCE_METHODS as PLANT_REFERENCES

@@ -78,14 +78,24 @@ def barrier() -> None:
         dist.barrier()
 
 
+_writing = False  # inside rank 0's part of a writer_only call: nested calls just run
+
+
 def writer_only(action: Callable[[], T]) -> T | None:
     """Run a Store write (or removal) on rank 0 only, between two barriers, so no rank reads or tests
-    for the file in between; in one process just run it."""
-    if not active():
+    for the file in between; in one process (or nested in another such call) just run it."""
+    global _writing
+    if not active() or _writing:
         return action()
     dist.barrier()
     try:
-        return action() if dist.get_rank() == 0 else None
+        if dist.get_rank() != 0:
+            return None
+        _writing = True
+        try:
+            return action()
+        finally:
+            _writing = False
     finally:
         dist.barrier()
 

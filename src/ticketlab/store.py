@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -239,21 +240,47 @@ class Store:
         path = self.root / run_hash
         described = {"experiment": config.experiment, "hash": run_hash, "config": to_dict(config)}
         cfg_file = path / "config.json"
-        if cfg_file.exists():
-            stored = open_json(cfg_file.read_bytes(), cfg_file)
-            hashed_now = to_dict(config, for_hash=True)
-            if stored.get("hash") != run_hash or _strip_unhashed(stored.get("config", {}), config) != hashed_now:
-                raise StoreError(f"{path} holds a different experiment than this config; refusing to mix them")
-        else:
-            if path.exists():
-                writer_only(lambda: remove_stale_temp_files(path))  # a kill while config.json was being written
-            if path.exists() and any(p.name != ".lock" for p in path.iterdir()):
-                raise StoreError(f"{path} holds files but no config.json, so it cannot be told whose they are; "
-                                 "move the folder aside and run again")
-            writer_only(lambda: path.mkdir(parents=True, exist_ok=True))  # under torchrun: rank 0, collectively
-            atomic_write_text(cfg_file, seal_json(described))
+        if not cfg_file.exists():
+            writer_only(lambda: self._create_run(path, cfg_file, described))  # under torchrun: rank 0's
+        stored = open_json(cfg_file.read_bytes(), cfg_file)
+        hashed_now = to_dict(config, for_hash=True)
+        if stored.get("hash") != run_hash or _strip_unhashed(stored.get("config", {}), config) != hashed_now:
+            raise StoreError(f"{path} holds a different experiment than this config; refusing to mix them")
         run = Run(path, run_hash, self)
         return run
+
+    @staticmethod
+    def _create_run(path: Path, cfg_file: Path, described: dict[str, Any], wait: float = 60.0) -> None:
+        """Write a new run's config.json under the run's lock, so two processes creating the same run at
+        once cannot remove each other's temp file or both write it: the second waits, then finds it."""
+        path.mkdir(parents=True, exist_ok=True)
+        lock_path = path / ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StoreError(f"cannot create the lock file {lock_path}: {exc.strerror}") from None
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if cfg_file.exists():
+                        return  # created meanwhile (its creator may be running it now)
+                    if time.monotonic() > deadline:
+                        raise RunBusyError(f"{path} is being created by another process (lock {lock_path}) and has "
+                                           f"no config.json after {wait:.0f} s; run again") from None
+                    time.sleep(0.02)
+            if cfg_file.exists():
+                return
+            remove_stale_temp_files(path)  # a kill while config.json was being written
+            if any(p.name != ".lock" for p in path.iterdir()):
+                raise StoreError(f"{path} holds files but no config.json, so it cannot be told whose they are; "
+                                 "move the folder aside and run again")
+            atomic_write_text(cfg_file, seal_json(described))
+        finally:
+            os.close(fd)  # releases the lock
 
     def index_run(self, run: Run, config: Any) -> None:
         """Add the run to the index as running (once its lock is held)."""
