@@ -315,5 +315,6 @@ def test_every_stored_procedure_is_in_the_fault_injection_suite():
                if any("--runs-dir" in a.option_strings for a in p._actions)
                and name not in ("ls", "report", "verify", "migrate", "demo",
                                 "lr-contrast",  # stores nothing but ordinary imp runs
+                                "sweep",  # ordinary runs of the other commands (killed workers: test_sweep)
                                 "export")}  # reads a run; writes a folder of its own, replaced whole (test_export)
     assert storing and storing <= set(PROCEDURES), storing - set(PROCEDURES)
