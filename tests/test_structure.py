@@ -265,3 +265,30 @@ def test_imp_regroup_and_conv_only(tmp_path):
         patterns = {tuple(r) for r in flat if r.any()}
         assert len(patterns) <= 2                            # at most one block per part
     assert rows[1]["block_nonzero_fraction"] == 1.0
+
+
+def test_refilled_ticket_holds_its_emptied_channels_biases_at_zero_so_the_shrunk_model_is_the_ticket(tmp_path):
+    """Masks cover weights: an emptied channel would still emit its bias. The structured ticket holds
+    those biases at zero while it trains, so the physically shrunk model computes the trained ticket."""
+    rows, run = _imp(tmp_path, structure="refill")
+    mask = Mask.load(run.file("level_01", "mask.safetensors"))
+    final = run.load_tensors("level_01", "ticket", "final.safetensors")
+    held = 0
+    for name in ("features.0.weight", "features.2.weight", "classifier.0.weight", "classifier.2.weight"):
+        empty = ~mask[name].reshape(mask[name].shape[0], -1).any(dim=1)
+        bias = final[name.replace("weight", "bias")]
+        assert bool((bias[empty] == 0).all())
+        held += int(empty.sum())
+    assert held > 0 and rows[1]["biases_held_at_zero"] == held
+    graph_shrink = pytest.importorskip("ticketlab.pruning.graph_shrink")
+    if not graph_shrink.available():
+        pytest.skip("torch-pruning (the [structured] extra) is not installed")
+    from ticketlab.models import build_model
+
+    model = build_model("conv2", (1, 8, 8), 10).eval()
+    model.load_state_dict(final)
+    x = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    small = graph_shrink.shrink_weight_mask(model, mask, x[:1]).model.eval()
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-5)

@@ -191,30 +191,75 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
         start, lr_override = _segment(s, reset)
         held = mask0.pruned_values(config.mask0, init_state, final_weights, mask)
         model.load_state_dict(mask0.start_weights(config.mask0, reset_state, init_state, final_weights, mask))
+        dead = _emptied_channel_biases(s, model, mask)
         summary = train_unit(s.ctx, unit_name(level, "ticket"), model, mask, start_step=start,
-                             lr_override=lr_override, extra_summary=conn, pruned_values=held)
+                             lr_override=lr_override, extra_summary={**conn, **_dead_summary(dead)},
+                             pruned_values=held, callbacks=_hold_zero(model, dead))
         rows.append({"level": level, "branch": "ticket", **summary})
         ticket_final = {k: v.clone() for k, v in model.state_dict().items()}
 
         baseline_start = start if reset.baselines_share_segment else 0
         baseline_lr = lr_override if reset.baselines_share_segment else None
         for branch in config.baselines:
+            b_dead: dict[str, torch.Tensor] = {}
             if branch == "reinit":
                 b_model = build_seeded_model(config.model, s.ctx.data, derived_seed(config.seed, "reinit", level))
                 b_mask, b_conn = mask, conn  # the ticket's mask
+                b_dead = dead
             else:
                 b_model = build_seeded_model(config.model, s.ctx.data, config.seed)
                 b_model.load_state_dict(reset_state if reset.baselines_share_segment else init_state)
                 b_mask = _random_mask(s, level, mask)
                 b_conn = _connectivity(s, b_model, b_mask, level, "random-mask baseline")
             summary = train_unit(s.ctx, unit_name(level, branch), b_model, b_mask,
-                                 start_step=baseline_start, lr_override=baseline_lr, extra_summary=b_conn)
+                                 start_step=baseline_start, lr_override=baseline_lr,
+                                 extra_summary={**b_conn, **_dead_summary(b_dead)}, callbacks=_hold_zero(b_model, b_dead))
             rows.append({"level": level, "branch": branch, **summary})
         model.load_state_dict(ticket_final)
         if len(rows) > len(stored_rows):
             stored_rows = _write_levels(s, rows, stored_rows)
             run.update_index(summary=index_fields({"levels": rows}))
     return rows
+
+
+def _emptied_channel_biases(s: Setup, model: torch.nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+    """Structured tickets (``config.prune.structure``): the bias entries of the output channels the mask
+    empties in the structured layers. Masks cover weights, so without this an emptied channel would
+    still emit its bias (after ReLU a constant map) and the physically shrunk ticket, which drops the
+    channel, would not be the trained one. BatchNorm shifts after an emptied conv are not covered."""
+    if s.config.prune.structure == "none":
+        return {}
+    dead = {}
+    for name in _structured_layers(s, model, mask):
+        module_name = name.rpartition(".")[0]
+        module = model.get_submodule(module_name) if module_name else model
+        bias = getattr(module, "bias", None)
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) or bias is None:
+            continue
+        empty = ~mask[name].reshape(mask[name].shape[0], -1).any(dim=1)
+        if bool(empty.any()) and tuple(empty.shape) == tuple(bias.shape):
+            dead[f"{module_name}.bias"] = empty
+    return dead
+
+
+def _hold_zero(model: torch.nn.Module, dead: dict[str, torch.Tensor]) -> list[Callback]:
+    """Zero ``dead``'s bias entries now and after every step (so every forward sees them at zero)."""
+    if not dead:
+        return []
+    params = dict(model.named_parameters())
+    targets = [(params[n], keep_zero) for n, keep_zero in dead.items()]
+
+    @torch.no_grad()
+    def zero(*_: object) -> None:
+        for p, keep_zero in targets:
+            p.masked_fill_(keep_zero.to(p.device), 0.0)
+
+    zero()
+    return [Callback(lambda trainer, step: zero(), every=1)]
+
+
+def _dead_summary(dead: dict[str, torch.Tensor]) -> dict[str, Any]:
+    return {"biases_held_at_zero": sum(int(t.sum()) for t in dead.values())} if dead else {}
 
 
 def _structured_layers(s: Setup, model: torch.nn.Module, mask: Mask) -> list[str]:
