@@ -193,7 +193,7 @@ def test_unsupported_requests_fail_clearly(store, tmp_path):
     h = config_hash(MLP_CFG)
     with pytest.raises(ExportError, match=r"completed levels: \[0, 1, 2\]"):
         export_run(store, h, tmp_path / "x", level=7, timer=fast_timer, log=lambda _: None)
-    with pytest.raises(ExportError, match="standalone, sparse, onnx"):
+    with pytest.raises(ExportError, match="standalone, sparse, shrunk, onnx"):
         export_run(store, h, tmp_path / "x", fmt="tflite", log=lambda _: None)
     run = store.run(h)
     cfg = run.read_json("config.json")
@@ -360,3 +360,30 @@ def test_transfer_levels_export_with_the_source_model(store, tmp_path):
     _same_outputs(tmp_path / "t", _reference(store, h, "level_02/ticket", covered, MLP_CFG.model, (16,), 3), (16,))
     report = export_run(store, h, tmp_path / "r", branch="random", timer=fast_timer, log=lambda _: None)
     assert report["unit"] == "level_02/random"
+
+
+def test_shrunk_format_is_the_structured_ticket_physically_smaller(tmp_path):
+    pytest.importorskip("torch_pruning")
+    cfg = IMPConfig(data=CNN_CFG.data, model=ModelConfig(name="conv2"), train=TRAIN, levels=1, baselines=(), seed=0,
+                    prune=PruneConfig(rate=0.6, structure="refill"))
+    store = Store(tmp_path / "runs")
+    run_imp(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    h = config_hash(cfg)
+    report = export_run(store, h, tmp_path / "out", fmt="shrunk", batch=8, timer=fast_timer, log=lambda _: None)
+    reference = masked_model(store, cfg, 1, (3, 8, 8), 4)
+    small = load_ticket(tmp_path / "out")
+    assert sum(p.numel() for p in small.parameters()) == report["parameters"]["shrunk_model"]
+    assert report["parameters"]["shrunk_model"] < sum(p.numel() for p in reference.parameters())
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(small(x), reference(x), atol=1e-5)
+    assert report["max_abs_output_difference"] < 1e-5
+    # an unstructured ticket empties no channel here: nothing to shrink, said so
+    plain = IMPConfig(data=CNN_CFG.data, model=ModelConfig(name="conv2"), train=TRAIN, levels=1, baselines=(), seed=0,
+                      prune=PruneConfig(rate=0.3))
+    run_imp(plain, store, device="cpu", progress=False, log=lambda _: None)
+    with pytest.raises(ExportError, match="empties no channel|differs from the ticket"):
+        export_run(store, config_hash(plain), tmp_path / "y", fmt="shrunk", timer=fast_timer, log=lambda _: None)
+    with pytest.raises(ExportError, match="no mask"):
+        export_run(store, config_hash(plain), tmp_path / "z", level=0, fmt="shrunk", timer=fast_timer,
+                   log=lambda _: None)

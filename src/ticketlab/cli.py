@@ -549,9 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit", help="any completed unit of the run, e.g. train (prune, sparse), ticket_retrain "
                                   "(early-bird), level_03/random, a deconstruct grid's ticket (default: the run's "
                                   "ticket)")
-    p.add_argument("--format", default="standalone", choices=("standalone", "sparse", "onnx"),
+    p.add_argument("--format", default="standalone", choices=("standalone", "sparse", "shrunk", "onnx"),
                    help="standalone: dense weights, pruned entries 0; sparse: kept weights, CSR where measured faster; "
-                        "onnx: needs the optional onnx and onnxruntime packages (default: standalone)")
+                        "shrunk: the physically smaller model without the channels the mask empties (structured "
+                        "tickets; the [structured] extra); onnx: needs the optional onnx and onnxruntime packages "
+                        "(default: standalone)")
     p.add_argument("--batch", type=int, default=60, help="batch size measured besides batch 1 (default: 60)")
     p.add_argument("--out", help="export folder (default: RUNS_DIR/exports/<hash>-level_<L>-<format>)")
     p.add_argument("--input-shape", type=int, nargs="+", metavar="N",

@@ -55,7 +55,8 @@ from .masks import Mask
 __all__ = ["ExportError", "FORMATS", "SparseLinear", "choose_form", "choose_forms", "completed_levels", "export_run",
            "load_ticket", "measure_group", "measure_latency", "SUPPORTED_EXPERIMENTS"]
 
-FORMATS = ("standalone", "sparse", "onnx")
+FORMATS = ("standalone", "sparse", "shrunk", "onnx")
+_FULL_MASK = "__full_mask__."  # shrunk exports: the full-size mask beside the small model's weights
 SUPPORTED_EXPERIMENTS = ("imp", "prune", "sparse", "early_bird", "transfer", "deconstruct")
 # The unit exported when none is named, by kind of run (imp: a level's branch; transfer: its deepest level).
 DEFAULT_UNITS = {"prune": "train", "sparse": "train", "early_bird": "ticket_retrain"}
@@ -345,6 +346,33 @@ def _build(desc: Mapping[str, Any], state: Mapping[str, torch.Tensor], source: P
     return model
 
 
+def _shrink(model: nn.Module, mask: Mask, input_shape: Sequence[int]) -> Any:
+    """The dependency-graph shrink of ``model`` under ``mask`` (the ``structured`` extra)."""
+    from .pruning import graph_shrink
+
+    if not graph_shrink.available():
+        raise ExportError("format 'shrunk' needs the optional package torch-pruning, which is not installed "
+                          "(pip install 'ticketlab[structured]'); use --format standalone or sparse")
+    return graph_shrink.shrink_weight_mask(model, mask, torch.zeros(1, *input_shape))
+
+
+def _build_shrunk(desc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], source: Path) -> nn.Module:
+    """A shrunk export: the registry model shrunk by the stored full-size mask (the same channels go),
+    then the small model's weights loaded."""
+    full = {k[len(_FULL_MASK):]: v.bool() for k, v in tensors.items() if k.startswith(_FULL_MASK)}
+    if not full:
+        raise ExportError(f"{source} is corrupt: a shrunk export holds the full-size mask it was shrunk by")
+    from .models import build_model
+
+    model = build_model(desc["model"], tuple(desc["input_shape"]), int(desc["num_classes"]), **desc["model_options"])
+    small = _shrink(model, Mask(full), desc["input_shape"]).model
+    try:
+        small.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(_FULL_MASK)})
+    except RuntimeError as exc:
+        raise ExportError(f"the weights in {source} do not fit the shrunk {desc['model']!r} ({exc})") from None
+    return small
+
+
 def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -383,6 +411,8 @@ def load_ticket(path: str | Path) -> nn.Module:
     if not isinstance(name, str) or Path(name).name != name:
         raise ExportError(f"{ticket} is corrupt: its weights file {name!r} is not a file name beside it")
     weights = folder / name
+    if desc["kind"] == "shrunk":
+        return _build_shrunk(desc, _read_weights(weights), weights).eval()
     model = _build(desc, _read_weights(weights), weights)
     if desc["kind"] == "sparse":
         _sparsify(model, desc.get("layers", {}))
@@ -595,11 +625,15 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
             desc["layers"] = choose_forms(dense_model, batches, timer, measure_seconds)
             desc["conv_layers"] = "dense (not converted in this version)"
             _write_weights(folder / WEIGHTS_FILE, state, set() if mask is None else set(mask))
+        elif fmt == "shrunk":
+            _write_weights(folder / WEIGHTS_FILE, _shrunk_state(dense_model, mask, input_shape, desc), set())
         else:
             _write_weights(folder / WEIGHTS_FILE, state, set())
         atomic_write_text(folder / TICKET_FILE, seal_json(desc))
         exported = load_ticket(folder)  # what a user gets, so the numbers are those of the files written
         report.update(_measure(dense_model, exported, state, mask, input_shape, batches, timer, measure_seconds))
+        if fmt == "shrunk":
+            report.setdefault("parameters", {})["shrunk_model"] = sum(q.numel() for q in exported.parameters())
         report.update({"format": fmt, "run": run.hash, "level": level, "unit": unit, "weights_from": weights_file,
                        "bytes": {**_file_bytes(folder), "dense_fp32_state": sum(t.numel() * 4 for t in state.values())},
                        "threads": torch.get_num_threads(), "torch": torch.__version__})
@@ -617,6 +651,34 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
     replace_folder(out, write)
     log(describe(report, out))
     return report
+
+
+@torch.no_grad()
+def _shrunk_state(dense: nn.Module, mask: Mask | None, input_shape: tuple[int, ...], desc: dict[str, Any]
+                  ) -> dict[str, torch.Tensor]:
+    """The small model's weights (and the full-size mask that rebuilds its shape), checked to compute
+    the ticket: a ticket whose emptied channels still carry a bias or a BatchNorm shift in training
+    is not its shrunk model, and is refused rather than exported as something else."""
+    if mask is None:
+        raise ExportError("format 'shrunk' removes the channels a mask empties; this ticket has no mask (level 0)")
+    result = _shrink(dense, mask, input_shape)
+    small = result.model.eval()
+    x = torch.randn(8, *input_shape, generator=torch.Generator().manual_seed(0))
+    diff = float((small(x) - dense(x)).abs().max())
+    scale = float(dense(x).abs().max()) or 1.0
+    if diff > 1e-4 * max(1.0, scale):
+        raise ExportError(f"the shrunk model differs from the ticket by up to {diff:.3g}: channels the mask empties "
+                          "still carry a bias or BatchNorm shift in the trained ticket (structured IMP holds emptied "
+                          "channels' conv/linear biases at zero; BatchNorm shifts are not covered); export it as "
+                          "standalone or sparse")
+    removed = sum(p.numel() for p in dense.parameters()) - sum(p.numel() for p in small.parameters())
+    if removed == 0:
+        raise ExportError("the mask empties no channel that can be removed; format 'shrunk' would give the same "
+                          "model: use standalone or sparse")
+    desc["shrunk"] = {"parameters_removed": removed, "report": str(result.report)}
+    state = dict(small.state_dict())
+    state.update({_FULL_MASK + n: t.to(torch.uint8) for n, t in mask.items()})
+    return state
 
 
 @torch.no_grad()
