@@ -387,3 +387,19 @@ def test_shrunk_format_is_the_structured_ticket_physically_smaller(tmp_path):
     with pytest.raises(ExportError, match="no mask"):
         export_run(store, config_hash(plain), tmp_path / "z", level=0, fmt="shrunk", timer=fast_timer,
                    log=lambda _: None)
+
+
+def test_shrunk_resnet_refill_ticket_with_batchnorm_is_the_trained_ticket(tmp_path):
+    pytest.importorskip("torch_pruning")
+    cfg = IMPConfig(data=CNN_CFG.data, model=ModelConfig(name="resnet20", options={"width": 4}), train=TRAIN,
+                    levels=1, baselines=(), seed=0, prune=PruneConfig(rate=0.6, structure="refill"))
+    store = Store(tmp_path / "runs")
+    rows = run_imp(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    assert rows[1]["biases_held_at_zero"] > 0  # BatchNorm shifts (and scales) of emptied channels
+    report = export_run(store, config_hash(cfg), tmp_path / "out", fmt="shrunk", batch=8, timer=fast_timer,
+                        log=lambda _: None)
+    reference = masked_model(store, cfg, 1, (3, 8, 8), 4)
+    assert report["parameters"]["shrunk_model"] < sum(p.numel() for p in reference.parameters())
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(load_ticket(tmp_path / "out")(x), reference(x), atol=1e-5)

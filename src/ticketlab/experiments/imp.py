@@ -225,20 +225,32 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
 def _emptied_channel_biases(s: Setup, model: torch.nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
     """Structured tickets (``config.prune.structure``): the bias entries of the output channels the mask
     empties in the structured layers. Masks cover weights, so without this an emptied channel would
-    still emit its bias (after ReLU a constant map) and the physically shrunk ticket, which drops the
-    channel, would not be the trained one. BatchNorm shifts after an emptied conv are not covered."""
+    still emit its bias (after ReLU a constant map), or the shift of the BatchNorm that follows it, and
+    the physically shrunk ticket, which drops the channel, would not be the trained one. A BatchNorm is
+    found as the module defined right after the layer with as many features (conv -> BN, as in
+    ticketlab's VGG and ResNet); one defined elsewhere is not, and ``export --format shrunk`` then
+    refuses the ticket."""
     if s.config.prune.structure == "none":
         return {}
+    modules = list(model.named_modules())
+    following = {name: modules[i + 1] for i, (name, _) in enumerate(modules[:-1])}
     dead = {}
     for name in _structured_layers(s, model, mask):
         module_name = name.rpartition(".")[0]
         module = model.get_submodule(module_name) if module_name else model
-        bias = getattr(module, "bias", None)
-        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)) or bias is None:
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
             continue
         empty = ~mask[name].reshape(mask[name].shape[0], -1).any(dim=1)
-        if bool(empty.any()) and tuple(empty.shape) == tuple(bias.shape):
+        if not bool(empty.any()):
+            continue
+        if module.bias is not None and tuple(module.bias.shape) == tuple(empty.shape):
             dead[f"{module_name}.bias"] = empty
+        # the BatchNorm defined right after the layer over its channels (conv -> BN): its shift would be
+        # the emptied channel's output, so it is held at zero too (and its scale, which then multiplies 0)
+        bn_name, bn = following.get(module_name, ("", None))
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm) and bn.affine and bn.num_features == len(empty):
+            dead[f"{bn_name}.weight"] = empty
+            dead[f"{bn_name}.bias"] = empty
     return dead
 
 
