@@ -210,8 +210,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
 
 
-@pytest.mark.parametrize("command", ["imp", "prune", "sparse", "early-bird", "demo", "plant", "ls", "verify",
-                                     "report"])
+@pytest.mark.parametrize("command", sorted(_subparsers(build_parser())))  # every command
 def test_every_option_has_help_and_shows_its_default(command):
     p = _subparsers(build_parser())[command]
     text = " ".join(p.format_help().split())
@@ -223,7 +222,7 @@ def test_every_option_has_help_and_shows_its_default(command):
             assert flag in text
         switch = action.nargs == 0
         mutually_exclusive = action.dest == "sparsity"  # the other spelling of --density
-        if not (switch or mutually_exclusive or action.dest == "preset"):
+        if not (switch or mutually_exclusive):
             shown = _help_of(p, action.option_strings[0])
             assert "(default: " in shown or "(required" in shown, f"{command} {action.option_strings[0]}: {shown}"
 

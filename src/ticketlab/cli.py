@@ -28,6 +28,10 @@ def _add_run_options(p: argparse.ArgumentParser, threads: int | None = None) -> 
     p.add_argument("--threads", type=int, default=threads,
                    help="CPU threads for PyTorch; 1 is often fastest for small models and always on a machine whose "
                         f"cores are busy with other work (default: {shown})")
+    p.add_argument("--log", action="append", choices=("tensorboard",), default=None,
+                   help="also write each training unit's evaluation metrics as TensorBoard event files under "
+                        "RUN/tensorboard/UNIT/ (needs pip install 'ticketlab[tensorboard]'; no part of the run's "
+                        "hash or results) (default: none)")
 
 
 def _add_config_options(p: argparse.ArgumentParser, e: Experiment, base: dict[str, Any]) -> None:
@@ -35,7 +39,7 @@ def _add_config_options(p: argparse.ArgumentParser, e: Experiment, base: dict[st
     groups = {"data and model": p.add_argument_group("data and model")}
     if e.presets:
         groups["data and model"].add_argument("--preset", choices=sorted(PRESETS),
-                                              help="paper settings to start from; flags given override them")
+                                              help="paper settings to start from; flags given override them (default: none)")
     flags.add_options(p, flags.options(e.config_cls, e.group), base, groups)
 
 
@@ -83,6 +87,9 @@ def _set_threads(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from . import tensorboard
+
+    tensorboard.enable("tensorboard" in (getattr(args, "log", None) or ()))  # a missing package fails here
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
@@ -97,6 +104,9 @@ def _run_experiment(args: argparse.Namespace) -> int:
         return _run_distributed(args, e, config)
     if e.intro:
         print(e.intro)
+    if "tensorboard" in (getattr(args, "log", None) or ()) and e.name in NO_TENSORBOARD:
+        print(f"ticketlab: warning: --log tensorboard: ticketlab {e.name} trains in a loop of its own and writes no "
+              "event files; its curves are in the run's metrics.jsonl / history.jsonl", file=sys.stderr)
     resolve_device(args.device)  # a missing GPU is reported before the store is touched
     store = Store(args.runs_dir)
     started = time.time()
@@ -108,6 +118,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
 
 DISTRIBUTED_EXPERIMENTS = ("imp", "prune", "sparse", "demo")
+NO_TENSORBOARD = ("supermask", "strong")  # their training is not train_unit's, which writes the event files
 
 
 def _run_distributed(args: argparse.Namespace, e: Experiment, config: Any) -> int:
@@ -143,10 +154,13 @@ def _run_distributed(args: argparse.Namespace, e: Experiment, config: Any) -> in
 
 
 def _write_report(hashes: Sequence[str], store, out: Path) -> None:
-    """report.md and plots for the given runs: one section per kind of run, by its record's report.
+    """report.md, plots and CSV tables for the given runs: one section per kind of run, by its record's report.
 
-    The first kind's main plot is report.png, a later kind's report_<kind>.png.
+    The first kind's main plot is report.png, a later kind's report_<kind>.png; each kind's tables are
+    also report_<kind>.csv (and its unrounded stored rows report_<kind>_rows.csv, see
+    ``analysis.csv_tables``).
     """
+    from .analysis.csv_tables import write_csv_tables
     from .atomic import atomic_write_text
 
     by_kind: dict[str, list[Any]] = {}
@@ -157,16 +171,20 @@ def _write_report(hashes: Sequence[str], store, out: Path) -> None:
     known = [e.config_cls.experiment for e in EXPERIMENTS.values()]
     out = Path(out)
     parts, plots = [], []
+    tables = []
     for i, kind in enumerate(sorted(by_kind, key=known.index)):
         text, pngs = records[kind].report(by_kind[kind], out / ("report.png" if i == 0 else f"report_{kind}.png"))
         parts.append(text)
         plots += pngs
+        tables += write_csv_tables(kind, text, by_kind[kind], out)
     text = "\n\n".join(parts)
     atomic_write_text(out / "report.md", text + "\n")
     print(text)
     for png in plots:
         print(f"\nplot: {png}")
     print(f"table: {out / 'report.md'}")
+    for path in tables:
+        print(f"csv: {path}")
 
 
 def _plant_protocol_options() -> list[Any]:

@@ -149,7 +149,8 @@ class Run:
         """Write the run's ``summary.json`` (last), listing the files the complete run holds."""
         files = sorted(str(p.relative_to(self.path)) for p in self.path.rglob("*")
                        if p.is_file() and not p.name.startswith(".")
-                       and str(p.relative_to(self.path)) not in _UNLISTED)
+                       and str(p.relative_to(self.path)) not in _UNLISTED
+                       and p.relative_to(self.path).parts[0] != "tensorboard")  # --log event files: optional
         self.write_json({"status": "complete", **summary, "files": files}, "summary.json")
 
     def complete_summary(self) -> dict[str, Any] | None:

@@ -921,7 +921,7 @@ def _add_execution_options(p: argparse.ArgumentParser, suppress: bool = False) -
     g.add_argument("--backend", choices=("local", "ray"), default=d("local"),
                    help="local: a process pool on this machine; ray: one Ray task per run (default: local)")
     g.add_argument("--address", default=d(None),
-                   help="Ray cluster address (ray://host:10001, or auto); default: a new local Ray instance")
+                   help="Ray cluster address (ray://host:10001, or auto) (default: a new local Ray instance)")
     g.add_argument("--workers", type=int, default=d(None),
                    help="runs at once (default: cores / threads, at most the number of runs; 1 with --device cuda)")
     g.add_argument("--threads", type=int, default=d(None),
@@ -932,7 +932,7 @@ def _add_execution_options(p: argparse.ArgumentParser, suppress: bool = False) -
     g.add_argument("--runs-dir", default=d("runs"), help="store folder, shared by every worker (default: ./runs)")
     g.add_argument("--out", default=d(None), help="sweep folder for sweep.json, report.md and the plots "
                                                   "(default: RUNS_DIR/sweeps/<name or procedure-N-runs-digest>)")
-    g.add_argument("--name", default=d(None), help="the sweep folder's name under RUNS_DIR/sweeps")
+    g.add_argument("--name", default=d(None), help="the sweep folder's name under RUNS_DIR/sweeps (default: <procedure>-<N>-runs-<digest>)")
     g.add_argument("--dry-run", action="store_true", default=d(False),
                    help="list the runs (hash, values, complete or not) and run nothing")
     g.add_argument("--no-progress", action="store_true", default=d(False), help="no line per finished run")

@@ -553,6 +553,10 @@ def write_html_report(store: Any, hashes: Sequence[str], out_dir: str | Path, *,
     index = {r["hash"]: r for r in store.list()}
     facts = [run_facts(store, h, index) for h in hashes]
     sections = kind_sections(store, facts, out)
+    from .csv_tables import write_csv_tables
+
+    for section in sections:  # the exact tables as CSV too, as a report without --html writes them
+        write_csv_tables(section.kind, section.markdown, [store.run(h) for h in section.runs], out)
     out.mkdir(parents=True, exist_ok=True)
     text = "\n\n".join(s.markdown for s in sections if s.markdown)
     atomic_write_text(out / "report.md", text + "\n")

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed
+from .. import distributed, tensorboard
 from ..distributed import writer_only
 from ..checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from ..atomic import remove_stale_temp_files
@@ -203,9 +203,11 @@ def train_unit(
             save_checkpoint(trainer, step, ckpt)
 
     every = to_iterations(ctx.train.eval_every, ctx.iterations_per_epoch)
+    tb = tensorboard.unit_log(run.path, unit)  # --log tensorboard: event files of the records (reads only)
+    tb_callbacks = [Callback(tb.write, every=1)] if tb is not None else []
     trainer = Trainer(model, ctx.data, ctx.train, mask, validation=ctx.validation, seed=ctx.seed,
                       # the checkpoint runs last, so it holds what the step's other callbacks changed
-                      device=ctx.device, callbacks=[*callbacks, Callback(checkpoint, every=every)],
+                      device=ctx.device, callbacks=[*callbacks, *tb_callbacks, Callback(checkpoint, every=every)],
                       progress=ctx.progress, desc=unit, regularizer=regularizer, pruned_values=pruned_values)
     resumed = False
     begin = start_step
@@ -214,7 +216,15 @@ def train_unit(
         begin = load_checkpoint(trainer, ckpt)
         resumed = True
         ctx.log(f"  {unit}: resuming from step {begin}")
-    trainer.train(begin, max(begin, end), lr_override=lr_override, resumed=resumed)
+        if tb is not None:  # the checkpoint's records were logged by the session that wrote it
+            tb.written = len(trainer.history.records)
+    try:
+        trainer.train(begin, max(begin, end), lr_override=lr_override, resumed=resumed)
+        if tb is not None:
+            tb.write(trainer)  # a record made after the last callbacks (a stop request)
+    finally:
+        if tb is not None:
+            tb.close()
     # procedures may change the mask; an unmasked model is summarised as dense
     if trainer.mask is not None or mask is not None:
         final_mask = trainer.mask if trainer.mask is not None else mask
