@@ -286,6 +286,9 @@ class Trainer:
             return
         params = mask.check_fits(self.model)
         distributed.check_same_on_every_rank("the mask", mask)  # under torchrun every rank trains one ticket
+        if self.pruned_values is None:
+            # A layer that keeps every weight needs no multiply (issue 22: masking only where needed).
+            params = {n: p for n, p in params.items() if not bool(mask[n].all())}
         self._masked_params = list(params.values())
         self._mask_values = [mask[n].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
         if self.pruned_values is not None:

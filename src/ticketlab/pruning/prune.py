@@ -11,12 +11,13 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import nn
 
 from ..masks import Mask
 from .distributions import DISTRIBUTIONS, DistributionError, layer_counts, layer_densities, shapes_of
 from .schedules import ITERATIVE_KINDS, Iterative
-from .scores import ScoreSource, compute_scores
+from .scores import SCORES, ScoreSource, SynflowScorer, compute_scores, synflow
 from .selection import keep_top
 
 ON_COLLAPSE = ("warn", "raise", "ignore")
@@ -62,7 +63,8 @@ def round_targets(mask: Mask, schedule: Iterative, distribution: str, k: int) ->
     if distribution == "global":
         target = int(round(mask.num_total * schedule.density_at(k)))
         # An already-pruned mask: intermediate rounds never ask for more than it still keeps.
-        return {names: target if last else min(target, mask.num_kept)}
+        kept = sum(int(torch.count_nonzero(t)) for _, t in mask.items())  # not Mask.num_kept: bool sums are slow
+        return {names: target if last else min(target, kept)}
     shapes = shapes_of(mask)
     final = _within_kept(layer_counts(distribution, shapes, schedule.density), mask)
     if last:
@@ -142,8 +144,16 @@ def prune(
             f"density {density} keeps {round(density * mask.num_total)} weights but the mask keeps only {mask.num_kept}"
         )
     plan = Iterative(density, rounds, schedule)
+    # Iterative SynFlow rescoring the same model: build its float64 |theta| copy once, not every round.
+    scorer = None
+    if rounds > 1 and method == "synflow" and SCORES.get("synflow") is synflow and not score_options:
+        mask.check_fits(model)
+        scorer = SynflowScorer(model, source)
     for k in range(1, rounds + 1):
-        scores = compute_scores(method, model, mask, source, **score_options)
+        if scorer is not None:
+            scores = {n: s.detach().to("cpu", torch.float64) for n, s in scorer(mask).items()}
+        else:
+            scores = compute_scores(method, model, mask, source, **score_options)
         if invert:
             scores = {n: -s for n, s in scores.items()}
         mask = keep_top(scores, mask, round_targets(mask, plan, distribution, k))

@@ -192,18 +192,53 @@ def synflow(model: nn.Module, mask: Mask, source: ScoreSource) -> dict[str, torc
     (it indexes with or one-hot encodes the ids itself) raises a ScoreError asking for
     ``example_input``.
     """
-    net = masked_copy(model, mask, source.device, dtype=torch.float64)
-    net.eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.abs_()
-    weights = _weights(net, mask)
-    x = probe_input(source.input_shape, source.example_input, fill=1.0, dtype=torch.float64,
-                    device=source.device)
-    out = run_probe(net, x, ScoreError, "SynFlow", example_given=source.example_input is not None)
-    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
-        raise ScoreError(f"SynFlow needs a floating tensor output, got {type(out).__name__}")
-    R = out.sum()
-    grads = torch.autograd.grad(R, list(weights.values()), allow_unused=True)
-    return {n: (w.detach() * g).abs() if g is not None else torch.zeros_like(w)
-            for (n, w), g in zip(weights.items(), grads)}
+    return SynflowScorer(model, source, reuse=False)(mask)
+
+
+class SynflowScorer:
+    """SynFlow scores for successive masks of one unchanged model (iterative SynFlow's rounds).
+
+    The float64 |theta| copy of the model is built once; each call only writes
+    |w| * mask into the masked weights (in place) and runs one forward and backward pass, so the
+    rounds do not deep-copy, convert and take absolute values of the whole network again. The
+    scores are bitwise those of :func:`synflow` on the same mask (same arithmetic, same dtype).
+    The caller's model is never touched; it must not change between calls.
+    """
+
+    def __init__(self, model: nn.Module, source: ScoreSource, reuse: bool = True):
+        self.source = source
+        self.reuse = reuse  # False: one call only, the |w| copies for later rounds are not kept
+        net = copy.deepcopy(model).to(source.device).to(torch.float64)
+        net.eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.abs_()
+        self.net = net
+        self.params = dict(net.named_parameters())
+        self.abs_weights: dict[str, torch.Tensor] = {}
+        self.x = probe_input(source.input_shape, source.example_input, fill=1.0, dtype=torch.float64,
+                             device=source.device)
+
+    def __call__(self, mask: Mask) -> dict[str, torch.Tensor]:
+        if not self.reuse:
+            if getattr(self, "_used", False):
+                raise RuntimeError("a SynflowScorer made with reuse=False scores once")
+            self._used = True
+        with torch.no_grad():
+            for n in mask:
+                w = self.params[n]
+                if not self.reuse:
+                    w.mul_(mask[n].to(w.device))
+                    continue
+                if n not in self.abs_weights:  # |w| of the unmasked model, kept for later rounds
+                    self.abs_weights[n] = w.detach().clone()
+                torch.mul(self.abs_weights[n], mask[n].to(w.device), out=w.data)
+        weights = {n: self.params[n] for n in mask}
+        source = self.source
+        out = run_probe(self.net, self.x, ScoreError, "SynFlow", example_given=source.example_input is not None)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            raise ScoreError(f"SynFlow needs a floating tensor output, got {type(out).__name__}")
+        R = out.sum()
+        grads = torch.autograd.grad(R, list(weights.values()), allow_unused=True)
+        return {n: torch.mul(w.detach(), g, out=g).abs_() if g is not None else torch.zeros_like(w)
+                for (n, w), g in zip(weights.items(), grads)}
