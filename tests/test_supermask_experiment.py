@@ -21,7 +21,7 @@ RUN = ["--device", "cpu", "--threads", "1", "--no-progress"]
 def _files(root: Path) -> dict[Path, int]:
     """Every file of the run folders with its mtime, the report (rewritten by every command) aside."""
     return {p: p.stat().st_mtime_ns for p in root.rglob("*")
-            if p.is_file() and p.name not in ("index.sqlite", ".lock", "report.md", "report.png")}
+            if p.is_file() and p.name not in ("index.sqlite", ".lock") and not p.name.startswith("report")}
 
 
 def _config(argv: list[str]) -> SupermaskConfig:

@@ -240,5 +240,6 @@ class SynflowScorer:
             raise ScoreError(f"SynFlow needs a floating tensor output, got {type(out).__name__}")
         R = out.sum()
         grads = torch.autograd.grad(R, list(weights.values()), allow_unused=True)
-        return {n: torch.mul(w.detach(), g, out=g).abs_() if g is not None else torch.zeros_like(w)
+        # out of place: a gradient may be an expanded view (an embedding's, from the all-tokens probe)
+        return {n: torch.mul(w.detach(), g).abs_() if g is not None else torch.zeros_like(w)
                 for (n, w), g in zip(weights.items(), grads)}
