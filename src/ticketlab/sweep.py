@@ -48,7 +48,6 @@ import json
 import math
 import os
 import shlex
-import sys
 import time
 import traceback
 from collections import deque
@@ -1009,24 +1008,3 @@ def cmd_sweep(args: argparse.Namespace) -> int:
               f"runs complete; {result.folder / 'sweep.json'}")
     return 0 if result.complete else 1
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ticketlab.sweep ...`` until ``ticketlab sweep`` is wired into the CLI."""
-    parser = argparse.ArgumentParser(prog="ticketlab")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_sweep_parser(sub)
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    from .errors import USER_ERRORS
-
-    try:
-        return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"ticketlab: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nticketlab: interrupted; run the same sweep again to continue where it stopped", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

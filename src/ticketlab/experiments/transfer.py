@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 import typing
 import warnings
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..config import ConfigError, DataConfig, IMPConfig, ModelConfig, TrainConfig, option
+from ..config import ConfigError, DataConfig, IMPConfig, ModelConfig, TrainConfig, config_hash, option
 from ..data import ArrayData, DataError
 from ..masks import Mask
 from ..prunable import UnprunedWeightsWarning, output_parameter_name
@@ -306,8 +307,6 @@ def run_transfer(config: TransferConfig, store: Store, *, device: str | torch.de
         for row in run_imp(own_cfg, store, device=dev, progress=progress, log=log):
             if row["branch"] == "ticket":
                 own_rows[row["level"]] = row
-        from ..config import config_hash
-
         own_hash = config_hash(own_cfg)
 
     with running(store, config, log) as run:
@@ -376,8 +375,8 @@ def transfer_table(groups: dict[str, list[dict[str, Any]]]) -> list[dict[str, An
                 cells.setdefault((r["level"], r["branch"]), []).append(r)
         for (level, branch), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], list(BRANCH_STYLE).index(kv[0][1]))):
             accs = [r["final_test_accuracy"] for r in rs]
-            mean = sum(accs) / len(accs)
-            std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
+            mean = statistics.fmean(accs)
+            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
             out.append({"transfer": label, "level": level, "branch": branch,
                         "remaining_percent": 100 * sum(r["source_density"] for r in rs) / len(rs),
                         "mean": mean, "std": std, "n": len(accs)})
