@@ -118,7 +118,40 @@ def _fan_in(weight: torch.Tensor) -> int:
     return weight[0].numel() if weight.dim() > 1 else 1
 
 
-class EdgePopup:
+class ScoredParametrizations:
+    """What edge-popup and GEM-MINER share: a score tensor per masked parameter, installed as a
+    parametrization on every module holding it (``self._entries``: name, parametrization with
+    ``scores``, holders), and a ``remove`` that gives the model back with its ``requires_grad`` flags."""
+
+    _error: type[Exception] = ValueError
+    _entries: list
+    _removed: bool
+    _requires_grad: dict[str, bool]
+    model: nn.Module
+
+    def _check_alive(self) -> None:
+        if self._removed:
+            raise self._error(f"this {type(self).__name__} was removed from its model; create a new one")
+
+    def scores(self) -> list[nn.Parameter]:
+        """The trainable score tensors (what the optimiser trains), in parameter order."""
+        self._check_alive()
+        return [pm.scores for _, pm, _ in self._entries]
+
+    def named_scores(self) -> dict[str, nn.Parameter]:
+        """Parameter name -> its score tensor."""
+        self._check_alive()
+        return {name: pm.scores for name, pm, _ in self._entries}
+
+    def _released(self) -> nn.Module:
+        """After the parametrizations are gone: the model with its parameters' flags restored."""
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
+        self._removed = True
+        return self.model
+
+
+class EdgePopup(ScoredParametrizations):
     """Put edge-popup score parametrizations on ``model`` (in place) and freeze its weights.
 
     ``weight_init``: ``"kaiming_normal"`` (N(0, gain^2 / fan_in), gain = sqrt 2),
@@ -220,21 +253,9 @@ class EdgePopup:
                     parametrize.register_parametrization(module, attr, pm)
                 self._entries.append((full_name, pm, where))
 
+    _error = EdgePopupError
+
     # --- API ------------------------------------------------------------------------------------
-    def _check_alive(self) -> None:
-        if self._removed:
-            raise EdgePopupError("this EdgePopup was removed from its model; create a new one")
-
-    def scores(self) -> list[nn.Parameter]:
-        """The trainable score tensors (what the optimiser trains), in parameter order."""
-        self._check_alive()
-        return [pm.scores for _, pm, _ in self._entries]
-
-    def named_scores(self) -> dict[str, nn.Parameter]:
-        """Original parameter name -> its score tensor."""
-        self._check_alive()
-        return {name: pm.scores for name, pm, _ in self._entries}
-
     def set_density(self, density: float) -> None:
         """Change the kept fraction of every masked tensor (annealed edge-popup)."""
         self._check_alive()
@@ -262,10 +283,7 @@ class EdgePopup:
             module, attr = where[0]
             with torch.no_grad():
                 getattr(module, attr).mul_(mask.to(dtype=getattr(module, attr).dtype))
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
-        self._removed = True
-        return self.model
+        return self._released()
 
 
 def _holders(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:

@@ -45,7 +45,7 @@ from torch.nn.utils import parametrize
 from ..data import DataSplits
 from ..masks import Mask
 from ..prunable import prunable_parameters
-from .edge_popup import _fan_in, _holders, topk_mask
+from .edge_popup import ScoredParametrizations, _fan_in, _holders, topk_mask
 
 WEIGHT_INITS = ("signed_constant", "keep")
 OPTIMIZERS = ("sgd", "adam")
@@ -129,7 +129,7 @@ class GemMask(nn.Module):
         return f"shape={tuple(self.scores.shape)}, flagged={int(self.flag.sum())}"
 
 
-class GemMiner:
+class GemMiner(ScoredParametrizations):
     """Put GEM-MINER score/flag parametrizations on ``model`` (in place) and freeze its parameters.
 
     ``weight_init``: ``"signed_constant"`` (the authors': ``sign(w) * sqrt(2) / sqrt(fan_in)``
@@ -181,21 +181,9 @@ class GemMiner:
             self._entries.append((name, pm, where))
         self.total = sum(pm.scores.numel() for _, pm, _ in self._entries)
 
+    _error = GemMinerError
+
     # --- API ------------------------------------------------------------------------------------
-    def _check_alive(self) -> None:
-        if self._removed:
-            raise GemMinerError("this GemMiner was removed from its model; create a new one")
-
-    def scores(self) -> list[nn.Parameter]:
-        """The trainable score tensors (what the optimiser trains), in parameter order."""
-        self._check_alive()
-        return [pm.scores for _, pm, _ in self._entries]
-
-    def named_scores(self) -> dict[str, nn.Parameter]:
-        """Parameter name -> its score tensor."""
-        self._check_alive()
-        return {name: pm.scores for name, pm, _ in self._entries}
-
     def frozen_weights(self) -> dict[str, torch.Tensor]:
         """Parameter name -> the frozen weight tensor (the parametrization's original)."""
         self._check_alive()
@@ -258,10 +246,7 @@ class GemMiner:
         for _, pm, where in self._entries:
             for module, attr in where:
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-        for name, p in self.model.named_parameters():
-            p.requires_grad_(self._requires_grad.get(name, p.requires_grad))
-        self._removed = True
-        return self.model
+        return self._released()
 
 
 # --- the procedure ------------------------------------------------------------------------------
