@@ -27,7 +27,7 @@ ADAM = dict(optimizer="adam", lr=1.2e-3)
 SGD = dict(optimizer="sgd", lr=0.05, momentum=0.9)
 
 
-def configs(seed: int, root: str):
+def configs(seed: int, root: str, reset: str = "init", rewind_step: str = "0it", datasets_only: bool = False):
     from ticketlab.config import DataConfig, IMPConfig, ModelConfig, PruneConfig, TrainConfig, config_hash
     from ticketlab.experiments.transfer import TrainOverrides, TransferConfig
 
@@ -37,8 +37,8 @@ def configs(seed: int, root: str):
     prune = PruneConfig(rate=RATE)
 
     def imp(data, steps, opt):
-        return IMPConfig(data=data, model=model, prune=prune, levels=LEVELS, baselines=(), seed=seed,
-                         train=TrainConfig(batch_size=60, steps=steps, eval_every="1ep", **opt))
+        return IMPConfig(data=data, model=model, prune=prune, levels=LEVELS, baselines=(), seed=seed, reset=reset,
+                         rewind_step=rewind_step, train=TrainConfig(batch_size=60, steps=steps, eval_every="1ep", **opt))
 
     mnist_adam, digits_adam, mnist_sgd = imp(mnist, MNIST_STEPS, ADAM), imp(digits, DIGITS_STEPS, ADAM), \
         imp(mnist, MNIST_STEPS, SGD)
@@ -46,12 +46,15 @@ def configs(seed: int, root: str):
     def transfer(source, data, **overrides):
         return TransferConfig(source=config_hash(source), data=data, seed=seed, overrides=TrainOverrides(**overrides))
 
-    transfers = [transfer(mnist_adam, digits, steps=DIGITS_STEPS), transfer(digits_adam, mnist, steps=MNIST_STEPS),
-                 transfer(mnist_adam, mnist, **SGD), transfer(mnist_sgd, mnist, **ADAM)]
+    transfers = [transfer(mnist_adam, digits, steps=DIGITS_STEPS), transfer(digits_adam, mnist, steps=MNIST_STEPS)]
+    if datasets_only:
+        return [mnist_adam, digits_adam], transfers
+    transfers += [transfer(mnist_adam, mnist, **SGD), transfer(mnist_sgd, mnist, **ADAM)]
     return [mnist_adam, digits_adam, mnist_sgd], transfers
 
 
-def one_seed(seed: int, root: str, runs: str) -> tuple[int, float, list[str]]:
+def one_seed(seed: int, root: str, runs: str, variant: tuple[str, str, bool] = ("init", "0it", False)
+             ) -> tuple[int, float, list[str]]:
     import torch
 
     torch.set_num_threads(1)
@@ -62,7 +65,7 @@ def one_seed(seed: int, root: str, runs: str) -> tuple[int, float, list[str]]:
 
     store = Store(runs)
     started = time.time()
-    imps, transfers = configs(seed, root)
+    imps, transfers = configs(seed, root, *variant)
     for c in imps:
         run_imp(c, store, device="cpu", progress=False, log=lambda _: None)
     hashes = []
@@ -79,13 +82,18 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--out", default="transfer-study")
+    p.add_argument("--reset", default="init", choices=("init", "rewind"),
+                   help="the IMP runs' reset: init (the default study) or rewind (late resetting, as the paper)")
+    p.add_argument("--rewind-step", default="0it", help="k for --reset rewind, e.g. 100it")
+    p.add_argument("--datasets-only", action="store_true", help="only the two data-set transfers (no SGD runs)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.time()
     hashes: list[str] = []
     with ProcessPoolExecutor(args.workers) as pool:
+        variant = (args.reset, args.rewind_step, args.datasets_only)
         for seed, seconds, hs in pool.map(one_seed, args.seeds, [args.data_root] * len(args.seeds),
-                                          [args.runs_dir] * len(args.seeds)):
+                                          [args.runs_dir] * len(args.seeds), [variant] * len(args.seeds)):
             print(f"seed {seed}: {seconds:.0f} s", flush=True)
             hashes += hs
     wall = time.time() - started
