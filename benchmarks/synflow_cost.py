@@ -1,15 +1,16 @@
 """What 100 rounds of SynFlow cost next to one training epoch, on VGG-16 and ResNet-20 (CIFAR-10 shapes).
 
 SynFlow (Tanaka et al. 2020) is data-free but iterative: 100 rounds of score (one forward and
-backward pass of a float64 copy of the net on a single all-ones input) and select (keep the top
+backward pass of a float64, or float32, copy of the net on a single all-ones input) and select (keep the top
 scores globally). Is that cheap next to training? For each model this script times, on the same
 machine and thread count:
 
-1. ``prune("synflow", model, dense mask, source, density, rounds=100)`` (global selection,
+1. ``prune("synflow", model, dense mask, source, density, rounds=100)`` (``--synflow-precision``,
+   float64 by default; global selection,
    exponential schedule, density 0.01 by default), from the dense mask of a freshly initialised
    net, with the seconds of every round (the rounds get cheaper as the mask thins: selection
    ranks only the weights still kept);
-2. a breakdown of one round from the dense mask into scoring (``compute_scores``) and selection
+2. a breakdown of one round from the dense mask into scoring (``raw_scores``) and selection
    (``keep_top``), median of ``--breakdown-repeats`` after one warm-up;
 3. one CIFAR-10 training epoch of the same model with ticketlab's Trainer under the SynFlow mask
    (SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, random crop + flip). An epoch is
@@ -43,7 +44,7 @@ from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.pruning.prune import prune, round_targets
 from ticketlab.pruning.schedules import Iterative
-from ticketlab.pruning.scores import ScoreSource, compute_scores
+from ticketlab.pruning.scores import ScoreSource, raw_scores
 from ticketlab.pruning.selection import keep_top
 from ticketlab.training import Callback, Trainer
 
@@ -69,20 +70,22 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def time_synflow(model: torch.nn.Module, density: float, rounds: int) -> tuple[float, list[float], Mask]:
+def time_synflow(model: torch.nn.Module, density: float, rounds: int,
+                 precision: str = "float64") -> tuple[float, list[float], Mask]:
     """Seconds for the whole prune() call, seconds of each round, and the final mask."""
     dense = Mask.dense(model)
     source = ScoreSource(batches=lambda: [], input_shape=INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
     stamps: list[float] = []
     t0 = time.perf_counter()
-    mask = prune("synflow", model, dense, source, density, rounds=rounds,
+    mask = prune("synflow", model, dense, source, density, rounds=rounds, synflow_precision=precision,
                  progress=lambda k, m: stamps.append(time.perf_counter()))
     total = time.perf_counter() - t0
     per_round = [b - a for a, b in zip([t0, *stamps[:-1]], stamps)]
     return total, per_round, mask
 
 
-def breakdown(model: torch.nn.Module, density: float, rounds: int, repeats: int) -> tuple[float, float]:
+def breakdown(model: torch.nn.Module, density: float, rounds: int, repeats: int,
+              precision: str = "float64") -> tuple[float, float]:
     """Median seconds of scoring and of selection for round 1 (from the dense mask)."""
     dense = Mask.dense(model)
     source = ScoreSource(batches=lambda: [], input_shape=INPUT_SHAPE, generator=torch.Generator().manual_seed(0))
@@ -90,7 +93,7 @@ def breakdown(model: torch.nn.Module, density: float, rounds: int, repeats: int)
     score_s, select_s = [], []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        scores = compute_scores("synflow", model, dense, source)
+        scores = raw_scores("synflow", model, dense, source, precision=precision)
         t1 = time.perf_counter()
         keep_top(scores, dense, targets)
         t2 = time.perf_counter()
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="time training without a mask (default: under the SynFlow mask)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--synflow-precision", choices=("float64", "float32"), default="float64",
+                   help="SynFlow's arithmetic (default float64, prune()'s default; float32: docs/pai_speed.md)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.iterations < 1 or args.warmup < 0 or args.rounds < 1:
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"SynFlow cost vs one training epoch, CIFAR-10 shapes {INPUT_SHAPE}; run "
         f"{datetime.datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, Python "
         f"{platform.python_version()}, {torch.get_num_threads()} thread(s), {cpu_name()}")
-    log(f"SynFlow: {args.rounds} rounds, global, exponential schedule, to density {args.density:g}. Epoch: "
+    log(f"SynFlow: {args.rounds} rounds in {args.synflow_precision}, global, exponential schedule, to density "
+        f"{args.density:g}. Epoch: "
         f"{EPOCH_IMAGES:,} images / batch {BATCH_SIZE} = {EPOCH_ITERATIONS} SGD iterations, "
         f"{'dense' if args.dense_training else 'under the SynFlow mask'}, random crop + flip, synthetic "
         f"CIFAR-shaped data (real CIFAR-10 not available offline).")
@@ -150,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(name, INPUT_SHAPE, NUM_CLASSES)
         n_weights = Mask.dense(model).num_total
         log(f"\n{name}: {sum(p.numel() for p in model.parameters()):,} parameters, {n_weights:,} prunable")
-        score_s, select_s = breakdown(model, args.density, args.rounds, args.breakdown_repeats)
+        score_s, select_s = breakdown(model, args.density, args.rounds, args.breakdown_repeats,
+                                      args.synflow_precision)
         log(f"  one round from the dense mask: scoring {score_s:.3f} s + selection {select_s:.3f} s "
             f"= {score_s + select_s:.3f} s (selection {100 * select_s / (score_s + select_s):.0f}%)")
-        total, per_round, mask = time_synflow(model, args.density, args.rounds)
+        total, per_round, mask = time_synflow(model, args.density, args.rounds, args.synflow_precision)
         log(f"  {args.rounds} rounds: {total:.1f} s (round 1 {per_round[0]:.3f} s, last {per_round[-1]:.3f} s, "
             f"median {statistics.median(per_round):.3f} s); final density {mask.density:.4g}")
         per_iter = time_training(model, None if args.dense_training else mask, args.iterations, args.warmup, args.seed)

@@ -14,7 +14,7 @@ from ticketlab.masks import Mask, MaskError
 from ticketlab.models import build_model
 from ticketlab.pruning.selection import random_mask_like
 from ticketlab.store import StoreError
-from ticketlab.training import Callback, Trainer, evaluate, lr_factor
+from ticketlab.training import Callback, Trainer, evaluate, lr_factor, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,76 @@ def test_pruned_weights_stay_exactly_zero(data, cfg):
         assert not torch.equal(w[m], before[name][m]), f"{name}: kept weights did not train"
         # Adam/SGD state of pruned entries is nonzero (their gradients are), yet the weights stay 0:
         # the post-step multiply is what holds them, whatever the optimiser does.
+
+
+
+def _pruned_nonzero(model, mask) -> int:
+    params = dict(model.named_parameters())
+    return sum(int(torch.count_nonzero(params[n].detach()[~m])) for n, m in mask.items())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_masked_trainer_is_bitwise_the_step_then_multiply_loop(data, optimizer):
+    """The Trainer multiplies lazily (just before the next forward pass); the numbers must be
+    exactly those of the textbook order: step, multiply, and the multiply's sign of zero too."""
+    cfg = TrainConfig(optimizer=optimizer, lr=1e-2, momentum=0.9 if optimizer == "sgd" else 0.0,
+                      weight_decay=1e-3, batch_size=32, steps="25it")
+    model, reference = make_model(data), make_model(data)
+    mask = half_mask(model)
+    trainer = Trainer(model, data, cfg, mask, device="cpu")
+    trainer.train()
+    opt = make_optimizer(list(reference.parameters()), cfg)
+    weights = list(mask.check_fits(reference).values())
+    values = [m.float() for m in mask.values()]
+    with torch.no_grad():
+        torch._foreach_mul_(weights, values)
+    for step in range(25):
+        x, y = trainer.batch(step)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(reference(x), y).backward()
+        opt.step()
+        with torch.no_grad():
+            torch._foreach_mul_(weights, values)
+    for (n, a), (_, b) in zip(model.named_parameters(), reference.named_parameters()):
+        assert torch.equal(a.detach().view(torch.int32), b.detach().view(torch.int32)), n
+
+
+def test_pruned_weights_are_zero_wherever_the_weights_are_read(data):
+    """Callbacks, evaluations and the caller after train() (also after an early stop) never see a
+    step's update of a pruned weight, though the multiply now runs before the next forward pass."""
+    model = make_model(data)
+    mask = half_mask(model)
+    seen = []
+
+    def metric(out, y):
+        seen.append(("eval", _pruned_nonzero(model, mask)))
+        return (out.argmax(1) == y).sum()
+
+    def look(trainer, step):
+        seen.append((step, _pruned_nonzero(trainer.model, mask)))
+        if step == 13:
+            trainer.request_stop()
+
+    cfg = TrainConfig(optimizer="adam", lr=1e-2, batch_size=32, steps="20it", eval_every="4it")
+    trainer = Trainer(model, data, cfg, mask, device="cpu", callbacks=[Callback(look, every=1)],
+                      metrics={"accuracy": metric})
+    trainer.train()
+    assert [s for s, _ in seen if s != "eval"] == list(range(14)) and ("eval", 0) in seen
+    assert all(n == 0 for _, n in seen), seen
+    assert _pruned_nonzero(model, mask) == 0
+    trainer.train(14, 17, resumed=True)
+    assert _pruned_nonzero(model, mask) == 0
+
+    class Interrupt(Callback):  # raises between an optimiser step and its multiply
+        def due(self, step: int) -> bool:
+            if step == 3:
+                raise KeyboardInterrupt
+            return False
+
+    broken = Trainer(make_model(data), data, cfg, mask, device="cpu", callbacks=[Interrupt(look)])
+    with pytest.raises(KeyboardInterrupt):
+        broken.train()
+    assert _pruned_nonzero(broken.model, mask) == 0
 
 
 def test_mask_gradients_zeroes_pruned_gradients(data):

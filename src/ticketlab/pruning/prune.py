@@ -17,7 +17,7 @@ from torch import nn
 from ..masks import Mask
 from .distributions import DISTRIBUTIONS, DistributionError, layer_counts, layer_densities, shapes_of
 from .schedules import ITERATIVE_KINDS, Iterative
-from .scores import SCORES, ScoreSource, SynflowScorer, compute_scores, synflow
+from .scores import BN_MODES, SCORES, SYNFLOW_PRECISIONS, ScoreError, ScoreSource, SynflowScorer, raw_scores, synflow
 from .selection import keep_top
 
 ON_COLLAPSE = ("warn", "raise", "ignore")
@@ -42,6 +42,26 @@ class LayerCollapseError(DistributionError):
         self.layers = list(layers)
 
 
+def method_options(method: str, synflow_precision: str, bn_mode: str) -> dict[str, str]:
+    """The score keywords ``prune``'s ``synflow_precision`` / ``bn_mode`` stand for (none at their
+    defaults, so a user-registered score is called as before); a non-default value with a method
+    that does not read it is an error, not a silent no-op."""
+    if synflow_precision not in SYNFLOW_PRECISIONS:
+        raise ScoreError(f"synflow_precision must be one of {SYNFLOW_PRECISIONS}, got {synflow_precision!r}")
+    if bn_mode not in BN_MODES:
+        raise ScoreError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+    out = {}
+    if synflow_precision != "float64":
+        if method != "synflow":
+            raise ScoreError(f"synflow_precision={synflow_precision!r} is for SynFlow, not {method!r}")
+        out["precision"] = synflow_precision
+    if bn_mode != "train":
+        if method not in ("snip", "grasp"):
+            raise ScoreError(f"bn_mode={bn_mode!r} is for SNIP and GraSP, not {method!r}")
+        out["bn_mode"] = bn_mode
+    return out
+
+
 def collapse_message(method: str, mask: Mask, density: float, distribution: str) -> str:
     empty = mask.empty_layers()
     return (f"prune({method!r}, density={density}, distribution={distribution!r}) left {len(empty)} of "
@@ -51,19 +71,22 @@ def collapse_message(method: str, mask: Mask, density: float, distribution: str)
             f"higher density. Mask.empty_layers() lists them.")
 
 
-def round_targets(mask: Mask, schedule: Iterative, distribution: str, k: int) -> dict[tuple[str, ...], int]:
+def round_targets(mask: Mask, schedule: Iterative, distribution: str, k: int,
+                  kept: int | None = None) -> dict[tuple[str, ...], int]:
     """Kept counts per group after round k of ``schedule``; non-increasing in k and exact at the last
     round (``schedule.rounds``), where they are ``distribution``'s counts at ``schedule.density``.
 
     'global' keeps round(N d_k) in all; a layer-wise distribution runs the schedule in each layer
-    towards that layer's own (fractional) density and never goes below its final count.
+    towards that layer's own (fractional) density and never goes below its final count. ``kept``:
+    the number ``mask`` keeps, when the caller knows it (saves counting every round).
     """
     names = tuple(mask)
     last = k >= schedule.rounds
     if distribution == "global":
         target = int(round(mask.num_total * schedule.density_at(k)))
         # An already-pruned mask: intermediate rounds never ask for more than it still keeps.
-        kept = sum(int(torch.count_nonzero(t)) for _, t in mask.items())  # not Mask.num_kept: bool sums are slow
+        if kept is None:  # not Mask.num_kept: bool sums are slow
+            kept = sum(int(torch.count_nonzero(t)) for _, t in mask.items())
         return {names: target if last else min(target, kept)}
     shapes = shapes_of(mask)
     final = _within_kept(layer_counts(distribution, shapes, schedule.density), mask)
@@ -114,6 +137,8 @@ def prune(
     invert: bool = False,
     progress: Callable[[int, Mask], None] | None = None,
     on_collapse: str = "warn",
+    synflow_precision: str = "float64",
+    bn_mode: str = "train",
     **score_options,
 ) -> Mask:
     """Prune ``mask`` down to ``density`` (fraction of all masked weights kept) with ``method``.
@@ -128,6 +153,12 @@ def prune(
     lists them), 'raise' raises a :class:`LayerCollapseError` instead and 'ignore' says nothing.
     Either way ``mask.empty_layers()`` of the result names them. (A layer whose kept weights lie on
     no input-output path is collapsed too; ``analysis.connectivity.collapsed_layers`` finds those.)
+
+    ``synflow_precision`` (SynFlow only): 'float64' (default, the masks of every stored run) or
+    'float32' (about 2x faster; power-of-two rescaling where float32's range needs it; may rank
+    near-ties differently, see docs/pai_speed.md). ``bn_mode`` (SNIP and GraSP only): score with the
+    model in 'train' mode (default: BatchNorm batch statistics) or 'eval' mode (running statistics,
+    as the Synaptic-Flow code does). A non-default value with another method is an error.
     """
     if on_collapse not in ON_COLLAPSE:
         raise DistributionError(f"on_collapse must be one of {ON_COLLAPSE}, got {on_collapse!r}")
@@ -143,20 +174,24 @@ def prune(
         raise DistributionError(
             f"density {density} keeps {round(density * mask.num_total)} weights but the mask keeps only {mask.num_kept}"
         )
+    score_options = {**score_options, **method_options(method, synflow_precision, bn_mode)}
     plan = Iterative(density, rounds, schedule)
-    # Iterative SynFlow rescoring the same model: build its float64 |theta| copy once, not every round.
+    kept: int | None = None  # the mask's kept count, once known
+    # SynFlow (any number of rounds) rescores the same model: build its |theta| copy once, not every round.
     scorer = None
-    if rounds > 1 and method == "synflow" and SCORES.get("synflow") is synflow and not score_options:
+    if method == "synflow" and SCORES.get("synflow") is synflow and set(score_options) <= {"precision"}:
         mask.check_fits(model)
-        scorer = SynflowScorer(model, source)
+        scorer = SynflowScorer(model, source, reuse=rounds > 1, precision=score_options.get("precision", "float64"))
     for k in range(1, rounds + 1):
-        if scorer is not None:
-            scores = {n: s.detach().to("cpu", torch.float64) for n, s in scorer(mask).items()}
+        if scorer is not None:  # its dtype kept (float32 rounds rank in float32); a common 2^e factor
+            scores = {n: s.detach().to("cpu") for n, s in scorer(mask).items()}
         else:
-            scores = compute_scores(method, model, mask, source, **score_options)
+            scores = raw_scores(method, model, mask, source, **score_options)
         if invert:
-            scores = {n: -s for n, s in scores.items()}
-        mask = keep_top(scores, mask, round_targets(mask, plan, distribution, k))
+            scores = {n: -(s if s.dtype == torch.float32 else s.to(torch.float64)) for n, s in scores.items()}
+        targets = round_targets(mask, plan, distribution, k, kept)
+        mask = keep_top(scores, mask, targets)
+        kept = sum(targets.values())  # keep_top keeps exactly the counts asked
         if progress is not None:
             progress(k, mask)
     empty = mask.empty_layers()
