@@ -23,8 +23,9 @@ from ticketlab.config import (DataConfig, EarlyBirdConfig, IMPConfig, ModelConfi
                               SparseTrainConfig, SupermaskConfig, TrainConfig, config_hash)
 from ticketlab.experiments.deconstruct import DeconstructConfig, run_deconstruct
 from ticketlab.experiments.early_bird import run_early_bird
-from ticketlab.experiments.imp import run_imp
-from ticketlab.experiments.prune_at_init import run_prune_at_init
+from ticketlab.experiments.imp import run_imp, run_imp_seeds
+from ticketlab.experiments.prune_at_init import run_prune_at_init, run_prune_at_init_seeds
+from ticketlab.experiments.stacked import stacked_train
 from ticketlab.experiments.sparse_training import run_sparse_training
 from ticketlab.experiments.strong import StrongConfig, run_strong
 from ticketlab.experiments.supermask import run_supermask
@@ -58,6 +59,15 @@ PROCEDURES: dict[str, Callable[[Store], Any]] = {
     "prune": lambda store: run_prune_at_init(PruneAtInitConfig(data=MLP_DATA, model=MLP, train=SHORT, method="synflow",
                                                                density=0.2, rounds=3, sanity="shuffle"),
                                              store, device="cpu", progress=False, log=quiet),
+    # --seeds: two seeds' runs trained as one stacked model (a rerun trains what is left, in smaller stacks)
+    "imp-seeds": lambda store: run_imp_seeds(
+        [IMPConfig(data=MLP_DATA, model=MLP, train=stacked_train(SHORT), levels=1, reset="rewind", rewind_step="2it",
+                   baselines=("random",), seed=seed) for seed in (0, 1)],
+        store, device="cpu", progress=False, log=quiet),
+    "prune-seeds": lambda store: run_prune_at_init_seeds(
+        [PruneAtInitConfig(data=MLP_DATA, model=MLP, train=stacked_train(SHORT), method="snip", density=0.2,
+                           seed=seed) for seed in (0, 1)],
+        store, device="cpu", progress=False, log=quiet),
     "sparse": lambda store: run_sparse_training(SparseTrainConfig(data=MLP_DATA, model=MLP, train=SHORT, method="rigl",
                                                                   density=0.3, options=DropGrowOptions(delta_t=2)),
                                                 store, device="cpu", progress=False, log=quiet),

@@ -43,11 +43,27 @@ def _add_config_options(p: argparse.ArgumentParser, e: Experiment, base: dict[st
     flags.add_options(p, flags.options(e.config_cls, e.group), base, groups)
 
 
+def _add_seeds_options(p: argparse.ArgumentParser) -> None:
+    """``--seeds``: the same run for several seeds, trained as one stacked model where that pays."""
+    g = p.add_argument_group("several seeds (ticketlab.replicates)")
+    g.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="run these seeds instead of --seed; on a plain MLP their training runs as one stacked model "
+                        "(runs marked numerics 'stacked': within float tolerance of, not bit-identical to, --seed "
+                        "runs; a run's numbers do not depend on the other seeds), other models one seed after "
+                        "another; one report over all (default: one run, --seed)")
+    g.add_argument("--stack-size", type=int, default=None, metavar="K",
+                   help="at most K seeds per stack (default: up to 32, what fits in 2 GiB)")
+    g.add_argument("--no-stack", action="store_true",
+                   help="run the seeds one after another as ordinary --seed runs (default: stack when the model allows)")
+
+
 def _add_experiment(sub: Any, e: Experiment) -> None:
     """``ticketlab <e.name>``: the options generated from e's config fields, --preset and the run options."""
     p = sub.add_parser(e.name, help=e.help, description=e.help)
     _add_config_options(p, e, e.base)
     _add_run_options(p, e.threads)
+    if e.run_seeds is not None:
+        _add_seeds_options(p)
     p.set_defaults(func=_run_experiment, experiment=e)
 
 
@@ -100,6 +116,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     e: Experiment = args.experiment
     config = config_from_args(args)
     _set_threads(args)
+    if e.run_seeds is not None and args.seeds:  # (strong's --seeds is a config field of its own)
+        return _run_seeds(args, e, config)
     if distributed.init_from_env(args.device):  # launched by torchrun: one run on WORLD_SIZE processes
         return _run_distributed(args, e, config)
     if e.intro:
@@ -114,6 +132,44 @@ def _run_experiment(args: argparse.Namespace) -> int:
     run = store.run(config_hash(config))
     print(f"\nfinished in {time.time() - started:.1f} s; results in {run.path}")
     _write_report([run.hash], store, run.path)
+    return 0
+
+
+def _run_seeds(args: argparse.Namespace, e: Experiment, config: Any) -> int:
+    """``--seeds``: the command's run for every seed, stacked where the model allows, one report."""
+    from dataclasses import replace
+
+    from .experiments.stacked import stacked_train
+    from .store import Store
+    from .training import resolve_device
+
+    seeds = list(args.seeds)
+    if getattr(args, "seed", None) is not None:
+        raise ConfigError("--seeds replaces --seed: give one of them")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds lists a seed twice: {seeds}")
+    if args.stack_size is not None and args.stack_size < 1:
+        raise ConfigError(f"--stack-size must be >= 1, got {args.stack_size}")
+    if distributed.init_from_env(args.device):
+        raise distributed.DistributedError("--seeds runs in one process; under torchrun give one --seed")
+    resolve_device(args.device)
+    store = Store(args.runs_dir)
+    started = time.time()
+    why = "--no-stack" if args.no_stack else e.stack_refusal(config)
+    if why is None:
+        configs = [replace(config, seed=s, train=stacked_train(config.train)) for s in seeds]
+        print(f"{len(seeds)} seeds, trained as stacked replicates")
+        e.run_seeds(configs, store, device=args.device, progress=not args.no_progress, stack_limit=args.stack_size)
+    else:
+        configs = [replace(config, seed=s) for s in seeds]
+        print(f"{len(seeds)} seeds, one after another ({why})")
+        for c in configs:
+            e.run(c, store, device=args.device, progress=not args.no_progress)
+    hashes = [config_hash(c) for c in configs]
+    out = store.root / "reports" / f"{e.name}-{config_hash(replace(configs[0], seed=0))[:12]}-seeds-" \
+        f"{'-'.join(map(str, seeds))}"
+    print(f"\nfinished in {time.time() - started:.1f} s; runs {', '.join(h[:8] for h in hashes)}; report in {out}")
+    _write_report(hashes, store, out)
     return 0
 
 
@@ -441,7 +497,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"-{args.branch}" if args.branch != "ticket" else "")
     out = Path(args.out) if args.out else store.root / "exports" / f"{run.hash[:12]}-{what}-{args.format}"
     export_run(store, run.hash, out, level=level, fmt=args.format, batch=args.batch, branch=args.branch,
-               unit=args.unit, input_shape=shape, num_classes=args.num_classes)
+               unit=args.unit, input_shape=shape, num_classes=args.num_classes, onnx=args.onnx)
     return 0
 
 
@@ -572,6 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "shrunk: the physically smaller model without the channels the mask empties (structured "
                         "tickets; the [structured] extra); onnx: needs the optional onnx and onnxruntime packages "
                         "(default: standalone)")
+    p.add_argument("--onnx", action="store_true",
+                   help="also write model.onnx of the exported model, checked under onnxruntime within 1e-5; with "
+                        "--format shrunk: the physically smaller model (the [onnx] and [structured] extras) "
+                        "(default: no)")
     p.add_argument("--batch", type=int, default=60, help="batch size measured besides batch 1 (default: 60)")
     p.add_argument("--out", help="export folder (default: RUNS_DIR/exports/<hash>-level_<L>-<format>)")
     p.add_argument("--input-shape", type=int, nargs="+", metavar="N",

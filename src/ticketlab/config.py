@@ -321,6 +321,9 @@ class TrainConfig:
     # Options added after runs exist carry omit_default: at their default they leave the hash (and
     # so every stored run) unchanged.
     precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={"omit_default": True, "cli": False})
+    # "stacked": trained as one replicate of a stacked model (ticketlab.replicates, e.g. `--seeds` of a
+    # small MLP), which agrees with the solo Trainer to float tolerance, not bit for bit: another run.
+    numerics: Literal["solo", "stacked"] = field(default="solo", metadata={"omit_default": "always", "cli": False})
 
     cli_group = "training"
 
@@ -329,6 +332,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer {self.optimizer!r} is unknown; choose one of {OPTIMIZERS}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule {self.schedule!r} is unknown; choose one of {SCHEDULES}")
+        if self.numerics not in ("solo", "stacked"):
+            raise ConfigError(f"numerics {self.numerics!r} is unknown; choose 'solo' or 'stacked'")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -561,6 +566,17 @@ class PruneAtInitConfig:
     seed: int = _seed()
     include: tuple[str, ...] = _include_field()
     exclude: tuple[str, ...] = _exclude_field()
+    # Added after runs existed (issue 22): at their defaults they are left out of the hash and of
+    # config.json ("always"), so every stored run keeps its hash and its mask. A non-default value
+    # is another mask, so it enters the hash: float32 SynFlow may rank near-ties differently.
+    synflow_precision: str = field(default="float64", metadata={
+        "omit_default": "always", "choices": ("float64", "float32"),
+        "help": "SynFlow's arithmetic: float64 (the masks of earlier runs) or float32 (about 2x faster; rescaled "
+                "by powers of two where float32's range needs it; near-ties may rank differently: another mask)"})
+    bn_mode: str = field(default="train", metadata={
+        "omit_default": "always", "choices": ("train", "eval"),
+        "help": "model mode SNIP and GraSP score in: train (BatchNorm batch statistics) or eval (running "
+                "statistics, as the Synaptic-Flow code does)"})
 
     experiment = "prune"
 
@@ -582,6 +598,7 @@ class PruneAtInitConfig:
             raise ConfigError("score_batches and score_batch_size must be >= 1")
         if self.sanity not in SANITY_CHECKS:
             raise ConfigError(f"sanity check {self.sanity!r} is unknown; choose one of {SANITY_CHECKS}")
+        _check_score_modes(self)
 
     @property
     def prunable_options(self) -> dict[str, Any]:
@@ -591,6 +608,19 @@ class PruneAtInitConfig:
     @property
     def effective_rounds(self) -> int:
         return self.rounds if self.rounds is not None else (100 if self.method == "synflow" else 1)
+
+
+def _check_score_modes(c: "PruneAtInitConfig") -> None:
+    """``synflow_precision`` and ``bn_mode``: known values, non-default only with the methods that read
+    them (a no-op value would give one mask two hashes)."""
+    if c.synflow_precision not in ("float64", "float32"):
+        raise ConfigError(f"synflow_precision {c.synflow_precision!r} is unknown; choose float64 or float32")
+    if c.bn_mode not in ("train", "eval"):
+        raise ConfigError(f"bn_mode {c.bn_mode!r} is unknown; choose train or eval")
+    if c.synflow_precision != "float64" and c.method != "synflow":
+        raise ConfigError(f"synflow_precision applies to synflow, not {c.method}")
+    if c.bn_mode != "train" and c.method not in ("snip", "grasp"):
+        raise ConfigError(f"bn_mode applies to snip and grasp, not {c.method}")
 
 
 SPARSE_METHODS = ("dense", "static", "set", "rigl", "gmp")

@@ -401,12 +401,30 @@ def _train_size(train: _Split, n_models: int) -> int:
     return len(train) if train.shared else train.x.shape[0] // n_models
 
 
+def _train_rows(train_rows: Sequence[torch.Tensor], train: _Split, n_models: int, dev: torch.device) -> torch.Tensor:
+    """``train_rows`` as one (K, n) int64 tensor on ``dev``, checked against the shared split."""
+    if not train.shared:
+        raise StackError("train_rows selects rows of one shared data set; give one DataSplits, not one per replicate")
+    if len(train_rows) != n_models or len({len(r) for r in train_rows}) != 1:
+        raise StackError(f"train_rows: one row list per model, all of one length; got {len(train_rows)} lists of "
+                         f"lengths {sorted({len(r) for r in train_rows})} for {n_models} models")
+    rows = torch.stack([torch.as_tensor(r, dtype=torch.long) for r in train_rows]).to(dev)
+    if rows.numel() and not (0 <= int(rows.min()) and int(rows.max()) < len(train)):
+        raise StackError(f"train_rows: row numbers must lie in [0, {len(train)})")
+    return rows
+
+
 def _batch(train: _Split, batches: "BatchOrder", step: int, active: Sequence[int], n_models: int, n_train: int,
-           batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The active replicates' training batches at ``step``: x (k, B, ...), y (k, B, ...)."""
+           batch_size: int, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The active replicates' training batches at ``step``: x (k, B, ...), y (k, B, ...). ``rows``
+    (K, n_train): replicate k's i-th training sample is row ``rows[k, i]`` of the shared split."""
     k = len(active)
     idx = batches.indices(step, active)
-    if not train.shared:
+    if rows is not None:
+        mine = rows if k == n_models else rows.index_select(
+            0, torch.as_tensor(list(active), dtype=torch.long, device=rows.device))
+        idx = mine.gather(1, idx)
+    elif not train.shared:
         offsets = torch.as_tensor(list(active), dtype=torch.long, device=idx.device) * n_train
         idx = idx + offsets.unsqueeze(1)
     idx = idx.reshape(-1)
@@ -430,6 +448,7 @@ class ReplicateRecord:
     history: History = field(default_factory=History)
     diverged: str | None = None
     steps: int = 0
+    snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> weights (snapshot_steps)
 
     @property
     def state(self) -> dict[str, torch.Tensor]:
@@ -546,6 +565,9 @@ def train_stacked(
     start_step: int = 0,
     end_step: int | None = None,
     optimizer: OptimizerFactory | None = None,
+    train_rows: Sequence[torch.Tensor] | None = None,
+    lr_override: float | None = None,
+    snapshot_steps: Sequence[int] = (),
 ) -> list[ReplicateRecord]:
     """Train ``models`` (one architecture) together, replicate k under ``masks[k]`` with ``seeds[k]``.
 
@@ -561,6 +583,12 @@ def train_stacked(
     independent.
     A replicate whose training loss (every step) or evaluation loss becomes non-finite is dropped
     (``record.diverged`` says where); the others finish as if it had never been there.
+    ``train_rows``: with one shared ``data``, replicate k trains on the rows ``train_rows[k]`` of
+    ``data.train`` only (all of one length), exactly as a Trainer given ``data.train.subset(rows)``:
+    each seed's training part after its own validation split, without K copies of the data set.
+    ``lr_override``: a constant LR instead of the schedule's (the Trainer's ``train(lr_override=)``).
+    ``snapshot_steps``: after that many iterations each replicate's weights are kept in
+    ``record.snapshots[step]`` (what a Trainer callback at that step sees, e.g. a rewind point).
     """
     models = list(models)
     seeds = [int(s) for s in seeds]
@@ -585,6 +613,10 @@ def train_stacked(
                                         test.y[:1] if test.shared else test.y[0, :1])) if metrics is None \
         else dict(metrics)
     n_train = _train_size(train, n_models)
+    rows: torch.Tensor | None = None
+    if train_rows is not None:
+        rows = _train_rows(train_rows, train, n_models, dev)
+        n_train = rows.shape[1]
     ipe = n_train // cfg.batch_size
     if ipe == 0:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({n_train} samples)")
@@ -634,20 +666,28 @@ def train_stacked(
                 return f"evaluation at step {step} (training since step {since}): {losses}"
             finish(bad, reason, step)
 
+    snapshots = frozenset(snapshot_steps)
+
+    def snapshot(step: int) -> None:
+        if step in snapshots:
+            for model, k in zip(run.stack.unstack(), run.active):
+                records[k].snapshots[step] = {n: t.clone() for n, t in model.state_dict().items()}
+
     run.reapply_mask()
     evaluate_now(start_step, None, start_step)
+    snapshot(start_step)
     loss_sum = torch.zeros(len(run.active), device=dev)  # float32 sums, as the Trainer's
     loss_count = 0
     since = start_step
     for step in range(start_step, end):
         if not run.active:
             break
-        lr = cfg.lr * lr_factor(step, cfg, total, ipe)
+        lr = lr_override if lr_override is not None else cfg.lr * lr_factor(step, cfg, total, ipe)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         while True:
             k = len(run.active)
-            x, y = _batch(train, batches, step, run.active, n_models, n_train, cfg.batch_size)
+            x, y = _batch(train, batches, step, run.active, n_models, n_train, cfg.batch_size, rows)
             if augment is not None:
                 x = torch.stack([augment(x[i], _batch_generator(run.seeds[i], 2, step)) for i in range(k)])
             with autocast:
@@ -683,6 +723,7 @@ def train_stacked(
             loss_sum = torch.zeros(keep, device=dev)
             loss_count = 0
             since = done
+        snapshot(done)
     for model, k in zip(run.stack.unstack(), run.active):
         records[k].model, records[k].steps = model, end
     return records

@@ -233,10 +233,14 @@ def split_validation(data: ArrayData, size: int, seed: int) -> tuple[ArrayData, 
             f"validation size {size} leaves no training data ({len(data)} samples); "
             f"choose a size below {len(data)}"
         )
-    generator = torch.Generator().manual_seed(int(seed))
-    perm = torch.randperm(len(data), generator=generator)
-    val_index, rest_index = perm[:size].sort().values, perm[size:].sort().values
+    rest_index, val_index = validation_rows(len(data), size, seed)
     return data.subset(rest_index), data.subset(val_index)
+
+
+def validation_rows(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, validation rows) of :func:`split_validation` for ``n`` samples, both sorted."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[size:].sort().values, perm[:size].sort().values
 
 
 def require_root(root: Path | None, dataset: str, how_to_get: str) -> Path:

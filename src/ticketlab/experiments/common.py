@@ -23,6 +23,7 @@ from ..checkpoint import load_checkpoint, load_weights, save_checkpoint, save_we
 from ..atomic import remove_stale_temp_files
 from ..config import DataConfig, IMPConfig, ModelConfig, TrainConfig, imp_config_from_dict, to_dict
 from ..data import ArrayData, DataSplits, load_dataset, split_validation
+from ..data.base import validation_rows
 from ..masks import Mask
 from ..models import build_model
 from ..prunable import UnprunedWeightsWarning
@@ -40,6 +41,17 @@ def prepare_data(cfg: DataConfig, seed: int) -> tuple[DataSplits, ArrayData | No
         return data, None
     train_part, validation = split_validation(data.train, cfg.val_size, seed=seed)
     return replace(data, train=train_part), validation
+
+
+def seed_splits(full: DataSplits, cfg: DataConfig, seed: int) -> tuple[DataSplits, ArrayData | None,
+                                                                       torch.Tensor | None]:
+    """:func:`prepare_data` of a data set already loaded, plus the rows of ``full.train`` the seed's
+    training part holds (None without a validation split): what a stack of seeds shares one copy of."""
+    if not cfg.val_size:
+        return full, None, None
+    train_part, validation = split_validation(full.train, cfg.val_size, seed=seed)
+    rows, _ = validation_rows(len(full.train), cfg.val_size, seed)
+    return replace(full, train=train_part), validation, rows
 
 
 def build_seeded_model(cfg: ModelConfig, data: DataSplits, seed: int) -> nn.Module:

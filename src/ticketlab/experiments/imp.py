@@ -37,26 +37,30 @@ their dense counterparts; :func:`ticketlab.pruning.structure.structure_metrics`)
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from dataclasses import dataclass
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from ..checkpoint import save_weights
-from ..config import IMPConfig
+from ..config import ConfigError, IMPConfig
+from ..data import DataSplits, load_dataset
 from ..masks import Mask
 from ..prunable import PrunableError, UnprunedWeightsWarning, output_parameter_name
 from ..pruning.criteria import imp_prune_by
 from ..pruning.selection import random_mask_like
 from ..pruning.structure import structurable_weights, structure_mask, structure_metrics
 from ..steps import to_iterations
-from ..store import Store, StoreError, index_fields
-from ..training import Callback, resolve_device, lr_factor
+from ..store import Run, Store, StoreError, config_hash, index_fields
+from ..training import Callback, DivergenceError, resolve_device, lr_factor
 from .resets import RESETS, Reset, ResetInputs
 from . import mask0
 from .common import (running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line,
-                     example_input, load_or_save_init, prepare_data, train_unit, training_length)
+                     example_input, load_or_save_init, prepare_data, seed_splits, train_unit, training_length)
+from .stacked import STACKED, StackedUnit, stack_size, train_units_stacked
 
 
 @dataclass
@@ -67,6 +71,7 @@ class Setup:
     ctx: UnitContext
     total_steps: int
     rewind_step: int
+    train_rows: torch.Tensor | None = None  # stacked runs: the seed's training rows of the shared data set
 
     @property
     def run(self):
@@ -119,17 +124,9 @@ def level_mask(s: Setup, level: int, previous: Mask, previous_weights: dict[str,
     return mask
 
 
-def run_imp(
-    config: IMPConfig,
-    store: Store,
-    *,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-    log: Log = print,
-) -> list[dict[str, Any]]:
-    """Run (or continue) IMP and return one row per (level, branch)."""
-    data, validation = prepare_data(config.data, config.seed)
-    # Everything that can be wrong with the request is checked before the store is touched.
+def _check(config: IMPConfig, data: DataSplits) -> tuple[int, int]:
+    """(total iterations, rewind iteration); everything that can be wrong with the request is checked
+    before the store is touched."""
     model = build_seeded_model(config.model, data, config.seed)
     dense = Mask.dense(model, **config.prune.prunable_options)  # names weights left dense, checks include/exclude
     if config.prune.output_rate is not None and output_parameter_name(model) not in dense:
@@ -139,6 +136,32 @@ def run_imp(
     k = to_iterations(config.rewind_step, len(data.train) // config.train.batch_size)
     if k >= total:
         raise ValueError(f"rewind step {config.rewind_step} ({k} it) must be before the end of training ({total} it)")
+    return total, k
+
+
+def _describe(config: IMPConfig, run: Run) -> str:
+    return (f"IMP run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, reset={config.reset}"
+            + (f", seed {config.seed}, stacked)" if config.train.numerics == STACKED else ")"))
+
+
+def _mark_complete(run: Run, rows: list[dict[str, Any]]) -> None:
+    run.mark_complete({"levels": rows})
+    run.update_index(status="complete", summary=index_fields({"status": "complete", "levels": rows}))
+
+
+def run_imp(
+    config: IMPConfig,
+    store: Store,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log: Log = print,
+) -> list[dict[str, Any]]:
+    """Run (or continue) IMP and return one row per (level, branch)."""
+    if config.train.numerics == STACKED:  # a run of a stack (``--seeds``), continued alone: a stack of one
+        return run_imp_seeds([config], store, device=device, progress=progress, log=log)[0]
+    data, validation = prepare_data(config.data, config.seed)
+    total, k = _check(config, data)
     dev = resolve_device(device)
     with running(store, config, log) as run:
         if (done := run.complete_summary()) is not None:
@@ -147,15 +170,49 @@ def run_imp(
         ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log,
                           prunable=config.prune.prunable_options)
         s = Setup(config, ctx, total, k)
-        log(f"IMP run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, reset={config.reset})")
+        log(_describe(config, run))
         rows = _levels(s)
-        summary = {"status": "complete", "levels": rows}
-        run.mark_complete({"levels": rows})
-        run.update_index(status="complete", summary=index_fields(summary))
+        _mark_complete(run, rows)
     return rows
 
 
+@dataclass
+class UnitRequest:
+    """One training unit an IMP level asks for (``train_unit``'s arguments); the answer is its summary."""
+
+    unit: str
+    model: torch.nn.Module
+    mask: Mask
+    start_step: int = 0
+    lr_override: float | None = None
+    extra_summary: dict[str, Any] | None = None
+    pruned_values: dict[str, torch.Tensor] | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+    save_rewind: bool = False  # save the weights after rewind_step iterations (the rewind point)
+
+
+def _train(s: Setup, req: UnitRequest) -> dict[str, Any]:
+    """A request trained (or loaded, when complete) by the solo Trainer."""
+    callbacks = [*req.callbacks, *([_rewind_callback(s)] if req.save_rewind else [])]
+    return train_unit(s.ctx, req.unit, req.model, req.mask, start_step=req.start_step, lr_override=req.lr_override,
+                      extra_summary=req.extra_summary, pruned_values=req.pruned_values, callbacks=callbacks)
+
+
 def _levels(s: Setup) -> list[dict[str, Any]]:
+    """Every level of one run, its units trained one after another."""
+    steps = _level_steps(s)
+    requests = next(steps)
+    while True:
+        try:
+            requests = steps.send([_train(s, r) for r in requests])
+        except StopIteration as stop:
+            return stop.value
+
+
+def _level_steps(s: Setup) -> Generator[list[UnitRequest], list[dict[str, Any]], list[dict[str, Any]]]:
+    """IMP's algorithm box, one run: yields the training units each level needs (the ticket, then its
+    baselines, which do not depend on it) and is sent back their summaries (``_levels`` trains them
+    one by one, ``run_imp_seeds`` many runs' units as stacks); returns one row per (level, branch)."""
     config, run = s.config, s.run
     model = build_seeded_model(config.model, s.ctx.data, config.seed)
     load_or_save_init(run, model)
@@ -170,8 +227,7 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     conn = _connectivity(s, model, mask, 0, "dense network")
-    summary = train_unit(s.ctx, unit_name(0, "ticket"), model, mask, start_step=0,
-                         callbacks=[_rewind_callback(s)] if needs_rewind else (), extra_summary=conn)
+    [summary] = yield [UnitRequest(unit_name(0, "ticket"), model, mask, extra_summary=conn, save_rewind=needs_rewind)]
     if needs_rewind and not run.file("rewind.safetensors").exists():
         raise StoreError(f"rewind point at step {s.rewind_step} ({run.file('rewind.safetensors')}) is missing; "
                          f"delete {run.file('level_00')} to train the dense network again and recreate it")
@@ -192,11 +248,8 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
         held = mask0.pruned_values(config.mask0, init_state, final_weights, mask)
         model.load_state_dict(mask0.start_weights(config.mask0, reset_state, init_state, final_weights, mask))
         dead = _emptied_channel_biases(s, model, mask)
-        summary = train_unit(s.ctx, unit_name(level, "ticket"), model, mask, start_step=start,
-                             lr_override=lr_override, extra_summary={**conn, **_dead_summary(dead)},
-                             pruned_values=held, callbacks=_hold_zero(model, dead))
-        rows.append({"level": level, "branch": "ticket", **summary})
-        ticket_final = {k: v.clone() for k, v in model.state_dict().items()}
+        requests = [UnitRequest(unit_name(level, "ticket"), model, mask, start, lr_override,
+                                {**conn, **_dead_summary(dead)}, held, _hold_zero(model, dead))]
 
         baseline_start = start if reset.baselines_share_segment else 0
         baseline_lr = lr_override if reset.baselines_share_segment else None
@@ -211,15 +264,147 @@ def _levels(s: Setup) -> list[dict[str, Any]]:
                 b_model.load_state_dict(reset_state if reset.baselines_share_segment else init_state)
                 b_mask = _random_mask(s, level, mask)
                 b_conn = _connectivity(s, b_model, b_mask, level, "random-mask baseline")
-            summary = train_unit(s.ctx, unit_name(level, branch), b_model, b_mask,
-                                 start_step=baseline_start, lr_override=baseline_lr,
-                                 extra_summary={**b_conn, **_dead_summary(b_dead)}, callbacks=_hold_zero(b_model, b_dead))
+            requests.append(UnitRequest(unit_name(level, branch), b_model, b_mask, baseline_start, baseline_lr,
+                                        {**b_conn, **_dead_summary(b_dead)}, callbacks=_hold_zero(b_model, b_dead)))
+        summaries = yield requests  # the ticket and its baselines are independent: trained as one batch
+        for branch, summary in zip(("ticket", *config.baselines), summaries):
             rows.append({"level": level, "branch": branch, **summary})
-        model.load_state_dict(ticket_final)
         if len(rows) > len(stored_rows):
             stored_rows = _write_levels(s, rows, stored_rows)
             run.update_index(summary=index_fields({"levels": rows}))
     return rows
+
+
+def run_imp_seeds(
+    configs: Sequence[IMPConfig],
+    store: Store,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log: Log = print,
+    stack_limit: int | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Run (or continue) IMP runs that differ only in their seed, every level's units of all runs
+    trained as one stacked model (``experiments.stacked``; configs say ``train.numerics = "stacked"``).
+    Each run follows its own algorithm box (``_level_steps``); units that share a training segment
+    (start step, LR override, rewind point) are trained together, whichever level or branch they are.
+    Returns each run's rows; a run whose training diverged is reported by one DivergenceError after the
+    others are stored."""
+    if any(c.train.numerics != STACKED for c in configs):
+        raise ValueError("run_imp_seeds trains stacked runs: give configs with train.numerics 'stacked'")
+    if len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
+        raise ConfigError("stacked IMP runs must differ only in their seed")
+    first = configs[0]
+    if (why := imp_stack_refusal(first)) is not None:
+        raise ConfigError(f"these runs cannot be stacked: {why}")
+    full = load_dataset(first.data.name, first.data.root, **first.data.options)
+    dev = resolve_device(device)
+    setups: dict[int, Setup] = {}
+    rows_of: dict[int, list[dict[str, Any]]] = {}
+    diverged: list[str] = []
+    order = sorted(range(len(configs)), key=lambda i: config_hash(configs[i]))  # one lock order for every process
+    with contextlib.ExitStack() as locks:
+        gens: dict[int, Generator[UnitRequest, dict[str, Any], list[dict[str, Any]]]] = {}
+        for i in order:
+            config = configs[i]
+            data, validation, rows = seed_splits(full, config.data, config.seed)
+            total, k = _check(config, data)
+            run = locks.enter_context(running(store, config, log))
+            if (done := run.complete_summary()) is not None:
+                log(f"IMP run {run.hash} (seed {config.seed}) is complete; nothing recomputed")
+                rows_of[i] = done["levels"]
+                continue
+            # the unit context holds the seed's training part only by its length and shapes (a view of the
+            # first rows): the stack trains each run on its own rows of the one shared copy of the data
+            shape = replace(data, train=_prefix(full, len(data.train)))
+            ctx = UnitContext(run, shape, validation, config.train, config.seed, dev, progress, log,
+                              prunable=config.prune.prunable_options)
+            setups[i] = Setup(config, ctx, total, k, rows)
+            log(_describe(config, run))
+            gens[i] = _level_steps(setups[i])
+        waiting: dict[int, tuple[list[UnitRequest], list[dict[str, Any] | None]]] = {}
+
+        def advance(i: int, answers: list[dict[str, Any]] | None) -> None:
+            """Run i's algorithm up to its next units still to train (complete ones are loaded)."""
+            s, gen = setups[i], gens[i]
+            while True:
+                try:
+                    requests = next(gen) if answers is None else gen.send(answers)
+                except StopIteration as stop:
+                    rows_of[i] = stop.value
+                    _mark_complete(s.run, stop.value)
+                    return
+                got = [_train(s, r) if s.run.is_complete(r.unit) else None for r in requests]
+                if any(g is None for g in got):
+                    waiting[i] = (requests, got)
+                    return
+                answers = got  # type: ignore[assignment]
+
+        for i in list(gens):
+            advance(i, None)
+        while waiting:
+            todo = [(i, j) for i in sorted(waiting) for j, got in enumerate(waiting[i][1]) if got is None]
+            segment = _segment_of(setups, waiting[todo[0][0]][0][todo[0][1]], todo[0][0])
+            group = [(i, j) for i, j in todo if _segment_of(setups, waiting[i][0][j], i) == segment]
+            size = stack_size(waiting[group[0][0]][0][group[0][1]].model, first.train, len(group), stack_limit)
+            for start in range(0, len(group), size):
+                chunk = [(i, j) for i, j in group[start:start + size] if i in waiting]  # not a diverged run's
+                units = [_stacked_unit(setups[i], waiting[i][0][j]) for i, j in chunk]
+                log(f"training {len(units)} unit(s) as one stacked model: "
+                    f"{', '.join(sorted({u.unit for u in units}))}")
+                for (i, j), outcome in zip(chunk, train_units_stacked(units, full, dev)):
+                    if i not in waiting:
+                        continue
+                    if outcome.summary is None:
+                        setups[i].run.update_index(status="diverged")
+                        diverged.append(f"{setups[i].run.hash} (seed {configs[i].seed}): {outcome.diverged}")
+                        gens[i].close()
+                        del waiting[i]
+                        continue
+                    waiting[i][1][j] = outcome.summary
+            for i in [i for i in sorted(waiting) if all(g is not None for g in waiting[i][1])]:
+                _, answers = waiting.pop(i)
+                advance(i, answers)  # type: ignore[arg-type]
+    if diverged:
+        raise DivergenceError(f"{len(diverged)} of {len(configs)} IMP runs diverged and were not completed (the "
+                              f"others were): {'; '.join(diverged)}")
+    return [rows_of[i] for i in range(len(configs))]
+
+
+def imp_stack_refusal(config: IMPConfig) -> str | None:
+    """Why IMP runs of ``config`` are not stacked (None: they can be)."""
+    if config.prune.structure != "none":
+        return "structured tickets hold emptied channels' biases at zero by a per-step callback"
+    if config.mask0 != IMPConfig.__dataclass_fields__["mask0"].default:
+        return f"mask-0 action {config.mask0!r} holds pruned weights at non-zero values"
+    from .stacked import refusal_for
+
+    return refusal_for(config)
+
+
+def _prefix(full: DataSplits, n: int) -> Any:
+    """The first ``n`` training rows of ``full`` as a view (no copy): a stand-in of a seed's training
+    part of that length, for the lengths, shapes and probe inputs a unit context is asked for."""
+    from ..data import ArrayData
+
+    return ArrayData(full.train.x[:n], full.train.y[:n])
+
+
+def _segment_of(setups: dict[int, Setup], request: UnitRequest, i: int) -> tuple[Any, ...]:
+    return (request.start_step, request.lr_override, setups[i].rewind_step if request.save_rewind else None)
+
+
+def _stacked_unit(s: Setup, request: UnitRequest) -> StackedUnit:
+    if request.callbacks or request.pruned_values is not None:
+        raise ValueError(f"{request.unit}: a unit with callbacks or held pruned values cannot be stacked")
+    def save_rewind_point(state: dict[str, torch.Tensor]) -> None:
+        rewind = build_seeded_model(s.config.model, s.ctx.data, s.config.seed)
+        rewind.load_state_dict(state)
+        save_weights(rewind, s.run.file("rewind.safetensors"))
+
+    return StackedUnit(s.ctx, request.unit, request.model, request.mask, s.train_rows, request.extra_summary, None,
+                       request.start_step, request.lr_override, s.rewind_step if request.save_rewind else None,
+                       save_rewind_point if request.save_rewind else None)
 
 
 def _emptied_channel_biases(s: Setup, model: torch.nn.Module, mask: Mask) -> dict[str, torch.Tensor]:

@@ -15,22 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..analysis.connectivity import ConnectivityError, format_layer_report, is_disconnected
-from ..config import PruneAtInitConfig
-from ..data import DataSplits
+from ..config import ConfigError, PruneAtInitConfig
+from ..data import DataSplits, load_dataset
 from ..masks import Mask
 from ..pruning.prune import prune
 from ..pruning.scores import ScoreSource
 from ..pruning.selection import random_mask_like
-from ..store import Store, index_fields
+from ..store import Run, Store, config_hash, index_fields
 from ..training import resolve_device
 from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
     load_or_save_init, prepare_data, train_unit, training_length
+from .stacked import STACKED, StackedUnit, run_stacked_units, stack_refusal
 
 _SALT_SHUFFLE, _SALT_REINIT, _SALT_SCORES, _SALT_BATCHES = 11, 12, 13, 14
 
@@ -67,10 +70,57 @@ def compute_mask(cfg: PruneAtInitConfig, model: torch.nn.Module, data: DataSplit
     mask = prune(cfg.method, model, dense, scoring_source(data, cfg, device), cfg.density,
                  distribution=cfg.distribution, rounds=rounds, schedule=cfg.schedule, invert=cfg.sanity == "invert",
                  progress=(lambda k, m: bar.update(1)) if bar is not None else None, on_collapse="ignore",
-                 **options)
+                 synflow_precision=cfg.synflow_precision, bn_mode=cfg.bn_mode, **options)
     if bar is not None:
         bar.close()
     return mask
+
+
+def _prepare_unit(config: PruneAtInitConfig, run: Run, data: DataSplits, model: nn.Module, dense: Mask,
+                  dev: torch.device, progress: bool, log: Log) -> tuple[nn.Module, Mask, dict[str, Any]]:
+    """The run's stored init and mask (computed once), its sanity check applied: the model and mask
+    to train and the summary's record of how the mask was made."""
+    load_or_save_init(run, model)
+    mask_path = run.file("mask.safetensors")
+    if mask_path.exists() and run.file("pruning.json").exists():
+        mask = Mask.load(mask_path, require_checksum=True)
+        prune_seconds = run.read_json("pruning.json")["seconds"]
+    else:  # the mask file is the marker: written last, after the record of how it was made
+        started = time.perf_counter()
+        mask = compute_mask(config, model, data, dev, progress, dense=dense)
+        prune_seconds = time.perf_counter() - started
+        run.write_json({"seconds": prune_seconds, "rounds": config.effective_rounds}, "pruning.json")
+        mask.save(mask_path)
+    trained_mask = mask
+    if config.sanity == "shuffle":
+        trained_mask = random_mask_like(mask, torch.Generator().manual_seed(_seed(config.seed, _SALT_SHUFFLE)))
+    if config.sanity == "reinit":
+        model = build_seeded_model(config.model, data, _seed(config.seed, _SALT_REINIT))
+    conn, layers = connectivity(model, trained_mask, data)
+    if layers:
+        log(f"pruned with {config.method} to density {trained_mask.density:.4f}\n{format_layer_report(layers)}")
+    log(connectivity_line(f"{config.method} mask", trained_mask, conn))
+    try:
+        disconnected = is_disconnected(model, trained_mask, data.input_shape, example_input(data))
+    except ConnectivityError:
+        disconnected = None  # conn says why
+    extra = {
+        "method": config.method, "distribution": config.distribution, "sanity": config.sanity,
+        "requested_density": config.density, "rounds": config.effective_rounds,
+        "prune_seconds": prune_seconds, **conn, "disconnected": disconnected,
+    }
+    return model, trained_mask, extra
+
+
+def _describe(config: PruneAtInitConfig, run: Run) -> str:
+    return (f"prune-at-init run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
+            f"{config.method}, density {config.density}, {config.distribution}, sanity={config.sanity}, "
+            f"seed {config.seed}{', stacked' if config.train.numerics == STACKED else ''})")
+
+
+def _finish(run: Run, summary: dict[str, Any]) -> None:
+    run.mark_complete(summary)
+    run.update_index(status="complete", summary=index_fields(summary))
 
 
 def run_prune_at_init(
@@ -82,6 +132,8 @@ def run_prune_at_init(
     log: Log = print,
 ) -> dict[str, Any]:
     """Run (or continue) one prune-at-init experiment and return its summary."""
+    if config.train.numerics == STACKED:  # a run of a stack (``--seeds``), continued alone: a stack of one
+        return run_prune_at_init_seeds([config], store, device=device, progress=progress, log=log)[0]
     data, validation = prepare_data(config.data, config.seed)
     model = build_seeded_model(config.model, data, config.seed)  # validates the model before the store is touched
     dense = Mask.dense(model, **config.prunable_options)  # and the include / exclude names
@@ -91,41 +143,47 @@ def run_prune_at_init(
         if (done := run.complete_summary()) is not None:
             log(f"prune-at-init run {run.hash} is complete; nothing recomputed")
             return {k: v for k, v in done.items() if k != "status"}
-        log(f"prune-at-init run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
-            f"{config.method}, density {config.density}, {config.distribution}, sanity={config.sanity})")
-        load_or_save_init(run, model)
-        mask_path = run.file("mask.safetensors")
-        if mask_path.exists() and run.file("pruning.json").exists():
-            mask = Mask.load(mask_path, require_checksum=True)
-            prune_seconds = run.read_json("pruning.json")["seconds"]
-        else:  # the mask file is the marker: written last, after the record of how it was made
-            started = time.perf_counter()
-            mask = compute_mask(config, model, data, dev, progress, dense=dense)
-            prune_seconds = time.perf_counter() - started
-            run.write_json({"seconds": prune_seconds, "rounds": config.effective_rounds}, "pruning.json")
-            mask.save(mask_path)
-        trained_mask = mask
-        if config.sanity == "shuffle":
-            trained_mask = random_mask_like(mask, torch.Generator().manual_seed(_seed(config.seed, _SALT_SHUFFLE)))
-        if config.sanity == "reinit":
-            model = build_seeded_model(config.model, data, _seed(config.seed, _SALT_REINIT))
-        conn, layers = connectivity(model, trained_mask, data)
-        if layers:
-            log(f"pruned with {config.method} to density {trained_mask.density:.4f}\n{format_layer_report(layers)}")
-        log(connectivity_line(f"{config.method} mask", trained_mask, conn))
-        try:
-            disconnected = is_disconnected(model, trained_mask, data.input_shape, example_input(data))
-        except ConnectivityError:
-            disconnected = None  # conn says why
-        extra = {
-            "method": config.method, "distribution": config.distribution, "sanity": config.sanity,
-            "requested_density": config.density, "rounds": config.effective_rounds,
-            "prune_seconds": prune_seconds, **conn, "disconnected": disconnected,
-        }
+        log(_describe(config, run))
+        model, trained_mask, extra = _prepare_unit(config, run, data, model, dense, dev, progress, log)
         ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log,
                           prunable=config.prunable_options)
         summary = train_unit(ctx, "train", model, trained_mask, start_step=0, extra_summary=extra,
                              expected_density=config.density)
-        run.mark_complete(summary)
-        run.update_index(status="complete", summary=index_fields(summary))
+        _finish(run, summary)
     return summary
+
+
+def run_prune_at_init_seeds(
+    configs: Sequence[PruneAtInitConfig],
+    store: Store,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log: Log = print,
+    stack_limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or continue) prune-at-init runs that differ only in their seed, their training stacked
+    (``experiments.stacked``): every config must say ``train.numerics = "stacked"``. Returns the
+    summaries in order; a run whose training diverged is reported by one DivergenceError after the
+    others are stored."""
+    if any(c.train.numerics != STACKED for c in configs):
+        raise ValueError("run_prune_at_init_seeds trains stacked runs: give configs with train.numerics 'stacked' "
+                         "(experiments.stacked.stacked_train)")
+    if len({config_hash(dataclasses.replace(c, seed=0)) for c in configs}) != 1:
+        raise ConfigError("stacked prune-at-init runs must differ only in their seed")
+    first = configs[0]
+    full = load_dataset(first.data.name, first.data.root, **first.data.options)
+    if (why := stack_refusal(build_seeded_model(first.model, full, first.seed), first.train)) is not None:
+        raise ConfigError(f"these runs cannot be stacked: {why}")
+    dev = resolve_device(device)
+
+    def prepare(config: PruneAtInitConfig, run: Run, data: DataSplits, validation: Any, rows: Any) -> StackedUnit:
+        log(_describe(config, run))
+        model = build_seeded_model(config.model, data, config.seed)
+        dense = Mask.dense(model, **config.prunable_options)
+        model, mask, extra = _prepare_unit(config, run, data, model, dense, dev, progress, log)
+        ctx = UnitContext(run, full, validation, config.train, config.seed, dev, progress, log,
+                          prunable=config.prunable_options)
+        return StackedUnit(ctx, "train", model, mask, rows, extra, config.density)
+
+    return run_stacked_units(configs, store, full, dev, prepare, _finish, log, stack_limit)

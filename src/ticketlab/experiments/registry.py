@@ -17,9 +17,10 @@ from ..config import (SUPERMASK_TRAIN, ConfigError, EarlyBirdConfig, IMPConfig, 
                       SupermaskConfig)
 from .deconstruct import DeconstructConfig, deconstruct_report, run_deconstruct
 from .early_bird import run_early_bird
-from .imp import run_imp
-from .prune_at_init import run_prune_at_init
-from .sparse_training import run_sparse_training
+from .imp import imp_stack_refusal, run_imp, run_imp_seeds
+from .prune_at_init import run_prune_at_init, run_prune_at_init_seeds
+from .sparse_training import run_sparse_training, run_sparse_training_seeds, sparse_stack_refusal
+from .stacked import refusal_for
 from .strong import StrongConfig, run_strong, strong_report
 from .supermask import run_supermask
 from .transfer import TransferConfig, run_transfer, transfer_report
@@ -42,6 +43,10 @@ class Experiment:
     threads: int | None = None          # default --threads
     intro: str = ""                     # printed before the run starts
     presets: bool = True                # whether --preset (data, model, training settings) applies
+    # run_seeds(configs, store, *, device, progress, stack_limit): runs differing only in their seed,
+    # trained as one stacked model (``--seeds``; experiments.stacked); None: --seeds runs them one by one
+    run_seeds: Callable[..., Any] | None = None
+    stack_refusal: Callable[[Any], str | None] | None = None  # why a config's seeds are not stacked (None: they are)
 
 
 def _imp_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
@@ -98,11 +103,14 @@ DEMO = dict(dataset="digits", model="mlp", model_options={"hidden": [300, 100]},
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("imp", "iterative magnitude pruning (lottery tickets) with baselines", IMPConfig, run_imp,
-               imp_report, "pruning", finish=_imp_finish),
+               imp_report, "pruning", finish=_imp_finish, run_seeds=run_imp_seeds,
+               stack_refusal=imp_stack_refusal),
     Experiment("prune", "prune at initialisation (SNIP, GraSP, SynFlow, magnitude, random), then train",
-               PruneAtInitConfig, run_prune_at_init, prune_report, "pruning at initialisation"),
+               PruneAtInitConfig, run_prune_at_init, prune_report, "pruning at initialisation",
+               run_seeds=run_prune_at_init_seeds, stack_refusal=refusal_for),
     Experiment("sparse", "sparse training: dense, static, SET, RigL, gradual magnitude pruning", SparseTrainConfig,
-               run_sparse_training, sparse_report, "sparse training", finish=_sparse_finish),
+               run_sparse_training, sparse_report, "sparse training", finish=_sparse_finish,
+               run_seeds=run_sparse_training_seeds, stack_refusal=sparse_stack_refusal),
     Experiment("early-bird", "early-bird tickets: draw the ticket when its mask stops changing", EarlyBirdConfig,
                run_early_bird, early_bird_report, "early-bird tickets"),
     Experiment("supermask", "learned Bernoulli supermask of the frozen init (Zhou et al. 2019)", SupermaskConfig,

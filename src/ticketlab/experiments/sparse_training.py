@@ -15,21 +15,26 @@ besides the Linear/Conv ones (raw parameters, embeddings) that the masks cover.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..analysis.flops import layer_flops, run_training_flops
-from ..config import SparseTrainConfig
+from ..config import ConfigError, SparseTrainConfig
+from ..data import DataSplits, load_dataset
 from ..masks import Mask
 from ..pruning.distributions import layer_counts, shapes_of
 from ..pruning.dynamic import DropGrow, DropGrowOptions, GMPOptions, GradualMagnitude
 from ..pruning.schedules import CosineDrop, Cubic
 from ..steps import to_iterations
-from ..store import Store, index_fields
+from ..store import Run, Store, config_hash, index_fields
 from ..training import Callback, resolve_device
 from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
     load_or_save_init, prepare_data, train_unit, training_length
+from .stacked import STACKED, StackedUnit, refusal_for, run_stacked_units
 
 _SALT_INIT_MASK = 21
 
@@ -101,6 +106,53 @@ def flops_summary(rows: list[dict[str, Any]], dense_mask: Mask, start_mask: Mask
             "training_flops_relative": total / dense_total}
 
 
+def _start_mask(config: SparseTrainConfig, dense: Mask) -> Mask:
+    if config.method in ("static", "set", "rigl"):
+        g = torch.Generator().manual_seed((config.seed * 1_000_003 + _SALT_INIT_MASK) % (2**31 - 1))
+        return random_sparse_mask(dense, config.effective_distribution, config.density, g)
+    return dense
+
+
+def _describe(config: SparseTrainConfig, run: Run) -> str:
+    return (f"sparse training run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
+            f"{config.method}, density {config.density}, {config.effective_distribution}"
+            + (f", seed {config.seed}, stacked)" if config.train.numerics == STACKED else ")"))
+
+
+def _extra(config: SparseTrainConfig, model: nn.Module, data: DataSplits, dense: Mask, start_mask: Mask,
+           start_conn: dict[str, Any], total: int, updates: list[int], log: Log) -> Callable[[Any], dict[str, Any]]:
+    def extra(trainer: Any) -> dict[str, Any]:
+        """Method, distribution, training FLOPs from the mask's history and the connectivity of the
+        start and final masks, stored with the unit."""
+        events = trainer.history.mask_events
+        flops = flops_summary(layer_flops(model, data.input_shape, example_input=example_input(data)), dense,
+                              start_mask, events, total, config.train.batch_size, updates)
+        final_mask = trainer.mask if trainer.mask is not None else start_mask
+        final_conn, _ = connectivity(model, final_mask, data)
+        log(connectivity_line(f"final mask ({config.method})", final_mask, final_conn))
+        return {"method": config.method, "distribution": config.effective_distribution, **flops,
+                "mask_updates": len([e for e in events if e["step"] > 0]),
+                **{f"start_{k}": v for k, v in start_conn.items()}, **final_conn}
+    return extra
+
+
+def _prepare(config: SparseTrainConfig, run: Run, data: DataSplits, model: nn.Module, dense: Mask, total: int,
+             updater: Any, log: Log) -> tuple[Mask, Callable[[Any], dict[str, Any]]]:
+    load_or_save_init(run, model)
+    start_mask = _start_mask(config, dense)
+    log(f"start mask: density {start_mask.density:.4f}\n{start_mask.table()}")
+    start_conn, _ = connectivity(model, start_mask, data)
+    log(connectivity_line("start mask", start_mask, start_conn))
+    updates = [t for t in range(total) if config.method == "rigl" and updater.is_update_step(t + 1)]
+    return start_mask, _extra(config, model, data, dense, start_mask, start_conn, total, updates, log)
+
+
+def _finish(run: Run, summary: dict[str, Any], log: Log) -> None:
+    run.mark_complete(summary)
+    run.update_index(status="complete", summary=index_fields(summary))
+    log(f"training FLOPs relative to dense: {summary['training_flops_relative']:.4f}")
+
+
 def run_sparse_training(
     config: SparseTrainConfig,
     store: Store,
@@ -110,6 +162,8 @@ def run_sparse_training(
     log: Log = print,
 ) -> dict[str, Any]:
     """Run (or continue) one sparse training run and return its summary."""
+    if config.train.numerics == STACKED:  # a run of a stack (``--seeds``), continued alone: a stack of one
+        return run_sparse_training_seeds([config], store, device=device, progress=progress, log=log)[0]
     data, validation = prepare_data(config.data, config.seed)
     model = build_seeded_model(config.model, data, config.seed)
     dense = Mask.dense(model, **config.prunable_options)  # checks the include / exclude names before the store
@@ -120,39 +174,58 @@ def run_sparse_training(
         if (done := run.complete_summary()) is not None:
             log(f"sparse training run {run.hash} is complete; nothing recomputed")
             return {k: v for k, v in done.items() if k != "status"}
-        log(f"sparse training run {run.hash} in {run.path} ({config.data.name}, {config.model.name}, "
-            f"{config.method}, density {config.density}, {config.effective_distribution})")
-        load_or_save_init(run, model)
-        if config.method in ("static", "set", "rigl"):
-            g = torch.Generator().manual_seed((config.seed * 1_000_003 + _SALT_INIT_MASK) % (2**31 - 1))
-            start_mask = random_sparse_mask(dense, config.effective_distribution, config.density, g)
-        else:
-            start_mask = dense
-        log(f"start mask: density {start_mask.density:.4f}\n{start_mask.table()}")
-        start_conn, _ = connectivity(model, start_mask, data)
-        log(connectivity_line("start mask", start_mask, start_conn))
-        updates = [t for t in range(total) if config.method == "rigl" and updater.is_update_step(t + 1)]
-
-        def extra(trainer) -> dict[str, Any]:
-            """Method, distribution, training FLOPs from the mask's history and the connectivity of the
-            start and final masks, stored with the unit."""
-            events = trainer.history.mask_events
-            flops = flops_summary(layer_flops(model, data.input_shape, example_input=example_input(data)), dense,
-                                  start_mask, events, total, config.train.batch_size, updates)
-            final_mask = trainer.mask if trainer.mask is not None else start_mask
-            final_conn, _ = connectivity(model, final_mask, data)
-            log(connectivity_line(f"final mask ({config.method})", final_mask, final_conn))
-            return {"method": config.method, "distribution": config.effective_distribution, **flops,
-                    "mask_updates": len([e for e in events if e["step"] > 0]),
-                    **{f"start_{k}": v for k, v in start_conn.items()}, **final_conn}
-
+        log(_describe(config, run))
+        start_mask, extra = _prepare(config, run, data, model, dense, total, updater, log)
         ctx = UnitContext(run, data, validation, config.train, config.seed, dev, progress, log,
                           prunable=config.prunable_options)
         summary = train_unit(ctx, "train", model, start_mask, start_step=0,
                              callbacks=[callback] if callback is not None else [], extra_summary=extra,
                              expected_density=None if config.method == "dense" else config.density)
-        run.mark_complete(summary)
-        run.update_index(status="complete", summary=index_fields(summary))
-        log(f"training FLOPs relative to dense: {summary['training_flops_relative']:.4f}")
+        _finish(run, summary, log)
     return summary
 
+
+STACKABLE_METHODS = ("dense", "static")  # SET, RigL and GMP change the mask during training (callbacks)
+
+
+def sparse_stack_refusal(config: SparseTrainConfig) -> str | None:
+    """Why sparse-training runs of ``config`` are not stacked (None: they can be)."""
+    if config.method not in STACKABLE_METHODS:
+        return f"{config.method} changes the mask during training, which the stacked engine does not do"
+    return refusal_for(config)
+
+
+def run_sparse_training_seeds(
+    configs: Sequence[SparseTrainConfig],
+    store: Store,
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    log: Log = print,
+    stack_limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or continue) dense or static sparse-training runs that differ only in their seed, their
+    training stacked (``experiments.stacked``; configs say ``train.numerics = "stacked"``)."""
+    if any(c.train.numerics != STACKED for c in configs):
+        raise ValueError("run_sparse_training_seeds trains stacked runs: give configs with train.numerics 'stacked'")
+    if len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
+        raise ConfigError("stacked sparse-training runs must differ only in their seed")
+    first = configs[0]
+    if (why := sparse_stack_refusal(first)) is not None:
+        raise ConfigError(f"these runs cannot be stacked: {why}")
+    full = load_dataset(first.data.name, first.data.root, **first.data.options)
+    dev = resolve_device(device)
+
+    def prepare(config: SparseTrainConfig, run: Run, data: DataSplits, validation: Any, rows: Any) -> StackedUnit:
+        model = build_seeded_model(config.model, data, config.seed)
+        dense = Mask.dense(model, **config.prunable_options)
+        _, total = training_length(config.train, data)
+        log(_describe(config, run))
+        start_mask, extra = _prepare(config, run, data, model, dense, total, None, log)
+        ctx = UnitContext(run, full, validation, config.train, config.seed, dev, progress, log,
+                          prunable=config.prunable_options)
+        return StackedUnit(ctx, "train", model, start_mask, rows, extra,
+                           None if config.method == "dense" else config.density)
+
+    return run_stacked_units(configs, store, full, dev, prepare, lambda run, summary: _finish(run, summary, log), log,
+                             stack_limit)
