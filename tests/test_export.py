@@ -12,7 +12,7 @@ from ticketlab import load_ticket
 from ticketlab.cli import main
 from ticketlab.config import DataConfig, IMPConfig, ModelConfig, PruneConfig, TrainConfig, config_hash
 from ticketlab.experiments.imp import run_imp
-from ticketlab.export import ExportError, SparseLinear, choose_form, export_run
+from ticketlab.export import ExportError, SparseChain, SparseLinear, choose_form, export_run
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.store import Store
@@ -136,7 +136,8 @@ def test_injected_timings_decide_and_are_recorded(store, tmp_path):
     desc = json.loads((tmp_path / "csr" / "ticket.json").read_text())
     assert desc["layers"]["hidden.0"]["forms"] == {"1": "csr", "8": "csr"}
     assert desc["layers"]["hidden.0"]["timings_s"]["8"] == {"dense": 3.0, "csr": 1.0, "csr_rows": 2.0}
-    assert isinstance(load_ticket(tmp_path / "csr").hidden[0], SparseLinear)
+    chain = load_ticket(tmp_path / "csr")  # an MLP is a chain: it runs as one flat function
+    assert isinstance(chain, SparseChain) and isinstance(chain.model.hidden[0], SparseLinear)
     export_run(store, h, tmp_path / "slow", fmt="sparse", batch=8, log=lambda _: None,
                timer=timer({"dense": 1.0, "csr": 1.5, "csr_rows": 1.2}))  # sparse slower: dense everywhere
     desc = json.loads((tmp_path / "slow" / "ticket.json").read_text())
@@ -201,7 +202,7 @@ def test_unsupported_requests_fail_clearly(store, tmp_path):
     other.mkdir(exist_ok=True)
     from ticketlab.integrity import seal_json
 
-    (other / "config.json").write_text(seal_json({**cfg, "experiment": "supermask", "hash": "fakeprune"}))
+    (other / "config.json").write_text(seal_json({**cfg, "experiment": "tropical", "hash": "fakeprune"}))
     with pytest.raises(ExportError, match="export supports imp"):
         export_run(store, "fakeprune", tmp_path / "x", log=lambda _: None)
 
@@ -403,3 +404,200 @@ def test_shrunk_resnet_refill_ticket_with_batchnorm_is_the_trained_ticket(tmp_pa
     x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.allclose(load_ticket(tmp_path / "out")(x), reference(x), atol=1e-5)
+
+
+def test_shrunk_ticket_as_onnx_agrees_under_onnxruntime(tmp_path):
+    """Issue 19: the structured ticket shrunk, as ONNX, gives the masked model's outputs within 1e-5."""
+    pytest.importorskip("torch_pruning")
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    cfg = IMPConfig(data=CNN_CFG.data, model=ModelConfig(name="conv2"), train=TRAIN, levels=1, baselines=(), seed=0,
+                    prune=PruneConfig(rate=0.6, structure="refill"))
+    store = Store(tmp_path / "runs")
+    run_imp(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    report = export_run(store, config_hash(cfg), tmp_path / "out", fmt="shrunk", onnx=True, batch=8,
+                        measure_seconds=0.002, log=lambda _: None)
+    assert report["onnx"]["max_abs_diff"] <= 1e-5 and report["format"] == "shrunk"
+    graph = onnx.load(str(tmp_path / "out" / "model.onnx")).graph
+    onnx_params = sum(int(torch.tensor(list(t.dims)).prod()) for t in graph.initializer)
+    assert onnx_params == report["parameters"]["shrunk_model"]  # the small model, not the full-size one
+    reference = masked_model(store, cfg, 1, (3, 8, 8), 4)
+    x = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    session = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert abs(session.run(None, {"input": x.numpy()})[0] - reference(x).numpy()).max() <= 1e-5
+    with pytest.raises(ExportError, match="standalone or shrunk"):
+        export_run(store, config_hash(cfg), tmp_path / "x", fmt="sparse", onnx=True, log=lambda _: None)
+
+
+def _forced_forms(costs):
+    """A timer that makes the forms cost ``costs`` (a layer candidate is functools.partial(layer, x))."""
+    def measure(fn):
+        fn()
+        layer = getattr(fn, "func", None)
+        return costs.get(getattr(layer, "small_form", None), 1.0)
+    return measure
+
+
+@pytest.mark.parametrize("cfg,shape,chain", [(MLP_CFG, (16,), True), (CNN_CFG, (3, 8, 8), True),
+                                             (RESNET_CFG, (3, 8, 8), False)], ids=["mlp", "cnn", "resnet20"])
+@pytest.mark.parametrize("form", ["csr", "csr_rows"])
+def test_chain_models_run_flat_with_the_masked_models_outputs(store, tmp_path, cfg, shape, chain, form):
+    """A chain model (flatten, Linear, ReLU, ... one after the other) loads as one SparseChain; a model
+    with residual adds keeps its own forward with SparseLinear layers. Same outputs at every batch size,
+    in eval and in training mode (which calls the model itself)."""
+    from ticketlab.sparse_inference import _chain_names
+
+    export_run(store, config_hash(cfg), tmp_path / "out", fmt="sparse", batch=8, log=lambda _: None,
+               timer=_forced_forms({"dense": 3.0, form: 1.0}))
+    model = load_ticket(tmp_path / "out")
+    assert isinstance(model, SparseChain) == chain
+    inner = model.model if chain else model
+    assert any(isinstance(m, SparseLinear) for m in inner.modules())
+    expected = masked_model(store, cfg, cfg.levels, shape, 4)
+    with torch.no_grad():
+        for batch in (1, 3, 8, 20):
+            x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(batch))
+            torch.testing.assert_close(model(x), expected(x), rtol=1e-5, atol=1e-5)
+        model.train(), expected.train()  # BatchNorm on batch statistics in both
+        torch.testing.assert_close(model(x), expected(x), rtol=1e-5, atol=1e-5)
+    assert (_chain_names(expected) is not None) == chain
+
+
+def test_chain_steps_fuse_relu_and_skip_what_eval_skips():
+    from ticketlab.sparse_inference import chain_steps
+
+    g = torch.Generator().manual_seed(0)
+    nn = torch.nn
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 20), nn.ReLU(), nn.Dropout(0.5), nn.Linear(20, 6), nn.Identity(),
+                        nn.ReLU(), nn.Linear(6, 3)).eval()
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(torch.rand(m.weight.shape, generator=g) < 0.3)
+    sparse = __import__("copy").deepcopy(net)
+    for i in (1, 4, 7):
+        sparse[i] = SparseLinear(net[i].weight, net[i].bias, {1: "csr_rows", 8: "csr"})
+    assert chain_steps(net) is None  # no sparse layer: nothing to gain
+    steps = chain_steps(sparse)
+    assert len(steps) == 5  # flatten, Linear+ReLU, Linear, ReLU (an Identity between), Linear; no Dropout
+    chain = SparseChain(sparse, steps).eval()
+    with torch.no_grad():
+        for batch in (1, 8, 30):
+            x = torch.randn(batch, 3, 4, generator=g)
+            torch.testing.assert_close(chain(x), net(x), rtol=1e-5, atol=1e-5)
+        x3 = torch.randn(2, 5, 20, generator=g)  # a chain step fed another shape takes the general path
+        torch.testing.assert_close(sparse[4].run(x3, relu=True), torch.relu(net[4](x3)), rtol=1e-5, atol=1e-5)
+        import copy
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(chain, buffer)
+        buffer.seek(0)
+        for other in (copy.deepcopy(chain), torch.load(buffer, weights_only=False)):  # its steps follow its layers
+            assert other._steps[1].__self__ is other.model[1]
+            torch.testing.assert_close(other(x), net(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(other(x[:1]), net(x[:1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=1), dict(kernel_size=3, stride=2, padding=1, bias=False),
+                                dict(kernel_size=(3, 1), dilation=2, padding=(2, 0)), dict(kernel_size=1)])
+def test_sparse_conv_unfold_form_equals_the_conv(kw):
+    from ticketlab.export import SparseConv2d
+
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(5, 7, **kw)
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape, generator=g) < 0.2)
+    layer = SparseConv2d(conv, {1: "unfold", 8: "dense"})
+    both = SparseConv2d(conv, {1: "unfold"})
+    with torch.no_grad():
+        for batch in (1, 3, 9):
+            x = torch.randn(batch, 5, 9, 8, generator=g)
+            torch.testing.assert_close(layer(x), conv(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(both(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert layer.small_form == "unfold" and layer.large_form == "dense"
+
+
+def test_conv_forms_are_measured_and_recorded(store, tmp_path):
+    from ticketlab.export import SparseConv2d
+
+    export_run(store, config_hash(CNN_CFG), tmp_path / "out", fmt="sparse", batch=8, log=lambda _: None,
+               timer=_forced_forms({"dense": 1.0, "unfold": 2.0}))  # unfold slower: the convs stay nn.Conv2d
+    desc = json.loads((tmp_path / "out" / "ticket.json").read_text())
+    convs = {n: e for n, e in desc["layers"].items() if e.get("kind") == "conv2d"}
+    assert set(convs) == {"features.0", "features.2"} and convs["features.0"]["input_shape"] == [3, 8, 8]
+    assert all(e["forms"] == {"1": "dense", "8": "dense"} for e in convs.values())
+    assert not any(isinstance(m, SparseConv2d) for m in load_ticket(tmp_path / "out").modules())
+    export_run(store, config_hash(CNN_CFG), tmp_path / "fast", fmt="sparse", batch=8, log=lambda _: None,
+               timer=_forced_forms({"dense": 2.0, "unfold": 1.0}))
+    assert isinstance(load_ticket(tmp_path / "fast").model.features[0], SparseConv2d)
+
+
+@pytest.mark.parametrize("weight_init,scaling", [("keep", False), ("signed_constant", True)])
+def test_supermask_run_exports_its_deterministic_mask_on_the_frozen_weights(tmp_path, weight_init, scaling):
+    """Issue 19: a supermask run's ticket (signed constants and dynamic scaling as the run used them)
+    computes what the run's deterministic mask computes; the ticket.json rebuilds it from the registry."""
+    from ticketlab.config import SupermaskConfig
+    from ticketlab.experiments.supermask import run_supermask
+    from ticketlab.pruning.bernoulli_supermask import BernoulliSupermask
+
+    cfg = SupermaskConfig(data=DataConfig(name="synthetic_mlp", options={"n_train": 128, "n_test": 32, "dim": 8}),
+                          model=ModelConfig(name="mlp", options={"hidden": [16]}),
+                          train=TrainConfig(optimizer="sgd", lr=100.0, momentum=0.9, steps="1ep", batch_size=32,
+                                            fused_optimizer=False, eval_every="1ep"),
+                          weight_init=weight_init, dynamic_scaling=scaling, eval_samples=2)
+    store = Store(tmp_path / "runs")
+    run_supermask(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    h = config_hash(cfg)
+    run = store.run(h)
+    reference = build_model("mlp", (8,), 4, hidden=[16])
+    reference.load_state_dict(run.load_tensors("init.safetensors"))
+    sm = BernoulliSupermask(reference, weight_init=weight_init, dynamic_scaling=scaling, eval_mask="deterministic")
+    with torch.no_grad():
+        for name, p in sm.named_logits().items():
+            p.copy_(run.load_tensors("logits.safetensors")[name])
+    reference.eval()
+    mask = Mask.load(run.file("mask.safetensors"))
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+    for fmt in ("standalone", "sparse"):
+        report = export_run(store, h, tmp_path / fmt, fmt=fmt, batch=8, timer=_forced_forms({"dense": 2.0, "csr": 1.0}),
+                            log=lambda _: None)
+        assert report["parameters"]["masked_density"] == pytest.approx(mask.density)
+        with torch.no_grad():
+            torch.testing.assert_close(load_ticket(tmp_path / fmt)(x), reference(x), rtol=1e-5, atol=1e-5)
+    desc = json.loads((tmp_path / "sparse" / "ticket.json").read_text())
+    assert desc["model"] == "mlp" and desc["model_options"] == {"hidden": [16]}
+    assert desc["source"]["experiment"] == "supermask"
+    with pytest.raises(ExportError, match="one ticket"):
+        export_run(store, h, tmp_path / "x", level=1, log=lambda _: None)
+
+
+def test_strong_run_tickets_export_as_the_masked_frozen_net(tmp_path):
+    """Issue 19: a strong run stores masks only; the export draws the seed's frozen net again and
+    stores it as the registry's mlp, so load_ticket needs neither the Store nor the run."""
+    from ticketlab.experiments.strong import StrongConfig, run_strong
+    from ticketlab.pruning.genetic import FrozenMLP, GAOptions
+
+    cfg = StrongConfig(data=DataConfig(name="moons", options={"n_train": 200, "n_test": 60}), hidden=(8,),
+                       seeds=(0, 1), ga=GAOptions(population=10, min_generations=3, patience=2, max_generations=6),
+                       epochs=1, batch_size=32, baselines=("edgepopup", "backprop"), baseline_densities=())
+    store = Store(tmp_path / "runs")
+    run_strong(cfg, store, device="cpu", progress=False, log=lambda _: None)
+    h = config_hash(cfg)
+    x = torch.randn(7, 2, generator=torch.Generator().manual_seed(4))
+    for unit, seed in [(None, 0), ("seed_1/ga", 1), ("seed_1/edgepopup_ticket", 1)]:
+        report = export_run(store, h, tmp_path / "out", unit=unit, fmt="sparse", batch=8, log=lambda _: None,
+                            timer=_forced_forms({"dense": 2.0, "csr_rows": 1.0}))
+        unit = unit or "seed_0/ga"
+        assert report["unit"] == unit
+        mask = Mask.load(store.run(h).file(*unit.split("/"), "mask.safetensors"))
+        reference = FrozenMLP([2, 8, 2], torch.Generator().manual_seed(seed)).to_module().eval()
+        mask.apply_(reference)
+        with torch.no_grad():
+            torch.testing.assert_close(load_ticket(tmp_path / "out")(x), reference(x), rtol=1e-5, atol=1e-5)
+        desc = json.loads((tmp_path / "out" / "ticket.json").read_text())
+        assert desc["model"] == "mlp" and desc["model_options"] == {"hidden": [8]} and desc["input_shape"] == [2]
+    with pytest.raises(ExportError, match="no completed ticket 'seed_0/backprop'"):
+        export_run(store, h, tmp_path / "x", unit="seed_0/backprop", log=lambda _: None)

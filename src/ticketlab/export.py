@@ -18,13 +18,15 @@ An export folder holds three files:
   vs. the dense (masked) model at batch 1 and the named batch, the thread count.
 
 Formats. ``standalone`` rebuilds the registry model and loads the weights. ``sparse`` does the same and
-then replaces each Linear layer by a :class:`SparseLinear` holding the form measured fastest on this
-machine at export time for its density and shape: CSR (``torch.sparse_csr``, int32 indices), the same
-CSR arrays computed by ``F.embedding_bag`` (``csr_rows``), or dense, separately for small batches
-(measured at batch 1) and large ones (measured at ``batch``); dense wherever no sparse form is
-clearly faster. Conv layers stay dense in this increment. ``onnx`` writes the standalone files plus
+then replaces each Linear layer (and each Conv2d whose ``unfold`` form pays) by the form measured fastest
+on this machine at export time for its density and shape (``ticketlab.sparse_inference``: CSR, the
+CSR arrays computed by ``torch.embedding_bag``, unfold for convs, or dense), separately for small
+batches (measured at batch 1) and large ones (measured at ``batch``); dense wherever no sparse form is
+clearly faster. A chain model (LeNet, any MLP, Conv-2/4/6) then runs as one flat ``SparseChain``.
+``shrunk`` removes the channels a structured ticket empties. ``onnx`` writes the standalone files plus
 ``model.onnx`` (batch dimension dynamic), checked under onnxruntime against PyTorch within
-``ONNX_TOLERANCE`` before it is written (the optional ``onnx`` extra: onnx and onnxruntime).
+``ONNX_TOLERANCE`` before it is written (the optional ``onnx`` extra: onnx and onnxruntime);
+``shrunk`` with ``onnx=True`` does the same for the shrunk model.
 
 The ticket of IMP level L is the level's mask (``level_LL/mask.safetensors``; level 0: no weight
 pruned) applied to the weights that level trained to (``level_LL/ticket/final.safetensors``).
@@ -36,28 +38,26 @@ from __future__ import annotations
 import functools
 import json
 import math
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .atomic import atomic_write_bytes, atomic_write_text, replace_folder
 from .integrity import CorruptFileError, open_json, seal_json, seal_safetensors, verify_safetensors
 from .masks import Mask
+from .sparse_inference import (CONV_FORMS, FORMS, SparseChain, SparseConv2d, SparseLinear, Timer, chain_steps,
+                               choose_form, choose_forms, convertible_conv, measure_group, measure_latency, time_group)
 
-__all__ = ["ExportError", "FORMATS", "SparseLinear", "choose_form", "choose_forms", "completed_levels", "export_run",
-           "load_ticket", "measure_group", "measure_latency", "SUPPORTED_EXPERIMENTS"]
+__all__ = ["ExportError", "FORMATS", "SparseChain", "SparseConv2d", "SparseLinear", "choose_form", "choose_forms",
+           "completed_levels", "export_run", "load_ticket", "measure_group", "measure_latency", "SUPPORTED_EXPERIMENTS"]
 
 FORMATS = ("standalone", "sparse", "shrunk", "onnx")
 _FULL_MASK = "__full_mask__."  # shrunk exports: the full-size mask beside the small model's weights
-SUPPORTED_EXPERIMENTS = ("imp", "prune", "sparse", "early_bird", "transfer", "deconstruct")
+SUPPORTED_EXPERIMENTS = ("imp", "prune", "sparse", "early_bird", "transfer", "deconstruct", "supermask", "strong")
 # The unit exported when none is named, by kind of run (imp: a level's branch; transfer: its deepest level).
 DEFAULT_UNITS = {"prune": "train", "sparse": "train", "early_bird": "ticket_retrain"}
 BRANCHES = ("ticket", "reinit", "random")
@@ -71,176 +71,6 @@ _INDEX_SUFFIX = ".__index"  # the flat int32 positions of a tensor stored by its
 
 class ExportError(ValueError):
     """An export that cannot be made, or an export file that cannot be loaded; the message says why."""
-
-
-# --- the sparse Linear ------------------------------------------------------------------------------
-SPARSE_FORMS = ("csr", "csr_rows")
-_FORMS = ("dense", *SPARSE_FORMS)
-
-
-def _features_major(x: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
-    """``x`` (batch x features) as a contiguous features x batch matrix (``xt`` is ``x.t()``)."""
-    if xt.is_contiguous():
-        return xt
-    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
-        return torch.from_numpy(np.ascontiguousarray(x.numpy().T))  # ~1.5x faster than torch's transpose copy
-    return xt.contiguous()
-
-
-class SparseLinear(nn.Module):
-    """``nn.Linear`` for inference with its weight in the form measured fastest:
-
-    - ``"dense"``: the ordinary matrix product;
-    - ``"csr"``: ``torch.sparse_csr`` weight (int32 indices), ``addmm(bias, W_csr, x^T)``;
-    - ``"csr_rows"``: the same CSR arrays (row offsets, column indices, values) computed by
-      ``F.embedding_bag``: output j of every sample is the sum of W[j, k] x[:, k] over the kept k of
-      row j, gathered as rows of x^T (one vectorised pass over the batch per kept weight).
-
-    The sparse forms work on transposed activations (features x batch) and return a transposed view,
-    so a chain of them never copies; a dense layer after them multiplies in that layout too.
-    ``forms`` maps a measured batch size to the form chosen there, e.g. ``{1: "dense", 60: "csr_rows"}``;
-    a call uses the form of the measured batch nearest its own (in log scale). Weight and bias are
-    buffers (no gradients): an exported ticket is for inference.
-    """
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, forms: Mapping[int, str]):
-        super().__init__()
-        bad = {b: f for b, f in forms.items() if f not in _FORMS}
-        if not forms or bad:
-            raise ExportError(f"SparseLinear forms must map batch sizes to one of {_FORMS}, got {dict(forms)}")
-        self.out_features, self.in_features = weight.shape
-        sizes = sorted(int(b) for b in forms)
-        self.small_form, self.large_form = forms[sizes[0]], forms[sizes[-1]]
-        self.threshold = math.sqrt(sizes[0] * sizes[-1])
-        weight = weight.detach().float().contiguous()
-        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
-        self.register_buffer("bias_column", None if bias is None else self.bias[:, None].clone())
-        uses = {self.small_form, self.large_form}
-        self.register_buffer("weight", weight if "dense" in uses else None)
-        self.csr = self.bag_index = self.bag_offsets = self.bag_values = None
-        if uses & set(SPARSE_FORMS):
-            c = weight.to_sparse_csr()
-            if "csr" in uses:  # int32 indices: MKL needs no conversion per call
-                self.csr = torch.sparse_csr_tensor(c.crow_indices().to(torch.int32), c.col_indices().to(torch.int32),
-                                                   c.values(), c.shape)
-            if "csr_rows" in uses:
-                self.bag_index = c.col_indices().contiguous()
-                self.bag_offsets = c.crow_indices()[:-1].contiguous()
-                self.bag_values = c.values().contiguous()
-        self._small, self._large = _FORMS.index(self.small_form), _FORMS.index(self.large_form)
-
-    def form_for(self, batch: int) -> str:
-        return self.small_form if batch <= self.threshold else self.large_form
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Buffers are read from ``_buffers`` directly: Module.__getattr__ costs ~0.3 us a name, which
-        # at batch 1 is a measurable share of a small layer's time.
-        two_d = x.dim() == 2
-        rows = x.shape[0] if two_d else x.numel() // self.in_features
-        form = self._small if rows <= self.threshold else self._large
-        buffers = self._buffers
-        if form == 0:
-            if two_d and rows > 1 and x.stride(0) == 1:  # transposed activations of a sparse layer before
-                if buffers["bias_column"] is None:
-                    return torch.mm(buffers["weight"], x.t()).t()
-                return torch.addmm(buffers["bias_column"], buffers["weight"], x.t()).t()
-            return F.linear(x, buffers["weight"], buffers["bias"])
-        if not two_d:
-            return self.forward(x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
-        xt = x.t()
-        if form == 1:
-            if buffers["bias_column"] is None:
-                return torch.mm(self.csr, xt).t()
-            return torch.addmm(buffers["bias_column"], self.csr, xt).t()  # (W x^T + b)^T as a view: no copy
-        yt = F.embedding_bag(self.bag_index, _features_major(x, xt), self.bag_offsets, mode="sum",
-                             per_sample_weights=self.bag_values)
-        if buffers["bias_column"] is not None:
-            yt.add_(buffers["bias_column"])
-        return yt.t()
-
-    def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"form={self.small_form} up to batch {self.threshold:.1f}, {self.large_form} above")
-
-
-def choose_form(timings: Mapping[str, float], margin: float = 0.9) -> str:
-    """The form to use given measured seconds per call of each form: the fastest sparse form only
-    when it takes less than ``margin`` x the dense time (so noise never picks a form that is
-    slower), else ``"dense"``."""
-    dense = timings.get("dense")
-    sparse = {f: t for f, t in timings.items() if f in SPARSE_FORMS}
-    if dense is None or not sparse:
-        return "dense"
-    best = min(sparse, key=lambda f: (sparse[f], SPARSE_FORMS.index(f)))
-    return best if sparse[best] < margin * dense else "dense"
-
-
-# --- timing --------------------------------------------------------------------------------------------
-Timer = Callable[[Callable[[], Any]], float]
-
-
-@torch.no_grad()
-def measure_latency(fn: Callable[[], Any], *, seconds: float = 0.05, rounds: int = 5) -> float:
-    """Seconds per call of ``fn``: the median over ``rounds`` rounds, each about ``seconds`` long,
-    after a warm-up."""
-    return measure_group({"fn": fn}, seconds=seconds, rounds=rounds)["fn"]
-
-
-@torch.no_grad()
-def measure_group(fns: Mapping[str, Callable[[], Any]], *, seconds: float = 0.05, rounds: int = 5) -> dict[str, float]:
-    """Seconds per call of each of ``fns``, timed in alternation (a round of each, ``rounds`` times)
-    so that a change in the machine's load hits all alike; the median round of each."""
-    calls = {}
-    for name, fn in fns.items():
-        for _ in range(3):
-            fn()
-        start = time.perf_counter()
-        fn()
-        calls[name] = max(1, min(10_000, int(seconds / max(time.perf_counter() - start, 1e-7))))
-    results: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls[name]):
-                fn()
-            results[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(r) for name, r in results.items()}
-
-
-def _time(fns: Mapping[str, Callable[[], Any]], timer: Timer | None, seconds: float) -> dict[str, float]:
-    if timer is None:
-        return measure_group(fns, seconds=seconds)
-    return {name: timer(fn) for name, fn in fns.items()}
-
-
-def choose_forms(model: nn.Module, batches: list[int], timer: Timer | None = None, seconds: float = 0.05
-                 ) -> dict[str, dict[str, Any]]:
-    """Per Linear layer of ``model``: the form chosen at each batch size and the timings that chose it.
-    ``timer`` gets each candidate as ``functools.partial(layer_in_that_form, x)``.
-
-    Each form is timed on the layer alone, with a random input in the layout the layer will get:
-    transposed (features x batch) when the Linear before it (in module order) chose a sparse form at
-    that batch size, row-major otherwise."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-    out: dict[str, dict[str, Any]] = {}
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        candidates = {name: {f: SparseLinear(m.weight, m.bias, {1: f}) for f in _FORMS} for name, m in layers.items()}
-        for name, m in layers.items():
-            nnz = int((m.weight != 0).sum())
-            out[name] = {"forms": {}, "timings_s": {}, "density": nnz / m.weight.numel(), "shape": list(m.weight.shape)}
-        gen = torch.Generator().manual_seed(0)
-        for batch in batches:
-            transposed = False
-            for name, m in layers.items():
-                x = torch.randn(m.in_features, batch, generator=gen)
-                x = x.t() if transposed else x.t().contiguous()
-                t = _time({f: functools.partial(c, x) for f, c in candidates[name].items()}, timer, seconds)
-                form = choose_form(t)
-                out[name]["timings_s"][str(batch)] = t
-                out[name]["forms"][str(batch)] = form
-                transposed = form in SPARSE_FORMS or (transposed and form == "dense" and batch > 1)
-    return out
 
 
 # --- files ---------------------------------------------------------------------------------------------
@@ -380,23 +210,28 @@ def _replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _sparsify(model: nn.Module, layers: Mapping[str, Mapping[str, Any]]) -> nn.Module:
-    """Each Linear layer in its recorded forms; a model whose layers are all dense stays as it is
-    (a dense layer after a sparse one is converted too: it takes the transposed activations)."""
+    """Each Linear layer in its recorded forms (a dense layer after a sparse one is converted too: it
+    takes the transposed activations), each conv with a sparse form as a SparseConv2d; a chain model
+    then runs as one :class:`SparseChain`. A model whose layers are all dense stays as it is."""
     forms = {name: {int(b): f for b, f in entry["forms"].items()} for name, entry in layers.items()}
     if all(set(f.values()) == {"dense"} for f in forms.values()):
         return model
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        for name, layer_forms in forms.items():
-            try:
-                layer = model.get_submodule(name)
-            except AttributeError:
-                layer = None
-            if not isinstance(layer, nn.Linear):
-                raise ExportError(f"layer {name!r} of the export is not a Linear of the model "
-                                  f"({type(layer).__name__}); export the ticket again")
+    for name, layer_forms in forms.items():
+        conv = layers[name].get("kind") == "conv2d"
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            layer = None
+        fits = convertible_conv(layer) if conv else isinstance(layer, nn.Linear)
+        if not fits or not set(layer_forms.values()) <= set(CONV_FORMS if conv else FORMS):
+            raise ExportError(f"layer {name!r} of the export is not a {'Conv2d' if conv else 'Linear'} of the model "
+                              f"({type(layer).__name__}) or has unknown forms {layer_forms}; export the ticket again")
+        if conv and set(layer_forms.values()) != {"dense"}:
+            _replace_module(model, name, SparseConv2d(layer, layer_forms))
+        elif not conv:
             _replace_module(model, name, SparseLinear(layer.weight, layer.bias, layer_forms))
-    return model
+    steps = chain_steps(model)
+    return model if steps is None else SparseChain(model, steps)
 
 
 def load_ticket(path: str | Path) -> nn.Module:
@@ -415,7 +250,7 @@ def load_ticket(path: str | Path) -> nn.Module:
         return _build_shrunk(desc, _read_weights(weights), weights).eval()
     model = _build(desc, _read_weights(weights), weights)
     if desc["kind"] == "sparse":
-        _sparsify(model, desc.get("layers", {}))
+        model = _sparsify(model, desc.get("layers", {}))
     return model.eval()
 
 
@@ -528,6 +363,56 @@ def _unit_state(run: Any, unit: str, model: nn.Module, prunable: Mapping[str, An
     return state, mask, weights_file
 
 
+@torch.no_grad()
+def _supermask_state(run: Any, cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], input_shape: tuple[int, ...],
+                     num_classes: int) -> tuple[dict[str, torch.Tensor], Mask, str]:
+    """A supermask run's ticket: its deterministic mask on the frozen init, baked into plain weights by
+    the supermask's own ``remove`` (signed constants and dynamic scaling as the run used them), so the
+    export computes what the run evaluated as its deterministic mask."""
+    from .models import build_model
+    from .pruning.bernoulli_supermask import BernoulliSupermask
+
+    if run.complete_summary() is None:
+        raise ExportError(f"supermask run {run.hash} is not complete; nothing to export yet")
+    model = build_model(model_cfg["name"], input_shape, num_classes, **model_cfg.get("options", {}))
+    model.load_state_dict(run.load_tensors("init.safetensors"))
+    supermask = BernoulliSupermask(model, weight_init=cfg.get("weight_init", "keep"),
+                                   dynamic_scaling=bool(cfg.get("dynamic_scaling", False)),
+                                   include=tuple(cfg.get("include") or ()), exclude=tuple(cfg.get("exclude") or ()))
+    logits = run.load_tensors("logits.safetensors")
+    mask = Mask.load(run.file("mask.safetensors"), require_checksum=True)
+    for name, param in supermask.named_logits().items():
+        if name not in logits or not torch.equal(torch.sigmoid(logits[name]) > 0.5, mask[name]):
+            raise ExportError(f"supermask run {run.hash}: the stored logits and mask.safetensors disagree at "
+                              f"{name!r}; the run's files are inconsistent")
+        param.copy_(logits[name])
+    state = {k: v.detach().clone() for k, v in supermask.remove().state_dict().items()}
+    return state, mask, "init.safetensors"
+
+
+def _strong_state(run: Any, cfg: Mapping[str, Any], unit: str, input_shape: tuple[int, ...], num_classes: int
+                  ) -> tuple[dict[str, torch.Tensor], Mask, str, dict[str, Any]]:
+    """A strong run's ticket: the unit's mask on the seed's frozen U[-1, 1] net (biases unmasked, as
+    every strong method uses them). The frozen net is drawn again from the seed (the run stores no
+    weights) and exported as the registry's ``mlp`` with the run's hidden widths, so ``ticket.json``
+    rebuilds it without the Store; its weights file holds the drawn weights."""
+    from .pruning.genetic import FrozenMLP
+
+    seed_part = unit.split("/", 1)[0]
+    files = [run.file(*unit.split("/"), name) for name in ("summary.json", "mask.safetensors")]
+    if not (seed_part.startswith("seed_") and seed_part[5:].isdigit() and all(f.exists() for f in files)):
+        units = sorted(str(p.parent.relative_to(run.path)) for p in run.path.glob("seed_*/*/mask.safetensors"))
+        raise ExportError(f"strong run {run.hash} has no completed ticket {unit!r} (the backprop baseline stores no "
+                          f"weights); its tickets: {units}")
+    widths = [math.prod(input_shape), *cfg["hidden"], num_classes]
+    net = FrozenMLP(widths, torch.Generator().manual_seed(int(seed_part[5:])))
+    model_cfg = {"name": "mlp", "options": {"hidden": list(cfg["hidden"])}}
+    state = {k: v.detach().clone() for k, v in net.to_module().state_dict().items()}
+    mask = Mask.load(run.file(*unit.split("/"), "mask.safetensors"), require_checksum=True)
+    weights_file = f"{unit} (the frozen net drawn from seed {seed_part[5:]})"
+    return _apply(state, mask, weights_file), mask, weights_file, model_cfg
+
+
 def _file_bytes(folder: Path) -> dict[str, int]:
     return {name: (folder / name).stat().st_size for name in (TICKET_FILE, WEIGHTS_FILE)}
 
@@ -535,22 +420,30 @@ def _file_bytes(folder: Path) -> dict[str, int]:
 def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None = None, fmt: str = "standalone",
                batch: int = 60, *, branch: str = "ticket", unit: str | None = None,
                input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
-               timer: Timer | None = None, measure_seconds: float = 0.05, log: Callable[[str], None] = print
-               ) -> dict[str, Any]:
+               timer: Timer | None = None, measure_seconds: float = 0.05, log: Callable[[str], None] = print,
+               onnx: bool = False) -> dict[str, Any]:
     """Export a trained ticket of the run ``run_hash`` of ``store`` into ``out_dir`` in format ``fmt``;
     return the numbers written to ``export.json``.
 
     Which ticket: an IMP run's ``level`` (default: the last completed one) and ``branch`` (ticket,
     reinit, random); a prune or sparse run's training, an early-bird run's retrained ticket, a
     transfer run's deepest transferred ticket (``level`` / ``branch`` choose another), or any
-    completed ``unit`` of these runs (e.g. ``level_03/random``, a deconstruct grid's ticket).
+    completed ``unit`` of these runs (e.g. ``level_03/random``, a deconstruct grid's ticket); a
+    supermask run's deterministic mask on its frozen init; a strong run's ``unit`` (default: the first
+    seed's ticket) on the seed's frozen net, drawn again.
 
     ``batch`` is the large batch size measured besides batch 1 (for the sparse form's choice and for
     the reported latency). ``timer(fn) -> seconds per call`` replaces the latency measurement (tests).
+    ``onnx`` adds ``model.onnx`` of the exported model to a ``shrunk`` (or ``standalone``) export: the
+    ONNX file of the physically smaller model (``fmt="onnx"`` is ``standalone`` with ``onnx``).
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if fmt == "onnx":
+    if onnx and fmt not in ("standalone", "shrunk", "onnx"):
+        raise ExportError(f"an ONNX file is made of a standalone or shrunk export, not of format {fmt!r} (its sparse "
+                          "layers are PyTorch's own); use --format onnx, or --format shrunk with --onnx")
+    onnx = onnx or fmt == "onnx"
+    if onnx:
         import importlib.util
 
         if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
@@ -577,7 +470,20 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
         shape, classes = _input_spec({"data": data_cfg})
         input_shape = tuple(input_shape or shape)
         num_classes = int(num_classes or classes)
-    if unit is None and experiment in ("imp", "transfer"):
+    if experiment == "supermask":
+        if level is not None or branch != "ticket" or unit is not None:
+            raise ExportError("a supermask run holds one ticket (its deterministic mask on the frozen weights): "
+                              "--level, --branch and --unit do not apply")
+        state, mask, weights_file = _supermask_state(run, cfg, model_cfg, tuple(input_shape), int(num_classes))
+        mask_from = "mask.safetensors"
+    elif experiment == "strong":
+        if level is not None or branch != "ticket":
+            raise ExportError("a strong run's tickets are named by --unit (seed_S/ga, seed_S/edgepopup, seed_S/gem, "
+                              "seed_S/edgepopup_ticket, seed_S/edgepopup_D); --level and --branch do not apply")
+        unit = unit or f"seed_{cfg['seeds'][0]}/{cfg['method']}"
+        state, mask, weights_file, model_cfg = _strong_state(run, cfg, unit, tuple(input_shape), int(num_classes))
+        mask_from = f"{unit}/mask.safetensors"
+    elif unit is None and experiment in ("imp", "transfer"):
         levels = completed_levels(run) if experiment == "imp" else sorted(
             {r["level"] for r in (run.complete_summary() or {}).get("rows", [])})
         if not levels:
@@ -593,7 +499,7 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
     elif level is not None or branch != "ticket":
         raise ExportError(f"--level / --branch choose a level of an imp or transfer run; a {experiment!r} run's "
                           "ticket is named by --unit")
-    if unit is not None or experiment not in ("imp", "transfer"):
+    if experiment not in ("supermask", "strong") and (unit is not None or experiment not in ("imp", "transfer")):
         unit = unit or DEFAULT_UNITS.get(experiment)
         if unit is None:
             raise ExportError(f"a {experiment!r} run holds several tickets: name one with --unit (e.g. "
@@ -622,8 +528,7 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
         """The three files, written into a new folder that then replaces ``out`` as a whole: a
         killed export leaves the previous export (or none), never a mix of two."""
         if fmt == "sparse":
-            desc["layers"] = choose_forms(dense_model, batches, timer, measure_seconds)
-            desc["conv_layers"] = "dense (not converted in this version)"
+            desc["layers"] = choose_forms(dense_model, batches, timer, measure_seconds, input_shape=tuple(input_shape))
             _write_weights(folder / WEIGHTS_FILE, state, set() if mask is None else set(mask))
         elif fmt == "shrunk":
             _write_weights(folder / WEIGHTS_FILE, _shrunk_state(dense_model, mask, input_shape, desc), set())
@@ -639,7 +544,8 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
                        "threads": torch.get_num_threads(), "torch": torch.__version__})
         if fmt == "sparse":
             report["layer_forms"] = {n: e["forms"] for n, e in desc["layers"].items()}
-        if fmt == "onnx":
+            report["runs_as"] = type(exported).__name__
+        if onnx:
             report["onnx"] = _write_onnx(exported, folder / ONNX_FILE, input_shape, batches, timer, measure_seconds)
             report["bytes"][ONNX_FILE] = (folder / ONNX_FILE).stat().st_size
         atomic_write_text(folder / REPORT_FILE, seal_json(report))
@@ -693,7 +599,7 @@ def _measure(dense: nn.Module, exported: nn.Module, state: Mapping[str, torch.Te
     for b in batches:
         x = torch.randn(b, *input_shape, generator=gen)
         max_diff = max(max_diff, float((dense(x) - exported(x)).abs().max()))
-        t = _time({"dense": lambda: dense(x), "export": lambda: exported(x)}, timer, seconds)
+        t = time_group({"dense": lambda: dense(x), "export": lambda: exported(x)}, timer, seconds)
         t_dense, t_export = t["dense"], t["export"]
         latency[str(b)] = {"dense_s": t_dense, "export_s": t_export, "speedup": t_dense / t_export}
     return {"parameters": {"total": total, "kept": total - pruned, "pruned": pruned,
@@ -712,7 +618,8 @@ def describe(report: Mapping[str, Any], out: Path | str = "") -> str:
         lines.append(f"  batch {batch:>4}: dense {t['dense_s'] * 1e6:9.1f} us, exported {t['export_s'] * 1e6:9.1f} us "
                      f"({t['speedup']:.2f}x), threads {report['threads']}")
     if "layer_forms" in report:
-        lines.append("  forms: " + ", ".join(f"{n} {f}" for n, f in report["layer_forms"].items()))
+        lines.append("  forms: " + ", ".join(f"{n} {f}" for n, f in report["layer_forms"].items())
+                     + (f"; runs as {report['runs_as']}" if "runs_as" in report else ""))
     if "onnx" in report:
         o = report["onnx"]
         lines.append(f"  {ONNX_FILE}: {b.get(ONNX_FILE, 0):,} bytes, opset {o['opset']}; under onnxruntime "
