@@ -16,7 +16,9 @@ Kaiming-normal weights, zero biases):
 * IMP: global magnitude pruning with rewinding to the model's own init, every level trained with
   the same recipe; levels 47.3%, 22.4%, 10.6%, 5% (x0.473 per level), then 2.24%, 1% (x0.447).
 
-Everything single-threaded on the CPU. Rows are appended to ``--out`` (JSON lines) as they
+``--round-counts ceil`` / ``--lr-step epoch`` switch the score phase to the authors' behaviours
+(see ``benchmarks/gem_miner_both_ways.py`` for the paired 2 x 2 comparison). Everything
+single-threaded on the CPU. Rows are appended to ``--out`` (JSON lines) as they
 finish, so a stopped run keeps what it measured; ``--table-only`` prints the table from that file.
 
     python benchmarks/gem_miner_lenet.py --data-root /work/shared/data/mnist --seeds 3
@@ -36,7 +38,7 @@ from torch import nn
 from ticketlab.data import load_dataset
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
-from ticketlab.pruning.gem_miner import finetune_gem, train_gem_miner
+from ticketlab.pruning.gem_miner import LR_STEPS, ROUND_COUNTS, finetune_gem, train_gem_miner
 from ticketlab.pruning.selection import keep_top, random_mask_like
 
 DENSITIES = (0.05, 0.01)
@@ -69,11 +71,13 @@ def run_gem(data, density: float, seed: int, args, out: Path) -> None:
     model = lenet(data, seed)
     own_init = copy.deepcopy(model.state_dict())
     res = train_gem_miner(model, data, density, epochs=args.score_epochs, iter_period=args.iter_period,
-                          lr=args.lr, lam=args.lam, batch_size=128, seed=seed, device="cpu")
+                          lr=args.lr, lam=args.lam, batch_size=128, seed=seed, device="cpu",
+                          round_counts=args.round_counts, lr_step=args.lr_step)
     mask = res["mask"]
     score_s = time.time() - t0
     signed = copy.deepcopy(model.state_dict())  # the frozen signed constants, unmasked
-    base = dict(density=density, seed=seed, mask_density=mask.density, layer_density=mask.densities())
+    base = dict(density=density, seed=seed, mask_density=mask.density, layer_density=mask.densities(),
+                round_counts=args.round_counts, lr_step=args.lr_step)
     log_row(out, {**base, "method": "gem_forward", "acc": res["test_accuracy"],
                   "forward_density": res["forward_mask"].density, "wall_s": score_s})
     log_row(out, {**base, "method": "gem_flag", "acc": res["flag_test_accuracy"]})
@@ -173,6 +177,10 @@ def main() -> None:
     p.add_argument("--ft-epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--lam", type=float, default=1e-4)
+    p.add_argument("--round-counts", choices=ROUND_COUNTS, default="exact",
+                   help="per-round counts: exact (ours) or ceil (the authors': ceil(p * flagged) + ties)")
+    p.add_argument("--lr-step", choices=LR_STEPS, default="iteration",
+                   help="score-phase cosine LR stepped per iteration (ours) or per epoch (the authors')")
     p.add_argument("--no-imp", action="store_true")
     p.add_argument("--out", default="runs/reports/gem_miner_lenet/rows.jsonl")
     p.add_argument("--table-only", action="store_true")

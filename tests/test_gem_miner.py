@@ -11,8 +11,8 @@ from ticketlab.data import ArrayData, DataSplits
 from ticketlab.masks import Mask
 from ticketlab.models import build_model
 from ticketlab.pruning.gem_miner import (
-    GemMiner, GemMinerError, finetune_gem, kept_schedule, prune_epochs, prune_rate, pruning_rounds,
-    train_gem_miner,
+    GemMiner, GemMinerError, ceil_schedule, epoch_cosine_lr, finetune_gem, kept_schedule, prune_epochs, prune_rate,
+    pruning_rounds, train_gem_miner,
 )
 
 torch.set_num_threads(1)
@@ -275,6 +275,8 @@ def test_keep_init_keeps_the_model_weights():
     (dict(optimizer="rmsprop"), "optimizer"),
     (dict(weight_init="kaiming"), "weight_init"),
     (dict(batch_size=10_000), "batch_size"),
+    (dict(round_counts="floor"), "round_counts"),
+    (dict(lr_step="batch"), "lr_step"),
 ])
 def test_bad_arguments_get_clear_errors(kwargs, match):
     args = dict(density=0.1, epochs=3, iter_period=1, batch_size=32, device="cpu") | kwargs
@@ -297,3 +299,106 @@ def test_density_one_needs_no_round():
     model = _mlp()
     res = train_gem_miner(model, _data(), 1.0, epochs=1, iter_period=5, batch_size=32, device="cpu")
     assert res["mask"].density == 1.0 and res["rounds"] == 0
+
+
+# --- the authors' behaviours as options (issue 15: measured both ways in docs/gem_miner.md) -------
+def _tiny_gem(scores: list[float]) -> GemMiner:
+    """One 1 x n layer whose scores are ``scores`` (flat order)."""
+    layer = nn.Linear(len(scores), 1, bias=False)
+    gm = GemMiner(layer, weight_init="keep")
+    with torch.no_grad():
+        gm.scores()[0].copy_(torch.tensor([scores]))
+    return gm
+
+
+def test_ceil_round_by_hand_on_a_tiny_layer():
+    # 10 distinct scores, d = 0.5, K = 2: p = 1 - sqrt(0.5) = 0.2929
+    gm = _tiny_gem([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.05])
+    rate = prune_rate(0.5, 2)
+    assert gm.prune_fraction(rate) == 3  # ceil(2.93): the scores 0.05, 0.1, 0.2
+    assert gm.flag_mask()["weight"].tolist() == [[True, False, True, True, True, False, True, True, True, False]]
+    assert gm.prune_fraction(rate) == 3  # ceil(0.2929 * 7 = 2.05): 0.3, 0.4, 0.5
+    assert gm.num_flagged() == 4 == ceil_schedule(10, 0.5, 2)[-1]  # exact counts would keep 5
+    assert kept_schedule(10, 0.5, 2)[-1] == 5
+
+
+def test_ceil_round_unflags_every_tie_at_the_threshold():
+    # scores clamped to 0 tie: ceil(0.1 * 8) = 1 asks for one, the threshold 0 takes all three
+    gm = _tiny_gem([0.0, 0.6, 0.0, 0.3, 0.0, 0.9, 0.2, 0.5])
+    assert gm.prune_fraction(0.1) == 3
+    assert gm.flag_mask()["weight"].tolist() == [[False, True, False, True, False, True, True, True]]
+    assert gm.prune_fraction(0.0) == 0  # ceil(0) = 0: nothing (the authors' code would index [-1])
+
+
+def test_ceil_round_ranks_only_flagged_weights_globally():
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False))
+    gm = GemMiner(model, weight_init="keep")
+    with torch.no_grad():
+        gm.scores()[0].copy_(torch.tensor([[0.1, 0.9], [0.5, 0.3]]))
+        gm.scores()[1].copy_(torch.tensor([[0.2, 0.8]]))
+        model[0].parametrizations.weight[0].flag[0, 0] = False  # 0.1 already unflagged
+    assert gm.prune_fraction(0.3) == 2  # ceil(0.3 * 5) = 2 of the flagged: 0.2 and 0.3
+    mask = gm.flag_mask()
+    assert mask["0.weight"].tolist() == [[False, True], [True, False]]
+    assert mask["1.weight"].tolist() == [[False, True]]
+
+
+def test_ceil_schedule_lands_at_or_below_the_exact_counts():
+    assert ceil_schedule(10, 0.5, 2) == [7, 4]
+    for total, d, k in [(266200, 0.05, 9), (266200, 0.01, 9), (1000, 0.1, 3)]:
+        ceil, exact = ceil_schedule(total, d, k), kept_schedule(total, d, k)
+        assert all(c <= e for c, e in zip(ceil, exact)) and ceil[-1] < exact[-1]
+
+
+def test_training_with_ceil_counts_ends_at_or_below_target():
+    res = train_gem_miner(_mlp(), _data(), 0.1, epochs=7, iter_period=2, batch_size=32, device="cpu",
+                          round_counts="ceil")
+    total = res["mask"].num_total
+    assert res["round_counts"] == "ceil" and len(res["kept_schedule"]) == 3
+    assert res["mask"].num_kept == res["kept_schedule"][-1] <= ceil_schedule(total, 0.1, 3)[-1]
+    assert [h["epoch"] for h in res["history"] if h["pruned"]] == prune_epochs(7, 2)
+
+
+def _lrs_per_step(monkeypatch, **kwargs) -> list[float]:
+    """The LR each optimiser step used, in order (SGD.step wrapped to record it)."""
+    seen: list[float] = []
+    step = torch.optim.SGD.step
+
+    def recording(self, *a, **k):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording)
+    train_gem_miner(_mlp(), _data(), 0.5, epochs=4, iter_period=1, lr=0.1, batch_size=32, device="cpu", **kwargs)
+    monkeypatch.undo()
+    return seen
+
+
+def test_lr_per_epoch_matches_cosine_annealing_stepped_per_epoch(monkeypatch):
+    seen = _lrs_per_step(monkeypatch, lr_step="epoch")
+    per_epoch = 192 // 32
+    assert len(seen) == 4 * per_epoch
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    expected = []
+    for _ in range(4):  # the authors' loop: one epoch at the current LR, then scheduler.step()
+        expected += [opt.param_groups[0]["lr"]] * per_epoch
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert seen[:per_epoch] == [0.1] * per_epoch and seen[-1] == pytest.approx(0.1 * (1 - math.cos(math.pi / 4)) / 2)
+    assert [epoch_cosine_lr(0.1, e, 4) for e in range(4)] == pytest.approx([0.1, 0.0853553, 0.05, 0.0146447], rel=1e-5)
+
+
+def test_lr_per_iteration_is_ours_by_default(monkeypatch):
+    seen = _lrs_per_step(monkeypatch)
+    total = 4 * (192 // 32)
+    assert seen == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * s / total)) for s in range(total)], rel=1e-12)
+
+
+def test_lr_per_epoch_keeps_batches_rounds_and_evaluations():
+    res = train_gem_miner(_mlp(), _data(), 0.1, epochs=5, iter_period=2, batch_size=32, device="cpu", lr_step="epoch")
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3, 4, 5]
+    assert [h["epoch"] for h in res["history"] if h["pruned"]] == prune_epochs(5, 2)
+    assert res["mask"].num_kept == round(0.1 * res["mask"].num_total)
+    assert [h["lr"] for h in res["history"]] == pytest.approx([epoch_cosine_lr(0.1, e, 5) for e in range(5)])

@@ -106,15 +106,8 @@ def test_frozen_net_is_uniform_in_minus_one_one_and_seeded():
     assert a.genome_length == 2 * 50 + 50 * 2
 
 
-@pytest.mark.parametrize("widths", [[2, 20, 2], [2, 7, 5, 3], [64, 10, 10]])
-def test_batched_fitness_equals_a_per_individual_loop_exactly(widths):
-    net = FrozenMLP(widths, torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(300, widths[0], generator=g) * 2 - 1
-    y = torch.randint(0, widths[-1], (300,), generator=g)
-    genomes = random_genomes(13, net.genome_length, 0.5, g)
-    batched = net.correct(genomes, x, y)
-    chunked = net.correct(genomes, x, y, budget=97)  # many chunks of genomes and points
+def _loop_counts(net: FrozenMLP, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[int]:
+    """What a per-individual GA does: mask an nn.Module's weights, run the points, count."""
     module = net.to_module()
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     loop = []
@@ -123,8 +116,72 @@ def test_batched_fitness_equals_a_per_individual_loop_exactly(widths):
             for lin, w, m in zip(linears, net.weights, net.layer_masks(genome)):
                 lin.weight.copy_(w * m[0])
             loop.append(int((module(x).argmax(-1) == y).sum()))
-    assert batched.tolist() == loop
-    assert torch.equal(batched, chunked)
+    return loop
+
+
+def _problem(widths: list[int], k: int = 13, n: int = 300, seed: int = 1):
+    net = FrozenMLP(widths, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, widths[0], generator=g) * 2 - 1
+    y = torch.randint(0, widths[-1], (n,), generator=g)
+    return net, random_genomes(k, net.genome_length, 0.5, g), x, y
+
+
+@pytest.mark.parametrize("strategy", ["auto", "loop", "stacked", "chunked"])
+@pytest.mark.parametrize("widths", [[2, 20, 2], [2, 7, 5, 3], [64, 10, 10], [3, 4]])
+def test_batched_fitness_equals_a_per_individual_loop_exactly(widths, strategy):
+    net, genomes, x, y = _problem(widths)
+    loop = _loop_counts(net, genomes, x, y)
+    assert net.correct(genomes, x, y, strategy=strategy).tolist() == loop
+    # many chunks of points (the last one padded) and, for "stacked"/"chunked", of genomes
+    for budget in (97, 1000, 5000):
+        assert net.correct(genomes, x, y, strategy=strategy, budget=budget).tolist() == loop
+
+
+def test_chunked_plans_are_reused_across_calls_without_leaking_state():
+    net, genomes, x, y = _problem([2, 7, 5, 3], k=14)
+    # 14 and 13 genomes share one padded plan (16); other points of the same count reuse it too
+    first = net.correct(genomes, x, y, strategy="chunked", budget=20_000)
+    assert first.tolist() == _loop_counts(net, genomes, x, y)
+    fewer = net.correct(genomes[5:], x, y, strategy="chunked", budget=20_000)
+    assert fewer.tolist() == first[5:].tolist()
+    _, _, x2, y2 = _problem([2, 7, 5, 3], k=14, seed=7)
+    again = net.correct(genomes[:13], x2, y2, strategy="chunked", budget=20_000)
+    assert again.tolist() == _loop_counts(net, genomes[:13], x2, y2)
+    assert len(net._plans) == 2  # (16 genomes, 300 points) and (12 genomes, 300 points)
+    assert net.to("cpu")._plans == {}
+
+
+def test_chunks_in_two_branches_give_the_same_counts(monkeypatch):
+    import ticketlab.pruning.genetic as genetic
+
+    monkeypatch.setattr(genetic, "CHUNK_STREAMS", 2)  # round-robin over two sets of buffers
+    net, genomes, x, y = _problem([2, 7, 5, 3])
+    assert net.correct(genomes, x, y, strategy="chunked", budget=5000).tolist() == _loop_counts(net, genomes, x, y)
+    assert len(next(iter(net._plans.values())).hidden) == 2
+
+
+def test_chunk_sizes_fill_the_budget_in_multiples_of_32_points():
+    net = FrozenMLP([2, 50, 50, 2])
+    # hidden widths 50 -> 52 with the constant column; 100 genomes -> 5200 numbers per point
+    assert net.chunk_points(100, budget=52 * 100 * 700, strategy="chunked") == 672
+    assert net.chunk_points(99, budget=52 * 100 * 700, strategy="chunked") == 672  # padded to 100
+    assert net.chunk_points(100, budget=5200 * 20, strategy="chunked") == 20
+    assert net.chunk_points(1, budget=1 << 17, strategy="loop") == (1 << 17) // 50
+    assert net.default_budget("auto", "cpu") == net.default_budget("loop", "cpu")
+
+
+def test_evaluation_runs_in_full_fp32_and_restores_the_tf32_flag():
+    from ticketlab.pruning.genetic import _full_fp32
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with _full_fp32():
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_mask_names_fit_the_module_and_bake_the_same_net():
@@ -159,6 +216,15 @@ def test_wrong_genome_shapes_and_bad_options_are_refused_clearly():
         GAOptions(variant="nsga")
     with pytest.raises(GeneticError, match="widths"):
         FrozenMLP([2])
+    x, y = torch.zeros(4, 2), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(GeneticError, match="strategy"):
+        net.correct(torch.zeros(2, 12, dtype=torch.bool), x, y, strategy="gpu")
+    with pytest.raises(GeneticError, match="budget"):
+        net.correct(torch.zeros(2, 12, dtype=torch.bool), x, y, budget=0)
+    with pytest.raises(GeneticError, match="bound_seconds"):
+        GAOptions(bound_seconds=-1)
+    assert net.correct(torch.zeros(0, 12, dtype=torch.bool), x, y).tolist() == []
+    assert net.correct(torch.zeros(2, 12, dtype=torch.bool), x[:0], y[:0]).tolist() == [0, 0]
 
 
 # --- runs: stopping, seeding, resuming --------------------------------------------------------------
@@ -220,3 +286,24 @@ def test_adaptive_ab_keeps_every_genome_connected_and_records_its_bound():
     assert state.bound is not None and state.bound < 0.95  # lowered until the population filled
     first = state.history[0]
     assert first["best_accuracy"] >= state.bound - 1e-9
+
+
+def test_adaptive_ab_wall_clock_bound_drops_only_after_its_seconds(monkeypatch):
+    import ticketlab.pruning.genetic as genetic
+
+    net = FrozenMLP([2, 4, 2], torch.Generator().manual_seed(1))
+    train = _moons()
+    opts = _small(variant="adaptive_ab", init_density=0.3, bound=0.95)
+    rounds = initial_state(net, train, opts, torch.Generator().manual_seed(0))
+    tiny = initial_state(net, train, _small(variant="adaptive_ab", init_density=0.3, bound=0.95, bound_seconds=1e-9),
+                         torch.Generator().manual_seed(0))
+    assert torch.equal(tiny.genomes, rounds.genomes) and tiny.bound == rounds.bound  # a drop after every round
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(genetic, "_clock", lambda: float(next(ticks)))  # one second per look at the clock
+    slow = initial_state(net, train, _small(variant="adaptive_ab", init_density=0.3, bound=0.95, bound_seconds=2.5),
+                         torch.Generator().manual_seed(0))
+    n_rounds = slow.history[0]["evaluated"] // opts.population
+    drops = round((0.95 - slow.bound) / 0.05)
+    assert drops >= 1 and drops == (n_rounds - 1) // 3  # every third short round: 3 s >= 2.5 s since the last
+    assert slow.bound >= rounds.bound - 1e-9  # more rounds per bound: filled at the same bound or a higher one
+    assert slow.history[0]["best_accuracy"] >= slow.bound - 1e-9

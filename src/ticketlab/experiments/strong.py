@@ -61,6 +61,14 @@ class StrongConfig:
                                  "of all weights, ranked globally)", sparsity=True)
     gem_iter_period: int = option(2, "gem method: epochs between GEM-MINER's pruning rounds (needs --epochs >= "
                                      "period + 1)")
+    # the authors' two GEM-MINER behaviours, measured against ours in docs/gem_miner.md; added after runs
+    # existed: at their defaults out of the hash and of config.json
+    gem_round_counts: str = option("exact", "gem method: per-round counts, 'exact' (ticketlab) or 'ceil' (the authors': "
+                                            "ceil(p * flagged) plus ties)", choices=("exact", "ceil"),
+                                   omit_default="always")
+    gem_lr_step: str = option("iteration", "gem method: score-phase cosine LR stepped per 'iteration' (ticketlab) or "
+                                           "per 'epoch' (the authors')", choices=("iteration", "epoch"),
+                              omit_default="always")
     baselines: tuple[str, ...] = option(BASELINES, "'edgepopup': edge-popup on the same frozen net at the GA "
                                                    "ticket's density and at each --baseline-densities value; "
                                                    "'backprop': dense training of the same net", choices=BASELINES)
@@ -91,6 +99,8 @@ class StrongConfig:
         densities = tuple(float(d) for d in self.baseline_densities)
         if any(not 0.0 < d <= 1.0 for d in densities):
             raise ConfigError(f"--baseline-densities must lie in (0, 1], got {list(self.baseline_densities)}")
+        if self.method != "gem" and (self.gem_round_counts, self.gem_lr_step) != ("exact", "iteration"):
+            raise ConfigError(f"--gem-round-counts / --gem-lr-step apply to the gem method, not {self.method}")
         if self.method == "gem" and not 1 <= self.gem_iter_period < self.epochs:
             raise ConfigError(f"--gem-iter-period must lie in [1, --epochs - 1] (GEM-MINER prunes after every period "
                               f"and needs one round at least); got {self.gem_iter_period} with --epochs {self.epochs}")
@@ -227,7 +237,8 @@ def _gem_ticket(ctx: StrongContext, seed: int) -> dict[str, Any]:
     model = ctx.net(seed).to_module()
     dev = ctx.train_device or ctx.device
     result = train_gem_miner(model, ctx.data, cfg.density, epochs=cfg.epochs, iter_period=cfg.gem_iter_period,
-                             lr=cfg.edgepopup_lr, batch_size=cfg.batch_size, weight_init="keep", seed=seed, device=dev)
+                             lr=cfg.edgepopup_lr, batch_size=cfg.batch_size, weight_init="keep", seed=seed, device=dev,
+                             round_counts=cfg.gem_round_counts, lr_step=cfg.gem_lr_step)
     mask = result["mask"]
     mask.apply_(model)
     train_acc = evaluate(model, ctx.data.train.to(dev))["accuracy"]

@@ -24,6 +24,13 @@ because every target is computed from N. Rounds happen, as in the authors' loop,
 ..., KT + 1 epochs are done); ties at the threshold keep the lowest flat index (global order:
 parameter order, then row-major).
 
+Two of the authors' behaviours that change results are options (``docs/gem_miner.md`` measures
+both ways): ``round_counts="ceil"`` (each round unflags ``ceil(p * flagged)`` weights plus every
+flagged weight tied with the last of them, so the final density is only about ``density``; the
+default ``"exact"`` hits the count) and ``lr_step="epoch"`` (the cosine LR held constant within an
+epoch, as their ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch; the default
+``"iteration"`` decays it every step).
+
 The result is the *flag* mask (not ``1{s > 0.5}``), fine-tuned by ``finetune_gem`` (the
 ``Trainer`` with that mask) from the frozen weights (the signed constants), as the authors'
 ``--unflag-before-finetune`` path does. See docs/gem_miner.md for every decision and deviation.
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +55,13 @@ from ..masks import Mask
 from ..prunable import prunable_parameters
 from .edge_popup import ScoredParametrizations, _fan_in, _holders, topk_mask
 
+if TYPE_CHECKING:  # for annotations only: the functions import training/config where used
+    from ..training import History, Trainer
+
 WEIGHT_INITS = ("signed_constant", "keep")
 OPTIMIZERS = ("sgd", "adam")
+ROUND_COUNTS = ("exact", "ceil")  # ours: exact counts per round; the authors': ceil(p * flagged) + ties
+LR_STEPS = ("iteration", "epoch")  # ours: cosine per iteration; the authors': per epoch
 _GAIN = math.sqrt(2.0)  # nn.init.calculate_gain("relu"), the authors' default nonlinearity
 THRESHOLD = 0.5  # the authors' quantize_threshold
 
@@ -90,6 +103,25 @@ def prune_rate(density: float, rounds: int) -> float:
     _check_density(density)
     _check_int("rounds", rounds, 1)
     return 1.0 - density ** (1.0 / rounds)
+
+
+def ceil_schedule(total: int, density: float, rounds: int) -> list[int]:
+    """Flagged weights after each round under the authors' counts, if no scores tie: each round
+    unflags ``ceil(p * flagged)`` with p = ``prune_rate(density, rounds)``. Ties at a round's
+    threshold can only unflag more. Why: shows how far ``round_counts="ceil"`` lands below target."""
+    rate = prune_rate(density, rounds)
+    _check_int("total", total, 1)
+    out, flagged = [], total
+    for _ in range(rounds):
+        flagged -= math.ceil(rate * flagged)
+        out.append(flagged)
+    return out
+
+
+def epoch_cosine_lr(lr: float, epoch: int, epochs: int) -> float:
+    """The LR of 0-based ``epoch`` under ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch
+    (the authors' score phase): ``lr * (1 + cos(pi * epoch / epochs)) / 2``, constant in the epoch."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
 # --- the parametrization ------------------------------------------------------------------------
@@ -239,6 +271,25 @@ class GemMiner(ScoredParametrizations):
             offset += n
         return flagged - keep
 
+    @torch.no_grad()
+    def prune_fraction(self, rate: float) -> int:
+        """The authors' round (``prune_type: BottomK``): take the ``ceil(rate * flagged)``-th smallest
+        flagged score as threshold and unflag every flagged weight scoring ``<=`` it, so ties (e.g.
+        scores clamped to 0) unflag more than the count. Returns the number unflagged."""
+        self._check_alive()
+        if not (isinstance(rate, (int, float)) and 0.0 <= rate < 1.0):
+            raise GemMinerError(f"rate must lie in [0, 1), got {rate!r}")
+        flagged = self.num_flagged()
+        count = math.ceil(rate * flagged)
+        if count == 0:
+            return 0
+        pms = [pm for _, pm, _ in self._entries]
+        values = torch.cat([pm.scores.detach()[pm.flag].reshape(-1).cpu() for pm in pms])
+        threshold = values.kthvalue(count).values
+        for pm in pms:
+            pm.flag &= pm.scores.detach() > threshold.to(pm.scores.device)
+        return flagged - self.num_flagged()
+
     def remove(self) -> nn.Module:
         """Drop the parametrizations: every masked parameter holds its frozen (unmasked) weight
         again and the parameters' ``requires_grad`` flags are restored. Returns the model."""
@@ -269,6 +320,8 @@ def train_gem_miner(
     include: Iterable[str] = (),
     exclude: Iterable[str] = (),
     keep_parametrized: bool = False,
+    round_counts: str = "exact",
+    lr_step: str = "iteration",
 ) -> dict:
     """GEM-MINER's score phase on ``model`` (in place): find a flag mask of exactly
     ``max(1, round(density * N))`` of the N masked weights.
@@ -280,14 +333,20 @@ def train_gem_miner(
     (``len(train) // batch_size`` per epoch) and one evaluation per epoch. Pruning rounds: see
     the module docstring. Needs ``epochs >= iter_period + 1`` unless ``density == 1``.
 
+    The authors' behaviours, to measure against ours: ``round_counts="ceil"`` prunes each round
+    with ``GemMiner.prune_fraction(prune_rate(density, K))`` (ceil + ties; the final count is only
+    about the target) instead of ``prune_to`` exact counts; ``lr_step="epoch"`` holds the cosine LR
+    constant within each epoch (``epoch_cosine_lr``) instead of decaying it every iteration.
+
     Returns ``mask`` (the flag Mask, the result), ``forward_mask`` (``1{s > 0.5} & flag`` at the
     end), ``scores`` (name -> final scores, a CPU copy), ``density`` (of ``mask``),
     ``test_accuracy`` / ``test_loss`` (the model with ``forward_mask``, the authors' "acc after
     rounding"), ``flag_test_accuracy`` / ``flag_test_loss`` (the frozen weights under the flag
     mask, what fine-tuning starts from), ``history`` (one record per epoch: ``epoch``,
     ``train_loss``, ``test_accuracy`` before any pruning that epoch, ``flag_density`` and
-    ``forward_density`` after it, ``pruned`` this epoch), ``rounds`` (K), ``kept_schedule`` and
-    ``gem_miner`` (the GemMiner object).
+    ``forward_density`` and ``flagged`` after it, ``pruned`` this epoch, ``lr`` of its last step),
+    ``rounds`` (K), ``kept_schedule`` (the flagged count after each round: planned for "exact", as
+    it happened for "ceil"), ``round_counts``, ``lr_step`` and ``gem_miner`` (the GemMiner object).
 
     ``model`` ends holding the frozen weights (signed constants by default) as plain parameters,
     unmasked, with its ``requires_grad`` flags restored, ready for ``finetune_gem(model, data,
@@ -302,6 +361,10 @@ def train_gem_miner(
     _check_int("batch_size", batch_size, 1)
     if optimizer not in OPTIMIZERS:
         raise GemMinerError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    if round_counts not in ROUND_COUNTS:
+        raise GemMinerError(f"round_counts must be one of {ROUND_COUNTS}, got {round_counts!r}")
+    if lr_step not in LR_STEPS:
+        raise GemMinerError(f"lr_step must be one of {LR_STEPS}, got {lr_step!r}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise GemMinerError(f"lr must be a finite number > 0, got {lr!r}")
     if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
@@ -323,7 +386,13 @@ def train_gem_miner(
     schedule = kept_schedule(gm.total, density, rounds) if rounds else []
     per_epoch = len(data.train) // batch_size
     at_epoch = dict(zip(prune_epochs(epochs, iter_period), schedule))  # completed epochs -> kept count
+    rate = prune_rate(density, rounds) if rounds else 0.0
     log: dict[int, dict] = {}
+
+    def prune_round(epoch: int) -> int:
+        if epoch not in at_epoch:
+            return 0
+        return gm.prune_to(at_epoch[epoch]) if round_counts == "exact" else gm.prune_fraction(rate)
 
     def after_step(trainer: Trainer, step: int) -> None:
         if step == 0:
@@ -332,24 +401,24 @@ def train_gem_miner(
         if step % per_epoch:
             return
         epoch = step // per_epoch
-        pruned = gm.prune_to(at_epoch[epoch]) if epoch in at_epoch else 0
-        log[epoch] = {"flag_density": gm.num_flagged() / gm.total,
-                      "forward_density": gm.forward_mask().density, "pruned": pruned}
+        pruned = prune_round(epoch)
+        log[epoch] = {"flag_density": gm.num_flagged() / gm.total, "forward_density": gm.forward_mask().density,
+                      "pruned": pruned, "flagged": gm.num_flagged(), "lr": trainer.optimizer.param_groups[0]["lr"]}
 
-    if optimizer == "sgd":
-        cfg = TrainConfig(optimizer="sgd", lr=lr, momentum=momentum, weight_decay=0.0, batch_size=batch_size,
-                          steps=f"{epochs}ep", schedule="cosine", eval_every="1ep", fused_optimizer=False)
-    else:
-        cfg = TrainConfig(optimizer="adam", lr=lr, weight_decay=0.0, batch_size=batch_size,
-                          steps=f"{epochs}ep", schedule="cosine", eval_every="1ep", fused_optimizer=False)
+    common = dict(lr=lr, weight_decay=0.0, batch_size=batch_size, steps=f"{epochs}ep", eval_every="1ep",
+                  schedule="cosine" if lr_step == "iteration" else "constant", fused_optimizer=False)
+    cfg = (TrainConfig(optimizer="sgd", momentum=momentum, **common) if optimizer == "sgd"
+           else TrainConfig(optimizer="adam", **common))
     trainer = Trainer(model, data, cfg, seed=int(seed), device=dev, loss=loss, parameters=gm.scores(),
                       regularizer=gm.regularizer(float(lam)), callbacks=[Callback(after_step, every=1)])
-    records = trainer.train().records[1:]  # records[0]: the evaluation before training
+    records = _train_scores(trainer, epochs, per_epoch, lr, lr_step).records[1:]  # [0]: before training
     history = []
     for r in records:
         epoch = r["step"] // per_epoch
         history.append({"epoch": epoch, "train_loss": r["train_loss"], "test_loss": r["test_loss"],
                         "test_accuracy": r.get("test_accuracy"), **log.get(epoch, {})})
+    if round_counts == "ceil":  # what the rounds kept, in order
+        schedule = [log[e]["flagged"] for e in sorted(at_epoch) if e in log]
 
     test = data.test.to(dev)
     final = evaluate(model, test, loss=loss)
@@ -370,8 +439,22 @@ def train_gem_miner(
         "history": history,
         "rounds": rounds,
         "kept_schedule": schedule,
+        "round_counts": round_counts,
+        "lr_step": lr_step,
         "gem_miner": gm,
     }
+
+
+def _train_scores(trainer: Trainer, epochs: int, per_epoch: int, lr: float, lr_step: str) -> History:
+    """Run the score phase: one Trainer run (cosine per iteration from the config), or, for the
+    authors' per-epoch cosine, one run per epoch at that epoch's constant LR (same batches, same
+    callbacks, one evaluation per epoch as before)."""
+    if lr_step == "iteration":
+        return trainer.train()
+    for e in range(epochs):
+        trainer.train(e * per_epoch, (e + 1) * per_epoch, lr_override=epoch_cosine_lr(lr, e, epochs),
+                      resumed=e > 0)
+    return trainer.history
 
 
 @torch.no_grad()
@@ -460,6 +543,6 @@ def _check_int(name: str, value: int, low: int) -> None:
 
 
 __all__: Sequence[str] = [
-    "GemMask", "GemMiner", "GemMinerError", "finetune_gem", "kept_schedule", "prune_epochs", "prune_rate",
-    "pruning_rounds", "train_gem_miner",
+    "LR_STEPS", "ROUND_COUNTS", "GemMask", "GemMiner", "GemMinerError", "ceil_schedule", "epoch_cosine_lr",
+    "finetune_gem", "kept_schedule", "prune_epochs", "prune_rate", "pruning_rounds", "train_gem_miner",
 ]

@@ -14,25 +14,31 @@ bits), so an accuracy tie goes to the sparser genome. One generation (population
 4. survivor selection: the best N of parents and offspring survive (elitist truncation).
 
 Only the offspring are evaluated (parents keep their fitness, as the authors' fitness cache does),
-and they are evaluated together: K masks over the same frozen weights are one stack of masked
-weight matrices, so the whole population's forward pass is one batched ``matmul`` per layer
-(:meth:`FrozenMLP.correct`), not a Python loop over individuals.
+and they are evaluated together (:meth:`FrozenMLP.correct`), by one of three strategies that give the
+same counts: ``"chunked"`` (the CUDA default: each weight stack augmented with its bias row, points
+in chunks whose activations for the whole population stay in L2, all chunks replayed as one CUDA
+graph), ``"stacked"`` (one batched ``matmul`` per layer over large chunks) and ``"loop"`` (the CPU
+default: per genome plain 2-D products, which a CPU runs faster than broadcast batched ones).
 
 The run stops after at least ``min_generations`` generations once the best training accuracy has
 not changed for ``patience`` generations, at ``max_generations``, or (variant ``"ga"``, as the
 authors' stop rule t10) when the best genome classifies every training point. Variant
 ``"adaptive_ab"`` ("GA (adaptive AB)") keeps every genome connected (every output unit reachable
 from an input through kept weights), fills its first population only with genomes above an
-accuracy bound that is lowered step by step until the population is full, and caps at 200
-generations.
+accuracy bound that is lowered step by step until the population is full (after every short round
+of N candidates, or with ``bound_seconds`` after that many seconds as the authors do: then the run
+depends on the machine's speed and is not reproducible), and caps at 200 generations.
 
 Everything random comes from one ``torch.Generator`` on the CPU, and :class:`GAState` holds the
 whole state between generations (population, fitness, history, generator state), so a run
-continued from a saved state gives exactly the uninterrupted result.
+continued from a saved state gives exactly the uninterrupted result (generation 0 of a wall-clock
+adaptive_ab run is saved like any other, so its continuation is exact too).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,8 +53,17 @@ VARIANTS = ("ga", "adaptive_ab")
 _DEFAULT_MAX = {"ga": 300, "adaptive_ab": 200}  # authors' configs: population_age 300 (t10), 200 (t4)
 # most activations one chunk of FrozenMLP.correct holds (numbers); see benchmarks/ga_population.py
 CPU_BUDGET = 1 << 22
-CUDA_BUDGET = 1 << 26  # H200: 7.5 ms at 2^24, 5.7 ms at 2^26, 5.5 ms at 2^28 for 100 x 50,000 points
-
+LOOP_BUDGET = 1 << 17  # "loop" on one CPU thread: 18 ms per genome at 2^17, 25 ms at 2^22 (50,000 points)
+CUDA_BUDGET = 1 << 26  # "stacked" on an H200: 7.5 ms at 2^24, 5.7 ms at 2^26, 5.5 ms at 2^28 (100 x 50,000 points)
+STRATEGIES = ("auto", "chunked", "stacked", "loop")
+_clock = time.perf_counter  # adaptive_ab's wall-clock bound rule (a name of its own, so tests can fake it)
+_GRAPHS_KEPT = 16  # captured evaluations a net keeps (one per padded population size and point count)
+# "chunked": chunks go round-robin to this many branches (own buffers; on CUDA own streams in the
+# graph, so one chunk's small kernels overlap the next's); 1 = one chain. Measured on an H200
+# (benchmarks/ga_population.py --sweep, docs/strong_tickets.md): 2 branches at an eighth of L2 each
+# 3.36 ms, one chain at a quarter 4.02 ms.
+CHUNK_STREAMS = 2
+CUDA_GRAPHS = True  # False: "chunked" launches its kernels one by one on CUDA too (to time what the graph saves)
 
 class GeneticError(ValueError):
     """Bad GA options, genomes of the wrong shape or a state that does not fit the net."""
@@ -71,6 +86,10 @@ class GAOptions:
                                 "bound on the first population, 200-generation cap)", choices=VARIANTS)
     bound: float = option(0.85, "adaptive_ab: first accuracy bound for the first population (lowered by 0.05 per "
                                 "round of N candidates until the population is full)")
+    bound_seconds: float = option(0.0, "adaptive_ab: lower the bound only after this many seconds without filling "
+                                       "the first population (the authors' wall-clock rule, 4-5 s; NOT deterministic: "
+                                       "depends on the machine's speed); 0 = after every short round (deterministic)",
+                                  omit_default=True)
 
     cli_group = "genetic algorithm"
 
@@ -87,6 +106,9 @@ class GAOptions:
                 raise GeneticError(f"{name} must lie in (0, 1], got {v!r}")
         if self.variant not in VARIANTS:
             raise GeneticError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not isinstance(self.bound_seconds, (int, float)) or isinstance(self.bound_seconds, bool) \
+                or not 0.0 <= self.bound_seconds < float("inf"):
+            raise GeneticError(f"bound_seconds must be a number of seconds >= 0, got {self.bound_seconds!r}")
         for name in ("min_generations", "patience", "max_generations"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -151,6 +173,7 @@ class FrozenMLP:
         other.widths, other.sizes = self.widths, self.sizes
         other.weights = [w.to(device) for w in self.weights]
         other.biases = [b.to(device) for b in self.biases]
+        other._plans = {}
         return other
 
     def _check(self, genomes: torch.Tensor) -> torch.Tensor:
@@ -187,23 +210,77 @@ class FrozenMLP:
 
     @torch.no_grad()
     def correct(self, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *,
-                budget: int | None = None) -> torch.Tensor:
-        """Correctly classified points per genome (K int64, on the CPU), in one batched pass.
+                budget: int | None = None, strategy: str = "auto") -> torch.Tensor:
+        """Correctly classified points per genome (K int64, on the CPU).
 
-        Genomes and points go in chunks so that no activation tensor holds more than about
-        ``budget`` numbers (default ``CUDA_BUDGET`` / ``CPU_BUDGET``). A point's logits do not
-        depend on the rest of its chunk, so chunking does not change the counts (the tests check
-        chunked against unchunked and against a per-individual loop, exactly).
+        ``strategy`` (see the module docstring): ``"auto"`` is ``"chunked"`` on CUDA and ``"loop"``
+        elsewhere (``"chunked"`` needs a hidden layer; without one it runs ``"stacked"``). ``budget``
+        caps the numbers one activation tensor of a chunk holds (defaults: :meth:`default_budget`).
+        A point's logits do not depend on the rest of its chunk or on the other genomes, so neither
+        the strategy nor the chunking changes a count (the tests check each against a
+        per-individual loop over an ``nn.Module``, exactly). Matrix products run in
+        full fp32 (TF32 is switched off for the call).
         """
         genomes = self._check(genomes)
         device = self.weights[0].device
-        if budget is None:
-            budget = CUDA_BUDGET if device.type == "cuda" else CPU_BUDGET
-        genomes, x, y = genomes.to(device), x.to(device), y.to(device)
+        strategy = _resolve(strategy, device)
+        budget = self.default_budget(strategy, device) if budget is None else int(budget)
+        if budget < 1:
+            raise GeneticError(f"budget must be >= 1 activation, got {budget}")
+        if genomes.shape[0] == 0 or x.shape[0] == 0:
+            return torch.zeros(genomes.shape[0], dtype=torch.int64)
+        genomes, x, y = genomes.to(device), x.to(device, self.weights[0].dtype), y.to(device)
+        with _full_fp32():
+            if strategy == "loop":
+                return self._correct_loop(genomes, x, y, budget)
+            if strategy == "stacked" or len(self.weights) == 1:  # chunked needs a hidden layer
+                return self._correct_stacked(genomes, x, y, budget)
+            return self._correct_chunked(genomes, x, y, budget)
+
+    def default_budget(self, strategy: str = "auto", device: torch.device | str | None = None) -> int:
+        """The activation budget ``correct`` uses by default: for ``"chunked"`` a quarter of the
+        device's L2 cache shared by the ``CHUNK_STREAMS`` branches (the chunks in flight, two hidden
+        activations each, then fill half of it, and stay there between the products), for ``"loop"`` ``LOOP_BUDGET`` (a CPU core's cache), else
+        ``CUDA_BUDGET`` / ``CPU_BUDGET``."""
+        device = torch.device(device) if device is not None else self.weights[0].device
+        strategy = _resolve(strategy, device)
+        if strategy == "chunked":
+            return _l2_bytes(device) // (4 * self.weights[0].element_size() * max(1, int(CHUNK_STREAMS)))
+        if strategy == "loop":
+            return LOOP_BUDGET
+        return CUDA_BUDGET if device.type == "cuda" else CPU_BUDGET
+
+    def chunk_points(self, k: int, budget: int | None = None, strategy: str = "auto",
+                     device: torch.device | str | None = None) -> int:
+        """Points per chunk when ``correct`` evaluates ``k`` genomes (what the benchmark reports)."""
+        device = torch.device(device) if device is not None else self.weights[0].device
+        strategy = _resolve(strategy, device)
+        budget = self.default_budget(strategy, device) if budget is None else int(budget)
+        if strategy == "loop":
+            return max(1, budget // max(self.widths[1:]))
+        if strategy == "stacked":
+            return max(1, budget // (min(k, max(1, budget // max(self.widths[1:]))) * max(self.widths[1:])))
+        return _points_per_chunk(budget, _pad_k(k) * max(_augmented_widths(self.widths)[1:-1] or [1]))
+
+    def _correct_loop(self, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor, budget: int) -> torch.Tensor:
+        """Per genome, the very products ``nn.Linear`` makes (``addmm``) on point chunks: on a CPU
+        these 2-D products beat the broadcast batched ones, and there is no launch to save."""
+        n_chunk = max(1, budget // max(self.widths[1:]))
+        masks = self.layer_masks(genomes)
+        out = torch.zeros(genomes.shape[0], dtype=torch.int64, device=x.device)
+        for k in range(genomes.shape[0]):
+            weights = [(w * m[k].to(w.dtype)).t() for w, m in zip(self.weights, masks)]
+            for n0 in range(0, x.shape[0], n_chunk):
+                out[k] += (_forward_2d(weights, self.biases, x[n0:n0 + n_chunk]).argmax(-1)
+                           == y[n0:n0 + n_chunk]).sum()
+        return out.cpu()
+
+    def _correct_stacked(self, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor, budget: int) -> torch.Tensor:
+        """All genomes of a chunk at once, one batched product per layer (the first batched version)."""
         k_all, n_all = genomes.shape[0], x.shape[0]
         width = max(self.widths[1:])
         k_chunk = max(1, min(k_all, budget // max(1, width)))
-        total = torch.zeros(k_all, dtype=torch.int64, device=device)
+        total = torch.zeros(k_all, dtype=torch.int64, device=x.device)
         for k0 in range(0, k_all, k_chunk):
             g = genomes[k0:k0 + k_chunk]
             n_chunk = max(1, budget // (g.shape[0] * width))
@@ -211,6 +288,36 @@ class FrozenMLP:
                 pred = self.logits(g, x[n0:n0 + n_chunk]).argmax(-1)
                 total[k0:k0 + k_chunk] += (pred == y[n0:n0 + n_chunk]).sum(-1)
         return total.cpu()
+
+    def _correct_chunked(self, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor, budget: int) -> torch.Tensor:
+        """Augmented weight stacks, L2-sized point chunks; on CUDA one captured graph per padded
+        population size, replayed with this call's genomes and points copied into its buffers."""
+        k, width = genomes.shape[0], max(_augmented_widths(self.widths)[1:-1] or [1])
+        group = max(4, budget // (32 * width) // 4 * 4)  # so that a chunk holds at least 32 points
+        if k > group:
+            return torch.cat([self._correct_chunked(genomes[k0:k0 + group], x, y, budget)
+                              for k0 in range(0, k, group)])
+        k_pad = _pad_k(k)
+        n_chunk = min(_points_per_chunk(budget, k_pad * width), x.shape[0])
+        plan = self._plan(k_pad, x.shape[0], n_chunk, max(1, int(CHUNK_STREAMS)))
+        _fill_plan(plan, self, genomes, x, y)
+        if plan.x.device.type != "cuda" or not CUDA_GRAPHS:
+            return _run_chunks(plan)[:k].cpu()
+        with torch.cuda.device(plan.x.device):
+            if plan.graph is None:
+                _capture(plan)
+            plan.graph.replay()
+        return plan.counts[:k].cpu()
+
+    def _plan(self, k_pad: int, n_points: int, n_chunk: int, branches: int) -> _ChunkPlan:
+        """The cached static buffers (and graph) for this shape, made on first use."""
+        plans: dict[tuple[int, int, int, int], _ChunkPlan] = self.__dict__.setdefault("_plans", {})
+        key = (k_pad, n_points, n_chunk, branches)
+        if key not in plans:
+            while len(plans) >= _GRAPHS_KEPT:
+                plans.pop(next(iter(plans)))
+            plans[key] = _make_plan(self, k_pad, n_points, n_chunk, branches)
+        return plans[key]
 
     @torch.no_grad()
     def connected(self, genomes: torch.Tensor) -> torch.Tensor:
@@ -235,6 +342,181 @@ class FrozenMLP:
     def mask(self, genome: torch.Tensor) -> Mask:
         """One genome as a :class:`Mask` over :meth:`to_module`'s weights."""
         return Mask({n: m[0].cpu() for n, m in zip(self.names, self.layer_masks(genome))})
+
+
+# --- evaluation strategies (FrozenMLP.correct) ---------------------------------------------------
+
+def _resolve(strategy: str, device: torch.device) -> str:
+    if strategy not in STRATEGIES:
+        raise GeneticError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "auto":
+        return "chunked" if device.type == "cuda" else "loop"
+    return strategy
+
+
+@contextmanager
+def _full_fp32() -> Iterator[None]:
+    """No TF32 in the products (restored afterwards): the counts must equal a plain fp32 loop's."""
+    if not torch.backends.cuda.matmul.allow_tf32:  # the default: nothing to change
+        yield
+        return
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def _l2_bytes(device: torch.device) -> int:
+    """The device's L2 cache (an H100: 50 MB, an H200: 60 MB); 2 MiB for a CPU core's L2."""
+    if device.type == "cuda":
+        return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or 50 << 20
+    return 2 << 20
+
+
+def _pad_k(k: int) -> int:
+    """Population sizes rounded up to a multiple of 4, so a GA run captures few graphs."""
+    return -(-k // 4) * 4
+
+
+def _augmented_widths(widths: Sequence[int]) -> list[int]:
+    """Layer widths for the chunked pass: every hidden layer gets a constant-one column (the next
+    layer's bias becomes one more row of its weight stack), rounded up to a multiple of 4 (aligned
+    rows for the products); input and output keep their widths."""
+    return [widths[0]] + [-(-(w + 1) // 4) * 4 for w in widths[1:-1]] + [widths[-1]]
+
+
+def _points_per_chunk(budget: int, per_point: int) -> int:
+    """Points whose activations fit ``budget`` numbers, a multiple of 32 when that many fit."""
+    n = max(1, budget // max(1, per_point))
+    return n - n % 32 if n >= 32 else n
+
+
+def _forward_2d(weights_t: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """One masked net's logits, with ``nn.Linear``'s own product (``addmm``, bias in the epilogue)."""
+    h = x
+    for i, (w, b) in enumerate(zip(weights_t, biases)):
+        h = torch.addmm(b, h, w)
+        if i < len(biases) - 1:
+            h = h.relu_()
+    return h
+
+
+def _linear_relu(bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``relu(x @ w + bias)`` into ``out``, bias and ReLU in the product's epilogue where torch has
+    that (cuBLASLt), which saves one pass over the activation; same rounding as ``nn.Linear``."""
+    if hasattr(torch, "_addmm_activation"):
+        return torch._addmm_activation(bias, x, w, out=out)
+    return torch.addmm(bias, x, w, out=out).relu_()
+
+
+@dataclass
+class _ChunkPlan:
+    """The static buffers of one chunked evaluation shape (and its CUDA graph, once captured).
+
+    The first layer is one 2-D product for the whole population, ``x (n x in) @ first (in x K*out)``
+    with bias and ReLU in its epilogue; its bias vector is 1 at each genome's extra column, so that
+    column of the activation is the constant one the next layer needs. Each later layer i is a
+    batched product with a K x in_aug x out_aug stack: rows [0, in) the masked weights (transposed),
+    row ``in`` the bias (and, for hidden layers, a 1 at column ``out`` to carry the constant on).
+    The product adds the bias as its last term, where ``nn.Linear`` adds it after the sum: the same
+    rounding.
+    """
+
+    x: torch.Tensor                  # chunks x n x in; padded points are 0
+    y: torch.Tensor                  # chunks x 1 x n; -1 on padded points (never a prediction)
+    first: torch.Tensor              # in x K x out0_aug, the first layer's masked weights
+    first_bias: torch.Tensor         # K*out0_aug
+    stacks: list[torch.Tensor]       # per later layer K x in_aug x out_aug
+    hidden: list[list[torch.Tensor]]  # per branch, per hidden layer the chunk's activation (first: n x K*out0_aug)
+    logits: torch.Tensor             # chunks x K x n x classes
+    n_points: int
+    streams: list[Any] = field(default_factory=list)  # CUDA: one per branch (made outside any capture)
+    counts: torch.Tensor | None = None
+    graph: Any = None
+
+
+def _make_plan(net: FrozenMLP, k_pad: int, n_points: int, n_chunk: int, branches: int = 1) -> _ChunkPlan:
+    dev, dtype = net.weights[0].device, net.weights[0].dtype
+    widths, aug = net.widths, _augmented_widths(net.widths)
+    chunks = -(-n_points // n_chunk)
+    x = torch.zeros(chunks, n_chunk, widths[0], dtype=dtype, device=dev)
+    y = torch.full((chunks, 1, n_chunk), -1, dtype=torch.int64, device=dev)
+    first = torch.zeros(widths[0], k_pad, aug[1], dtype=dtype, device=dev)
+    first_bias = torch.zeros(k_pad, aug[1], dtype=dtype, device=dev)
+    first_bias[:, :widths[1]] = net.biases[0]
+    first_bias[:, widths[1]] = 1
+    stacks = []
+    for i in range(1, len(net.weights)):
+        stack = torch.zeros(k_pad, aug[i], aug[i + 1], dtype=dtype, device=dev)
+        stack[:, widths[i], :widths[i + 1]] = net.biases[i]
+        if i + 1 < len(net.weights):
+            stack[:, widths[i], widths[i + 1]] = 1
+        stacks.append(stack)
+    hidden = [[torch.zeros(n_chunk, k_pad * aug[1], dtype=dtype, device=dev)]
+              + [torch.zeros(k_pad, n_chunk, w, dtype=dtype, device=dev) for w in aug[2:-1]]
+              for _ in range(branches)]
+    logits = torch.zeros(chunks, k_pad, n_chunk, widths[-1], dtype=dtype, device=dev)
+    streams = [torch.cuda.Stream(dev) for _ in range(branches)] if dev.type == "cuda" and branches > 1 else []
+    return _ChunkPlan(x, y, first, first_bias.view(-1), stacks, hidden, logits, n_points, streams)
+
+
+def _fill_plan(plan: _ChunkPlan, net: FrozenMLP, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Copy this call's masked weights, points and labels into the plan's static buffers."""
+    k = genomes.shape[0]
+    masks = net.layer_masks(genomes)
+    w0 = net.weights[0]
+    torch.mul(w0.t()[:, None], masks[0].permute(2, 0, 1), out=plan.first[:, :k, :w0.shape[0]])
+    for stack, w, m in zip(plan.stacks, net.weights[1:], masks[1:]):
+        torch.mul(w.t(), m.transpose(1, 2), out=stack[:k, :w.shape[1], :w.shape[0]])
+    plan.x.view(-1, x.shape[1])[:plan.n_points] = x
+    plan.y.view(-1)[:plan.n_points] = y
+
+
+def _run_chunks(plan: _ChunkPlan) -> torch.Tensor:
+    """The whole evaluation over the plan's buffers: per chunk one product per layer into its
+    branch's reused hidden buffers (ReLU in the first product's epilogue, in place after the
+    others), branches on their own streams on CUDA, then one argmax and count over all logits."""
+    if plan.streams:  # fork from the current (capturing) stream, join back before the count
+        main = torch.cuda.current_stream(plan.x.device)
+        for stream in plan.streams:
+            stream.wait_stream(main)
+    for c in range(plan.x.shape[0]):
+        b = c % len(plan.hidden)
+        if plan.streams:
+            with torch.cuda.stream(plan.streams[b]):
+                _run_chunk(plan, c, plan.hidden[b])
+        else:
+            _run_chunk(plan, c, plan.hidden[b])
+    for stream in plan.streams:
+        main.wait_stream(stream)
+    return (plan.logits.argmax(-1) == plan.y).sum((0, 2))
+
+
+def _run_chunk(plan: _ChunkPlan, c: int, hidden: list[torch.Tensor]) -> None:
+    """Chunk ``c``'s logits into ``plan.logits[c]``."""
+    k, n = plan.logits.shape[1], plan.x.shape[1]
+    h = _linear_relu(plan.first_bias, plan.x[c], plan.first.view(plan.first.shape[0], -1), out=hidden[0])
+    h = h.view(n, k, -1).transpose(0, 1)
+    last = len(plan.stacks)
+    for i, stack in enumerate(plan.stacks, start=1):
+        out = hidden[i] if i < last else plan.logits[c]
+        torch.bmm(h, stack, out=out)
+        h = out.relu_() if i < last else out
+
+
+def _capture(plan: _ChunkPlan) -> None:
+    """Record the evaluation as one CUDA graph (after a warm-up on a side stream, so cuBLAS has
+    chosen its kernels and workspace): a replay is then one launch instead of ~5 per chunk."""
+    side = torch.cuda.Stream(plan.x.device)
+    side.wait_stream(torch.cuda.current_stream(plan.x.device))
+    with torch.cuda.stream(side):
+        _run_chunks(plan)
+    torch.cuda.current_stream(plan.x.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        plan.counts = _run_chunks(plan)
+    plan.graph = graph
 
 
 # --- operators (pure; every random draw is passed in) --------------------------------------------
@@ -359,32 +641,40 @@ def initial_state(net: FrozenMLP, train: ArrayData, options: GAOptions, generato
     """Generation 0: N Bernoulli(init_density) genomes, evaluated and ranked.
 
     adaptive_ab: candidates are connected genomes; rounds of N candidates are evaluated and those
-    with training accuracy >= the bound are kept, the bound dropping by 0.05 after every round that
-    leaves the population short (deterministic, where the authors lower it after a time limit).
+    with training accuracy >= the bound are kept. The bound drops by 0.05 after every round that
+    leaves the population short (deterministic), or, with ``bound_seconds`` > 0, only once that many
+    seconds have passed since it last dropped (the authors' wall-clock rule: how many rounds each
+    bound gets then depends on the machine's speed, so the run is not reproducible).
     """
-    n, length = options.population, net.genome_length
-    n_train = len(train)
-    bound: float | None = None
+    n = options.population
     if options.variant == "ga":
-        genomes = random_genomes(n, length, options.init_density, generator)
-        correct = net.correct(genomes, train.x, train.y)
-        evaluated = n
+        genomes = random_genomes(n, net.genome_length, options.init_density, generator)
+        correct, evaluated, bound = net.correct(genomes, train.x, train.y), n, None
     else:
-        bound = float(options.bound)
-        kept_g, kept_c, evaluated = [], [], 0
-        while sum(g.shape[0] for g in kept_g) < n:
-            cand = _connected_fresh(net, n, options, generator)
-            c = net.correct(cand, train.x, train.y)
-            evaluated += n
-            ok = c >= bound * n_train - 1e-9
-            kept_g.append(cand[ok])
-            kept_c.append(c[ok])
-            if sum(g.shape[0] for g in kept_g) < n:
-                bound = max(0.0, round(bound - 0.05, 10))
-        genomes, correct = torch.cat(kept_g)[:n], torch.cat(kept_c)[:n]
+        genomes, correct, evaluated, bound = _bounded_population(net, train, options, generator)
     genomes, correct = select_survivors(genomes, correct, n)
-    history = [_summarise(genomes, correct, 0, evaluated, n_train)]
-    return GAState(genomes, correct, generator.get_state(), history, n_train, bound)
+    history = [_summarise(genomes, correct, 0, evaluated, len(train))]
+    return GAState(genomes, correct, generator.get_state(), history, len(train), bound)
+
+
+def _bounded_population(net: FrozenMLP, train: ArrayData, options: GAOptions,
+                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """adaptive_ab's first population: connected candidates above a falling accuracy bound."""
+    n, bound = options.population, float(options.bound)
+    kept_g, kept_c, evaluated, have = [], [], 0, 0
+    dropped_at = _clock()
+    while have < n:
+        cand = _connected_fresh(net, n, options, generator)
+        c = net.correct(cand, train.x, train.y)
+        evaluated += n
+        ok = c >= bound * len(train) - 1e-9
+        kept_g.append(cand[ok])
+        kept_c.append(c[ok])
+        have += int(ok.sum())
+        if have < n and (options.bound_seconds == 0 or _clock() - dropped_at >= options.bound_seconds):
+            bound = max(0.0, round(bound - 0.05, 10))
+            dropped_at = _clock()
+    return torch.cat(kept_g)[:n], torch.cat(kept_c)[:n], evaluated, bound
 
 
 def next_generation(state: GAState, net: FrozenMLP, train: ArrayData, options: GAOptions) -> GAState:
@@ -464,5 +754,6 @@ def evolve(net: FrozenMLP, train: ArrayData, options: GAOptions, seed: int = 0, 
     return state
 
 
-__all__ = ["FrozenMLP", "GAOptions", "GAState", "GeneticError", "VARIANTS", "evolve", "flip_bits", "initial_state",
-           "next_generation", "random_genomes", "rank", "select_survivors", "stop_reason", "uniform_crossover"]
+__all__ = ["FrozenMLP", "GAOptions", "GAState", "GeneticError", "STRATEGIES", "VARIANTS", "evolve", "flip_bits",
+           "initial_state", "next_generation", "random_genomes", "rank", "select_survivors", "stop_reason",
+           "uniform_crossover"]
