@@ -193,3 +193,17 @@ def test_sparse_static_seeds_stack_and_set_falls_back(tmp_path, capsys):
               "--density", "0.5", "--runs-dir", str(tmp_path / "cli"), "--no-progress", "--threads", "1"]
     assert main(["sparse", *common, "--method", "set", "--seeds", "0", "1"]) == 0
     assert "one after another (set changes the mask" in capsys.readouterr().out
+
+
+def test_the_imp_report_of_several_seeds_has_a_table_over_them():
+    from ticketlab.analysis.report import imp_seeds_table
+
+    rows = [[{"level": 0, "branch": "ticket", "remaining_percent": 100.0, "final_test_accuracy": a},
+             {"level": 1, "branch": "ticket", "remaining_percent": 80.0, "final_test_accuracy": b},
+             {"level": 1, "branch": "random", "remaining_percent": 80.0, "final_test_accuracy": c}]
+            for a, b, c in ((0.9, 0.8, 0.5), (0.7, 0.6, 0.7))]
+    lines = imp_seeds_table(rows).splitlines()
+    assert lines[0] == ("| level | remaining % | seeds | ticket final acc mean [min, max] | random final acc mean "
+                        "[min, max] |")
+    assert lines[2] == "| 0 | 100.00 | 2 | 0.8000 [0.7000, 0.9000] |  |"
+    assert lines[3] == "| 1 | 80.00 | 2 | 0.7000 [0.6000, 0.8000] | 0.6000 [0.5000, 0.7000] |"

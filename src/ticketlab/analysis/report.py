@@ -6,6 +6,7 @@ its main plot ``plot`` (other pictures go beside it); the experiment records
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -304,8 +305,50 @@ def _row(run: Run, cfg: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
             **summary}
 
 
+def imp_seeds_table(rows_per_seed: Sequence[Sequence[dict[str, Any]]]) -> str:
+    """Markdown table over the seeds of one IMP setting: per level, the final test accuracy of the
+    ticket and of each baseline as mean [min, max] over the seeds that reached the level."""
+    by_level: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    remaining: dict[int, float] = {}
+    for rows in rows_per_seed:
+        for r in rows:
+            by_level[r["level"]][r["branch"]].append(r["final_test_accuracy"])
+            if r["branch"] == "ticket":
+                remaining[r["level"]] = r["remaining_percent"]
+    branches = [b for b in ("ticket", "reinit", "random") if any(b in v for v in by_level.values())]
+    head = ["level", "remaining %", "seeds"] + [f"{b} final acc mean [min, max]" for b in branches]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cell(values: list[float]) -> str:
+        return f"{sum(values) / len(values):.4f} [{min(values):.4f}, {max(values):.4f}]" if values else ""
+
+    for level in sorted(by_level):
+        got = by_level[level]
+        lines.append("| " + " | ".join([str(level), f"{remaining.get(level, float('nan')):.2f}",
+                                        str(len(got.get("ticket", [])))] + [cell(got.get(b, [])) for b in branches])
+                     + " |")
+    return "\n".join(lines)
+
+
+def _seed_groups(runs: Sequence[Run]) -> list[list[Run]]:
+    """Runs of one setting that differ only in their seed (``--seeds``), groups of two or more."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        cfg = dict(_config(run))
+        cfg.pop("seed", None)
+        groups[json.dumps(cfg, sort_keys=True)].append(run)
+    return [sorted(g, key=lambda r: _config(r)["seed"]) for g in groups.values() if len(g) > 1]
+
+
 def imp_report(runs: Sequence[Run], plot: Path) -> Report:
-    """IMP runs: one table per run (a line per level), accuracy vs. remaining weights in one plot."""
+    """IMP runs: a table over the seeds of each setting run with several seeds, one table per run (a
+    line per level), accuracy vs. remaining weights in one plot."""
+    over_seeds = []
+    for group in _seed_groups(runs):
+        cfg = _config(group[0])
+        label = (f"{cfg['model']['name']}/{cfg['data']['name']} reset={cfg['reset']}, over {len(group)} seeds "
+                 f"({', '.join(str(_config(r)['seed']) for r in group)})")
+        over_seeds.append(f"### {label}\n\n{imp_seeds_table([r.read_jsonl('levels.jsonl') for r in group])}")
     labelled = []
     for run in runs:
         cfg = _config(run)
@@ -313,7 +356,7 @@ def imp_report(runs: Sequence[Run], plot: Path) -> Report:
         if cfg.get("prune", {}).get("structure", "none") != "none":
             label += f" structure={cfg['prune']['structure']}"
         labelled.append((label, run.read_jsonl("levels.jsonl")))
-    text = "\n\n".join(f"### {label}\n\n{imp_table(rows)}" for label, rows in labelled)
+    text = "\n\n".join([*over_seeds, *(f"### {label}\n\n{imp_table(rows)}" for label, rows in labelled)])
     return text, [plot_imp(labelled, plot)]
 
 
