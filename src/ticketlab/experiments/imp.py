@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from ..checkpoint import save_weights
-from ..config import ConfigError, IMPConfig
+from ..config import IMPConfig
 from ..data import DataSplits, load_dataset
 from ..masks import Mask
 from ..prunable import PrunableError, UnprunedWeightsWarning, output_parameter_name
@@ -60,7 +60,7 @@ from .resets import RESETS, Reset, ResetInputs
 from . import mask0
 from .common import (running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line,
                      example_input, load_or_save_init, prepare_data, seed_splits, train_unit, training_length)
-from .stacked import STACKED, StackedUnit, stack_size, train_units_stacked
+from .stacked import STACKED, StackedUnit, check_seed_configs, stack_size, train_units_stacked
 
 
 @dataclass
@@ -290,13 +290,8 @@ def run_imp_seeds(
     (start step, LR override, rewind point) are trained together, whichever level or branch they are.
     Returns each run's rows; a run whose training diverged is reported by one DivergenceError after the
     others are stored."""
-    if any(c.train.numerics != STACKED for c in configs):
-        raise ValueError("run_imp_seeds trains stacked runs: give configs with train.numerics 'stacked'")
-    if len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
-        raise ConfigError("stacked IMP runs must differ only in their seed")
+    check_seed_configs(configs, imp_stack_refusal)
     first = configs[0]
-    if (why := imp_stack_refusal(first)) is not None:
-        raise ConfigError(f"these runs cannot be stacked: {why}")
     full = load_dataset(first.data.name, first.data.root, **first.data.options)
     dev = resolve_device(device)
     setups: dict[int, Setup] = {}

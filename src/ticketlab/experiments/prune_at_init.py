@@ -23,17 +23,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..analysis.connectivity import ConnectivityError, format_layer_report, is_disconnected
-from ..config import ConfigError, PruneAtInitConfig
+from ..config import PruneAtInitConfig
 from ..data import DataSplits, load_dataset
 from ..masks import Mask
 from ..pruning.prune import prune
 from ..pruning.scores import ScoreSource
 from ..pruning.selection import random_mask_like
-from ..store import Run, Store, config_hash, index_fields
+from ..store import Run, Store, index_fields
 from ..training import resolve_device
 from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
     load_or_save_init, prepare_data, train_unit, training_length
-from .stacked import STACKED, StackedUnit, run_stacked_units, stack_refusal
+from .stacked import STACKED, StackedUnit, check_seed_configs, refusal_for, run_stacked_units
 
 _SALT_SHUFFLE, _SALT_REINIT, _SALT_SCORES, _SALT_BATCHES = 11, 12, 13, 14
 
@@ -166,15 +166,9 @@ def run_prune_at_init_seeds(
     (``experiments.stacked``): every config must say ``train.numerics = "stacked"``. Returns the
     summaries in order; a run whose training diverged is reported by one DivergenceError after the
     others are stored."""
-    if any(c.train.numerics != STACKED for c in configs):
-        raise ValueError("run_prune_at_init_seeds trains stacked runs: give configs with train.numerics 'stacked' "
-                         "(experiments.stacked.stacked_train)")
-    if len({config_hash(dataclasses.replace(c, seed=0)) for c in configs}) != 1:
-        raise ConfigError("stacked prune-at-init runs must differ only in their seed")
+    check_seed_configs(configs, refusal_for)
     first = configs[0]
     full = load_dataset(first.data.name, first.data.root, **first.data.options)
-    if (why := stack_refusal(build_seeded_model(first.model, full, first.seed), first.train)) is not None:
-        raise ConfigError(f"these runs cannot be stacked: {why}")
     dev = resolve_device(device)
 
     def prepare(config: PruneAtInitConfig, run: Run, data: DataSplits, validation: Any, rows: Any) -> StackedUnit:

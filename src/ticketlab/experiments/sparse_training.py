@@ -16,25 +16,24 @@ besides the Linear/Conv ones (raw parameters, embeddings) that the masks cover.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..analysis.flops import layer_flops, run_training_flops
-from ..config import ConfigError, SparseTrainConfig
+from ..config import SparseTrainConfig
 from ..data import DataSplits, load_dataset
 from ..masks import Mask
 from ..pruning.distributions import layer_counts, shapes_of
 from ..pruning.dynamic import DropGrow, DropGrowOptions, GMPOptions, GradualMagnitude
 from ..pruning.schedules import CosineDrop, Cubic
 from ..steps import to_iterations
-from ..store import Run, Store, config_hash, index_fields
+from ..store import Run, Store, index_fields
 from ..training import Callback, resolve_device
 from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
     load_or_save_init, prepare_data, train_unit, training_length
-from .stacked import STACKED, StackedUnit, refusal_for, run_stacked_units
+from .stacked import STACKED, StackedUnit, check_seed_configs, refusal_for, run_stacked_units
 
 _SALT_INIT_MASK = 21
 
@@ -206,13 +205,8 @@ def run_sparse_training_seeds(
 ) -> list[dict[str, Any]]:
     """Run (or continue) dense or static sparse-training runs that differ only in their seed, their
     training stacked (``experiments.stacked``; configs say ``train.numerics = "stacked"``)."""
-    if any(c.train.numerics != STACKED for c in configs):
-        raise ValueError("run_sparse_training_seeds trains stacked runs: give configs with train.numerics 'stacked'")
-    if len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
-        raise ConfigError("stacked sparse-training runs must differ only in their seed")
+    check_seed_configs(configs, sparse_stack_refusal)
     first = configs[0]
-    if (why := sparse_stack_refusal(first)) is not None:
-        raise ConfigError(f"these runs cannot be stacked: {why}")
     full = load_dataset(first.data.name, first.data.root, **first.data.options)
     dev = resolve_device(device)
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import save_weights
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..data import ArrayData, DataSplits
 from ..distributed import writer_only
 from ..masks import Mask
@@ -72,6 +72,19 @@ def stack_size(model: nn.Module, train: TrainConfig, runs: int, limit: int | Non
 def stacked_train(train: TrainConfig) -> TrainConfig:
     """The training settings of a stacked run (its config says how it was trained)."""
     return replace(train, numerics=STACKED)
+
+
+def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any], str | None]) -> None:
+    """What every ``run_*_seeds`` asks of its configs: stacked numerics, only the seed differing,
+    and a setting that stacks (``refusal(config)`` None); anything else is one clear error."""
+    if not configs:
+        raise ValueError("no configs to run")
+    if any(c.train.numerics != STACKED for c in configs):
+        raise ValueError("stacked runs need configs with train.numerics 'stacked' (experiments.stacked.stacked_train)")
+    if len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
+        raise ConfigError(f"stacked {configs[0].experiment} runs must differ only in their seed")
+    if (why := refusal(configs[0])) is not None:
+        raise ConfigError(f"these runs cannot be stacked: {why}")
 
 
 @dataclass
