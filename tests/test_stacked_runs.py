@@ -164,7 +164,8 @@ def test_cli_seeds_stack_mlps_and_run_conv_nets_one_by_one(tmp_path, capsys):
     assert main(["prune", *common, "--model", "conv2", "--data-option", "flatten=false", "--seed", "1"]) == 0
     assert "is complete; nothing recomputed" in capsys.readouterr().out
     for bad, message in ((["--seeds", "0", "0"], "lists a seed twice"), (["--seeds", "0", "--seed", "1"], "replaces --seed"),
-                         (["--seeds", "0", "--stack-size", "0"], "--stack-size must be >= 1")):
+                         (["--seeds", "0", "--stack-size", "0"], "--stack-size must be >= 1"),
+                         (["--stack-size", "4"], "apply to --seeds runs"), (["--no-stack"], "apply to --seeds runs")):
         assert main(["prune", *common, "--model", "mlp", *bad]) == 2
         assert message in capsys.readouterr().err
 

@@ -118,6 +118,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     _set_threads(args)
     if e.run_seeds is not None and args.seeds:  # (strong's --seeds is a config field of its own)
         return _run_seeds(args, e, config)
+    if e.run_seeds is not None and (args.stack_size is not None or args.no_stack):
+        raise ConfigError("--stack-size and --no-stack apply to --seeds runs; give --seeds, or drop them")
     if distributed.init_from_env(args.device):  # launched by torchrun: one run on WORLD_SIZE processes
         return _run_distributed(args, e, config)
     if e.intro:
@@ -159,6 +161,9 @@ def _run_seeds(args: argparse.Namespace, e: Experiment, config: Any) -> int:
     if why is None:
         configs = [replace(config, seed=s, train=stacked_train(config.train)) for s in seeds]
         print(f"{len(seeds)} seeds, trained as stacked replicates")
+        if "tensorboard" in (getattr(args, "log", None) or ()):
+            print("ticketlab: warning: --log tensorboard: stacked runs write no event files (their curves are in each "
+                  "unit's metrics.jsonl); --no-stack trains them one by one with event files", file=sys.stderr)
         e.run_seeds(configs, store, device=args.device, progress=not args.no_progress, stack_limit=args.stack_size)
     else:
         configs = [replace(config, seed=s) for s in seeds]

@@ -299,7 +299,7 @@ def run_imp_seeds(
     diverged: list[str] = []
     order = sorted(range(len(configs)), key=lambda i: config_hash(configs[i]))  # one lock order for every process
     with contextlib.ExitStack() as locks:
-        gens: dict[int, Generator[UnitRequest, dict[str, Any], list[dict[str, Any]]]] = {}
+        gens: dict[int, Generator[list[UnitRequest], list[dict[str, Any]], list[dict[str, Any]]]] = {}
         for i in order:
             config = configs[i]
             data, validation, rows = seed_splits(full, config.data, config.seed)
