@@ -1,13 +1,16 @@
 """A simulated kill at a chosen file write, shared by the tests that resume killed runs."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import ticketlab.atomic as atomic
+from ticketlab.integrity import CHECKSUM_KEY
 
 
 class Kill(BaseException):
@@ -32,3 +35,16 @@ def killed_after(matches: Callable[[Path], bool]) -> Iterator[None]:
             yield
     finally:
         atomic.fault_hook = None
+
+
+def timing_free(obj: Any) -> Any:
+    """Stored JSON comparable across runs: timing fields and checksums left out, NaN as "nan"
+    (a metric that does not apply, e.g. raw MSE of a classifier; NaN != NaN)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return "nan"
+    if isinstance(obj, dict):
+        return {k: timing_free(v) for k, v in obj.items() if k != CHECKSUM_KEY and not k.endswith("seconds")}
+    if isinstance(obj, list):
+        return [timing_free(v) for v in obj]
+    return obj
+

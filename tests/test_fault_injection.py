@@ -10,7 +10,6 @@ fields aside), with no temp file or checkpoint left behind.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,14 +30,13 @@ from ticketlab.experiments.strong import StrongConfig, run_strong
 from ticketlab.experiments.supermask import run_supermask
 from ticketlab.experiments.transfer import TransferConfig, run_transfer
 from ticketlab.experiments.tropical import TropicalConfig, run_tropical
-from ticketlab.integrity import CHECKSUM_KEY
 from ticketlab.planting.benchmark import Protocol
 from ticketlab.planting.study import run_study
 from ticketlab.pruning.dynamic import DropGrowOptions
 from ticketlab.pruning.genetic import GAOptions
 from ticketlab.store import Store
 
-from faults import Kill
+from faults import Kill, timing_free
 
 MLP_DATA = DataConfig(name="synthetic_mlp", val_size=32, options={"n_train": 160, "n_test": 64, "dim": 8})
 MLP = ModelConfig(name="mlp", options={"hidden": [16]})
@@ -130,17 +128,6 @@ def _boundaries(monkeypatch, kill_at: int | None) -> list[tuple[str, str]]:
     return seen
 
 
-def _timing_free(obj: Any) -> Any:
-    if isinstance(obj, float) and math.isnan(obj):
-        return "nan"  # NaN != NaN: a metric that does not apply (e.g. raw MSE of a classifier)
-    if isinstance(obj, dict):
-        return {k: _timing_free(v) for k, v in obj.items()
-                if k != CHECKSUM_KEY and not k.endswith("seconds")}
-    if isinstance(obj, list):
-        return [_timing_free(v) for v in obj]
-    return obj
-
-
 def snapshot(root: Path) -> dict[str, Any]:
     """Every stored file's content, comparable across runs (timing fields and checksums aside)."""
     from safetensors.torch import load
@@ -154,12 +141,12 @@ def snapshot(root: Path) -> dict[str, Any]:
         rel = str(path.relative_to(root))
         data = path.read_bytes()
         if path.suffix == ".json":
-            out[rel] = _timing_free(json.loads(data))
+            out[rel] = timing_free(json.loads(data))
         elif path.suffix == ".jsonl":
-            out[rel] = _timing_free([json.loads(line) for line in data.splitlines() if line.strip()])
+            out[rel] = timing_free([json.loads(line) for line in data.splitlines() if line.strip()])
         elif path.suffix == ".safetensors":
             meta = verify_safetensors(data, path)
-            out[rel] = ({k: v.numpy().tobytes() for k, v in load(data).items()}, _timing_free(meta))
+            out[rel] = ({k: v.numpy().tobytes() for k, v in load(data).items()}, timing_free(meta))
         else:
             out[rel] = data
     return out
@@ -168,7 +155,7 @@ def snapshot(root: Path) -> dict[str, Any]:
 def index_of(root: Path) -> list[tuple]:
     """The index's rows by hash: ``Store.list`` orders by creation time (to the second), which a kill
     and a rerun change (a batch of plant cells opens its runs within one second)."""
-    return sorted((r["hash"], r["status"], _timing_free(r["summary"])) for r in Store(root).list())
+    return sorted((r["hash"], r["status"], timing_free(r["summary"])) for r in Store(root).list())
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +224,7 @@ def test_plant_killed_at_each_output_write_reruns_to_the_same_outputs(tmp_path, 
             with pytest.raises(Kill):
                 main([*argv, "--out", str(out), "--runs-dir", str(tmp_path / f"runs-{k}")])
         assert main([*argv, "--out", str(out), "--runs-dir", str(tmp_path / f"runs-{k}")]) == 0
-        rows = lambda folder: _timing_free(json.loads((folder / "rows.json").read_text()))  # noqa: E731
+        rows = lambda folder: timing_free(json.loads((folder / "rows.json").read_text()))  # noqa: E731
         assert rows(out) == rows(clean)
         strip = lambda text: "\n".join(line for line in text.splitlines() if " cells in " not in line)  # noqa: E731
         assert strip((out / "report.md").read_text()) == strip((clean / "report.md").read_text())

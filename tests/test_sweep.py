@@ -16,10 +16,11 @@ import pytest
 from ticketlab.cli import build_parser, config_from_args
 from ticketlab.config import ConfigError, config_hash
 from ticketlab.experiments.prune_at_init import run_prune_at_init
-from ticketlab.integrity import CHECKSUM_KEY
 from ticketlab.store import Store, index_fields
 from ticketlab.sweep import (FAULT_ENV, SweepSpec, add_sweep_parser, choose_parallelism, execute, expand, load_spec,
                              run_sweep, spec_from_argv, spec_from_dict)
+
+from faults import timing_free
 
 # 8 tiny prune-at-init runs on digits (about a second each): 2 methods x 2 densities x 2 seeds
 MODEL = ["--model", "mlp", "--model-option", "hidden=[16]", "--optimizer", "adam", "--lr", "0.01", "--batch-size", "64",
@@ -36,14 +37,6 @@ def quiet(_: str) -> None:
     pass
 
 
-def _timing_free(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _timing_free(v) for k, v in obj.items() if k != CHECKSUM_KEY and not k.endswith("seconds")}
-    if isinstance(obj, list):
-        return [_timing_free(v) for v in obj]
-    return obj
-
-
 def contents(folder: Path) -> dict[str, Any]:
     """A run folder's results: summaries and metrics (timing aside), tensors as bytes."""
     from safetensors.torch import load
@@ -55,9 +48,9 @@ def contents(folder: Path) -> dict[str, Any]:
             continue
         data = path.read_bytes()
         if path.suffix == ".json":
-            out[rel] = _timing_free(json.loads(data))
+            out[rel] = timing_free(json.loads(data))
         elif path.suffix == ".jsonl":
-            out[rel] = _timing_free([json.loads(line) for line in data.splitlines() if line.strip()])
+            out[rel] = timing_free([json.loads(line) for line in data.splitlines() if line.strip()])
         elif path.suffix == ".safetensors":
             out[rel] = {k: v.numpy().tobytes() for k, v in load(data).items()}
         else:

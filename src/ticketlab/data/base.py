@@ -224,21 +224,18 @@ def split_validation(data: ArrayData, size: int, seed: int) -> tuple[ArrayData, 
 
     Both parts keep the original sample order so the split itself is the only randomness.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise DataError(f"validation size must be a non-negative integer, got {size!r}")
-    if size == 0:
+    if size == 0 and not isinstance(size, bool):
         return data, data.subset(torch.arange(0))
-    if size >= len(data):
-        raise DataError(
-            f"validation size {size} leaves no training data ({len(data)} samples); "
-            f"choose a size below {len(data)}"
-        )
     rest_index, val_index = validation_rows(len(data), size, seed)
     return data.subset(rest_index), data.subset(val_index)
 
 
 def validation_rows(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(training rows, validation rows) of :func:`split_validation` for ``n`` samples, both sorted."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise DataError(f"validation size must be a non-negative integer, got {size!r}")
+    if size >= n:
+        raise DataError(f"validation size {size} leaves no training data ({n} samples); choose a size below {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     return perm[size:].sort().values, perm[:size].sort().values
 

@@ -49,9 +49,8 @@ def seed_splits(full: DataSplits, cfg: DataConfig, seed: int) -> tuple[DataSplit
     training part holds (None without a validation split): what a stack of seeds shares one copy of."""
     if not cfg.val_size:
         return full, None, None
-    train_part, validation = split_validation(full.train, cfg.val_size, seed=seed)
-    rows, _ = validation_rows(len(full.train), cfg.val_size, seed)
-    return replace(full, train=train_part), validation, rows
+    rows, val_rows = validation_rows(len(full.train), cfg.val_size, seed)
+    return replace(full, train=full.train.subset(rows)), full.train.subset(val_rows), rows
 
 
 def build_seeded_model(cfg: ModelConfig, data: DataSplits, seed: int) -> nn.Module:

@@ -47,7 +47,7 @@ import torch
 
 from ..checkpoint import save_weights
 from ..config import IMPConfig
-from ..data import DataSplits, load_dataset
+from ..data import ArrayData, DataSplits
 from ..masks import Mask
 from ..prunable import PrunableError, UnprunedWeightsWarning, output_parameter_name
 from ..pruning.criteria import imp_prune_by
@@ -290,9 +290,8 @@ def run_imp_seeds(
     (start step, LR override, rewind point) are trained together, whichever level or branch they are.
     Returns each run's rows; a run whose training diverged is reported by one DivergenceError after the
     others are stored."""
-    check_seed_configs(configs, imp_stack_refusal)
+    full = check_seed_configs(configs, imp_stack_refusal)
     first = configs[0]
-    full = load_dataset(first.data.name, first.data.root, **first.data.options)
     dev = resolve_device(device)
     setups: dict[int, Setup] = {}
     rows_of: dict[int, list[dict[str, Any]]] = {}
@@ -366,7 +365,7 @@ def run_imp_seeds(
     return [rows_of[i] for i in range(len(configs))]
 
 
-def imp_stack_refusal(config: IMPConfig) -> str | None:
+def imp_stack_refusal(config: IMPConfig, data: DataSplits | None = None) -> str | None:
     """Why IMP runs of ``config`` are not stacked (None: they can be)."""
     if config.prune.structure != "none":
         return "structured tickets hold emptied channels' biases at zero by a per-step callback"
@@ -374,14 +373,12 @@ def imp_stack_refusal(config: IMPConfig) -> str | None:
         return f"mask-0 action {config.mask0!r} holds pruned weights at non-zero values"
     from .stacked import refusal_for
 
-    return refusal_for(config)
+    return refusal_for(config, data)
 
 
 def _prefix(full: DataSplits, n: int) -> Any:
     """The first ``n`` training rows of ``full`` as a view (no copy): a stand-in of a seed's training
     part of that length, for the lengths, shapes and probe inputs a unit context is asked for."""
-    from ..data import ArrayData
-
     return ArrayData(full.train.x[:n], full.train.y[:n])
 
 

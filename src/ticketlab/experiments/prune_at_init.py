@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..analysis.connectivity import ConnectivityError, format_layer_report, is_disconnected
 from ..config import PruneAtInitConfig
-from ..data import DataSplits, load_dataset
+from ..data import DataSplits
 from ..masks import Mask
 from ..pruning.prune import prune
 from ..pruning.scores import ScoreSource
@@ -166,9 +166,7 @@ def run_prune_at_init_seeds(
     (``experiments.stacked``): every config must say ``train.numerics = "stacked"``. Returns the
     summaries in order; a run whose training diverged is reported by one DivergenceError after the
     others are stored."""
-    check_seed_configs(configs, refusal_for)
-    first = configs[0]
-    full = load_dataset(first.data.name, first.data.root, **first.data.options)
+    full = check_seed_configs(configs, refusal_for)
     dev = resolve_device(device)
 
     def prepare(config: PruneAtInitConfig, run: Run, data: DataSplits, validation: Any, rows: Any) -> StackedUnit:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..analysis.flops import layer_flops, run_training_flops
 from ..config import SparseTrainConfig
-from ..data import DataSplits, load_dataset
+from ..data import DataSplits
 from ..masks import Mask
 from ..pruning.distributions import layer_counts, shapes_of
 from ..pruning.dynamic import DropGrow, DropGrowOptions, GMPOptions, GradualMagnitude
@@ -187,11 +187,11 @@ def run_sparse_training(
 STACKABLE_METHODS = ("dense", "static")  # SET, RigL and GMP change the mask during training (callbacks)
 
 
-def sparse_stack_refusal(config: SparseTrainConfig) -> str | None:
+def sparse_stack_refusal(config: SparseTrainConfig, data: DataSplits | None = None) -> str | None:
     """Why sparse-training runs of ``config`` are not stacked (None: they can be)."""
     if config.method not in STACKABLE_METHODS:
         return f"{config.method} changes the mask during training, which the stacked engine does not do"
-    return refusal_for(config)
+    return refusal_for(config, data)
 
 
 def run_sparse_training_seeds(
@@ -205,9 +205,7 @@ def run_sparse_training_seeds(
 ) -> list[dict[str, Any]]:
     """Run (or continue) dense or static sparse-training runs that differ only in their seed, their
     training stacked (``experiments.stacked``; configs say ``train.numerics = "stacked"``)."""
-    check_seed_configs(configs, sparse_stack_refusal)
-    first = configs[0]
-    full = load_dataset(first.data.name, first.data.root, **first.data.options)
+    full = check_seed_configs(configs, sparse_stack_refusal)
     dev = resolve_device(device)
 
     def prepare(config: SparseTrainConfig, run: Run, data: DataSplits, validation: Any, rows: Any) -> StackedUnit:

@@ -31,16 +31,15 @@ from torch import nn
 
 from ..checkpoint import save_weights
 from ..config import ConfigError, TrainConfig
-from ..data import ArrayData, DataSplits
-from ..distributed import writer_only
+from ..data import ArrayData, DataSplits, load_dataset
 from ..masks import Mask
 from ..prunable import UnprunedWeightsWarning
 from ..replicates import _mlp_layers, train_stacked
 from ..steps import to_iterations
 from ..store import Run, Store, config_hash
 from ..training import DivergenceError, History, default_metrics
-from .common import Log, UnitContext, _flops, check_pruned_weights, example_input, running, seed_splits, summarize, \
-    training_length
+from .common import Log, UnitContext, _flops, build_seeded_model, check_pruned_weights, example_input, running, \
+    seed_splits, summarize, training_length
 
 STACKED = "stacked"
 MAX_STACK = 32  # the measured best stack size on one CPU core (docs/replicates.md)
@@ -74,17 +73,20 @@ def stacked_train(train: TrainConfig) -> TrainConfig:
     return replace(train, numerics=STACKED)
 
 
-def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any], str | None]) -> None:
+def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any, DataSplits], str | None]) -> DataSplits:
     """What every ``run_*_seeds`` asks of its configs: stacked numerics, only the seed differing,
-    and a setting that stacks (``refusal(config)`` None); anything else is one clear error."""
+    and a setting that stacks (``refusal(config, data)`` None); anything else is one clear error.
+    Returns the data set, loaded once for the check and the runs."""
     if not configs:
         raise ValueError("no configs to run")
     if any(c.train.numerics != STACKED for c in configs):
         raise ValueError("stacked runs need configs with train.numerics 'stacked' (experiments.stacked.stacked_train)")
     if len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
         raise ConfigError(f"stacked {configs[0].experiment} runs must differ only in their seed")
-    if (why := refusal(configs[0])) is not None:
+    data = load_dataset(configs[0].data.name, configs[0].data.root, **configs[0].data.options)
+    if (why := refusal(configs[0], data)) is not None:
         raise ConfigError(f"these runs cannot be stacked: {why}")
+    return data
 
 
 @dataclass
@@ -127,10 +129,8 @@ def train_units_stacked(units: Sequence[StackedUnit], data: DataSplits, device: 
         raise ValueError("stacked units need one TrainConfig, start step, LR override and snapshot step")
     start, lr_override, snap = units[0].segment()
     rows = [u.train_rows if u.train_rows is not None else torch.arange(len(data.train)) for u in units]
-    validations = [u.ctx.validation for u in units]
-    validation: list[ArrayData] | None = None
-    if any(v is not None and len(v) for v in validations):
-        validation = [v for v in validations]  # type: ignore[misc]
+    validations = [u.ctx.validation for u in units]  # every run's, or none (one config, one val_size)
+    validation = validations if any(v is not None and len(v) for v in validations) else None
     records = train_stacked([u.model for u in units], [u.mask for u in units], data, train,
                             [u.ctx.seed for u in units], metrics=default_metrics(data.test), validation=validation,
                             device=device, train_rows=rows, start_step=start, lr_override=lr_override,
@@ -171,20 +171,18 @@ def _write_unit(u: StackedUnit, history: list[dict[str, Any]]) -> dict[str, Any]
                         example_input(ctx.data))}
     save_weights(u.model, run.file(u.unit, "final.safetensors"))
     run.write_jsonl(history, u.unit, "metrics.jsonl")
-    run.write_json(summary, u.unit, "summary.json")
-    writer_only(lambda: run.file(u.unit, "checkpoint.safetensors").unlink(missing_ok=True))
+    run.write_json(summary, u.unit, "summary.json")  # written last: marks the unit complete
     ctx.log(f"  {u.unit} (stacked): density {final_mask.density:.4f}  test acc final "
             f"{summary['final_test_accuracy']:.4f}  max {summary['max_test_accuracy']:.4f}  early-stop it "
             f"{summary['early_stop_step']}")
     return summary
 
 
-def refusal_for(config: Any) -> str | None:
-    """:func:`stack_refusal` for a run config (its model built on its data set's shapes)."""
-    from ..data import load_dataset
-    from .common import build_seeded_model
-
-    data = load_dataset(config.data.name, config.data.root, **config.data.options)
+def refusal_for(config: Any, data: DataSplits | None = None) -> str | None:
+    """:func:`stack_refusal` for a run config (its model built on its data set's shapes; ``data``:
+    the data set when the caller has it loaded)."""
+    if data is None:
+        data = load_dataset(config.data.name, config.data.root, **config.data.options)
     return stack_refusal(build_seeded_model(config.model, data, config.seed), config.train)
 
 
