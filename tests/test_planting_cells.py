@@ -15,7 +15,8 @@ from ticketlab.planting.plant import host_network, plant
 from ticketlab.planting.targets import target_network
 from ticketlab.planting.tasks import make_task
 from ticketlab.pruning.edge_popup import train_edge_popup
-from ticketlab.pruning.edge_popup_stacked import _rows_topk, train_edge_popup_stacked
+from ticketlab.pruning import edge_popup_stacked as eps
+from ticketlab.pruning.edge_popup_stacked import _rows_topk, _SegmentTopk, train_edge_popup_stacked
 from ticketlab.pruning.edge_popup import topk_mask
 
 TINY = Protocol(depth=4, width=24, samples=400, epochs=2, multishot_rounds=3, multishot_epochs=1)
@@ -93,6 +94,65 @@ def test_rows_topk_follows_topk_mask_row_by_row_ties_included():
         assert torch.equal(out[r], topk_mask(x[r], int(ks[r])))
     assert out.tolist()[0] == [True, True, False, False, False]  # a tie at the threshold: lowest index
     assert out.sum(1).tolist() == [2, 3, 5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_segment_topk_follows_rows_topk_band_or_not(monkeypatch, dtype):
+    """The all-segments top-k of stacked edge-popup (``_SegmentTopk``) against ``_rows_topk`` and
+    ``topk_mask`` row by row and segment by segment: ties at the threshold, k = 0 (nothing kept), k = n,
+    a good band, a band that fails (the fallback, with and without the guaranteed band), NaN bands."""
+    gen = torch.Generator().manual_seed(0)
+    segments, width = [(3, 50), (60, 200), (260, 7), (267, 1), (300, 390)], 705  # gaps between and after
+    rows = 6
+    x = torch.randint(0, 40, (rows, width), generator=gen).to(dtype) / 8  # many ties
+    x[:, 400:500] = torch.rand(rows, 100, generator=gen, dtype=dtype)
+    ks = torch.stack([torch.randint(0, n + 1, (rows,), generator=gen) for _, n in segments], 1)
+    ks[0] = 0
+    ks[1] = torch.tensor([n for _, n in segments])
+    ks[2, 1] = 1
+    fallbacks = []
+    real_near = eps._kth_largest_near
+
+    def near(*args):
+        fallbacks.append(args[0].shape[0])
+        return real_near(*args)
+
+    monkeypatch.setattr(eps, "_kth_largest_near", near)
+    topk = _SegmentTopk(segments, width)
+
+    def check(mask, kth):
+        mask = mask.clone()
+        inside = torch.zeros(width, dtype=torch.bool)
+        for j, (o, n) in enumerate(segments):
+            inside[o:o + n] = True
+            assert torch.equal(mask[:, o:o + n].bool(), _rows_topk(x[:, o:o + n], ks[:, j]))
+            for r in range(rows):
+                k = int(ks[r, j])
+                want = topk_mask(x[r, o:o + n], k) if k > 0 else torch.zeros(n, dtype=torch.bool)
+                assert torch.equal(mask[r, o:o + n].bool(), want)
+                assert int(mask[r, o:o + n].sum()) == k
+        assert torch.all(mask[:, ~inside] == 1)  # unmasked columns and padding
+        return kth
+
+    exact = check(*topk(x, ks))  # no band: kthvalue throughout
+    assert topk.count is None
+    assert exact[1].tolist() == [float("-inf")] * len(segments) and exact[0].tolist() == [float("inf")] * len(segments)
+    moved = torch.full((rows, 1), 0.3, dtype=dtype)
+    check(*topk(x, ks, exact, torch.full((rows, len(segments)), 0.05, dtype=dtype), moved))  # the band holds it
+    zeros = [int(c) for c in (ks == 0).sum(0) if c]
+    assert topk.count is not None and fallbacks == zeros  # only k = 0 falls back
+    fallbacks.clear()
+    check(*topk(x, ks, exact + 0.8, torch.zeros(rows, 1, dtype=dtype), moved))  # wrong band: falls back ...
+    assert sum(fallbacks) > rows
+    check(*topk(x, ks, exact + 0.8, torch.zeros(rows, 1, dtype=dtype)))  # ... in full without a bound
+    delta = torch.full((rows, 1), 0.2, dtype=dtype)
+    delta[3] = float("nan")  # a NaN row (a NaN score) is computed in full
+    check(*topk(x, ks, exact, delta, delta))
+    xn = x.clone()
+    xn[4, 10] = float("nan")  # a NaN entry: ranked as _rows_topk ranks it (NaN bound, full kthvalue)
+    mask, _ = topk(xn, ks, exact, delta, delta)
+    for j, (o, n) in enumerate(segments):
+        assert torch.equal(mask[:, o:o + n].bool(), _rows_topk(xn[:, o:o + n], ks[:, j]))
 
 
 def test_stacked_edge_popup_replicate_is_independent_of_its_neighbours():
