@@ -289,3 +289,32 @@ def test_vmap_engine_trains_a_conv_net():
     for name, w in alone.model.named_parameters():
         torch.testing.assert_close(mine[name], w, atol=1e-4, rtol=0)
     assert "test_accuracy" in alone.history.records[-1]
+
+
+# --- the hand-written loss gradient ---------------------------------------------------------------
+@pytest.mark.parametrize("loss", [F.mse_loss, F.cross_entropy])
+def test_hand_written_loss_gradient_is_autograds_bit_for_bit(loss):
+    from ticketlab.replicates import _stacked_loss, stacked_loss_and_grad
+    g = torch.Generator().manual_seed(0)
+    for k, b, d in [(1, 32, 3), (5, 32, 1), (3, 60, 10), (2, 7, 2)]:
+        out = (torch.randn(k, b, d, generator=g) * 3).requires_grad_(True)
+        y = torch.randint(0, d, (k, b), generator=g) if loss is F.cross_entropy else torch.randn(k, b, d, generator=g)
+        losses = _stacked_loss(loss)(out, y)
+        (expected,) = torch.autograd.grad(losses.sum(), out)
+        got_losses, got = stacked_loss_and_grad(loss)(out, y)
+        assert torch.equal(got_losses, losses.detach()) and torch.equal(got, expected), (k, b, d)
+    assert stacked_loss_and_grad(F.l1_loss) is None
+
+
+@pytest.mark.parametrize("task", ["helix", "circle"])
+def test_training_with_the_hand_written_loss_gradient_equals_autograds(task, monkeypatch):
+    import ticketlab.replicates as rep
+    data = task_splits(task)
+    models = hosts([0, 1, 2], data)
+    masks = [random_mask(m, s, 0.3, biases=True) for s, m in enumerate(models)]
+    loss = F.cross_entropy if task == "circle" else F.mse_loss
+    hand = train_stacked(models, masks, data, ADAM, [0, 1, 2], loss=loss, device="cpu")
+    monkeypatch.setattr(rep, "stacked_loss_and_grad", lambda loss: None)
+    auto = train_stacked(models, masks, data, ADAM, [0, 1, 2], loss=loss, device="cpu")
+    for a, b in zip(hand, auto):
+        assert states_equal(a.model, b.model) and a.history.records == b.history.records
