@@ -266,7 +266,7 @@ def run_cells(cells: Sequence[Cell], protocol: Protocol = Protocol(), *, device:
     """The rows of ``cells`` (task, method, kept, seed), in order (see ``benchmark.run_cell`` for a
     row's keys; ``seconds`` is the cell's share of the stacks it was in). A cell whose training
     diverged gets a ``DivergenceError`` instead of a row; the others are unaffected.
-    ``return_models`` adds "model", "mask" and "ticket" as ``run_cell`` does."""
+    ``return_models`` adds "model", "mask", "ticket" and "found" as ``run_cell`` does."""
     if not isinstance(stack_size, int) or isinstance(stack_size, bool) or stack_size < 1:
         raise ValueError(f"stack_size must be an integer >= 1, got {stack_size!r}")
     pr, dev = protocol, torch.device(device)
@@ -344,7 +344,7 @@ def _row(w: _Work, pr: Protocol, dev: torch.device, return_models: bool) -> dict
         "seconds": w.seconds + time.perf_counter() - start,
     }
     if return_models:
-        row.update(model=w.model, mask=weights, ticket=p.planted.mask)
+        row.update(model=w.model, mask=weights, ticket=p.planted.mask, found=w.found)
     return row
 
 
