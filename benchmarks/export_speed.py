@@ -7,9 +7,11 @@ images, layer-wise magnitude pruning, one level at rate 1 - density, a few train
 speed depends on the mask's density and shape, not on the accuracy) is exported twice with
 ``ticketlab.export.export_run``: ``standalone`` (the dense model, pruned entries 0) and ``sparse``
 (each Linear in the form measured fastest at export time, at batch 1 and batch 60). Both exports
-are loaded back with ``load_ticket`` and timed interleaved (dense, sparse, dense, ...) at batch 1 and
-60; a ratio is the median over repeats of dense / sparse time within the same repeat (the targets' measure;
-the fastest rounds' ratio is printed beside it, for reading a run on a loaded machine). The Conv-2 row
+are loaded back with ``load_ticket`` (the sparse one with its dead hidden units removed, exactly: a
+model's second line gives the units each Linear layer keeps of its outputs) and timed interleaved
+(dense, sparse, dense, ...) at batch 1 and 60; a ratio is the median over repeats of dense / sparse time
+within the same repeat (the targets' measure; the fastest rounds' ratio is printed beside it, for reading
+a run on a loaded machine). The Conv-2 row
 (3x32x32 input, the same IMP at 2%) shows whether a conv layer's ``unfold`` form was measured to pay
 (forms u) or dense was kept (d); its Linear layers take the sparse forms as LeNet's do.
 
@@ -93,7 +95,8 @@ def main() -> int:
                 ratio = statistics.median(d / s for d, s in zip(t["dense"], t["sparse"]))
                 best = min(t["dense"]) / min(t["sparse"])  # load only adds time: the best rounds, for reading
                 rows.append((model, density, batch, statistics.median(t["dense"]), statistics.median(t["sparse"]),
-                             ratio, best, size_ratio, reports["sparse"]["layer_forms"], type(sparse).__name__))
+                             ratio, best, size_ratio, reports["sparse"]["layer_forms"], type(sparse).__name__,
+                             reports["sparse"].get("dead_units", {})))
                 if ratio < 0.95:
                     failures.append(f"{model} density {density:g} batch {batch}: sparse export slower than dense "
                                     f"({ratio:.2f}x)")
@@ -107,10 +110,13 @@ def main() -> int:
     print(f"{'model':>14} {'density':>8} {'batch':>6} {'dense us':>10} {'sparse us':>10} {'speedup':>8} {'best':>7} "
           f"{'file x smaller':>15}  runs as, forms (batch 1 / {args.batch})")
     short = {"dense": "d", "csr": "c", "csr_rows": "r", "unfold": "u"}
-    for model, density, batch, td, ts, ratio, best, size, forms, runs_as in rows:
+    for model, density, batch, td, ts, ratio, best, size, forms, runs_as, dead in rows:
         f = ", ".join(f"{n}:{short[v['1']]}/{short[v[str(args.batch)]]}" for n, v in forms.items())
+        # the second line of a model: the units each Linear keeps after dead-unit elimination (of its outputs)
+        kept = "units kept " + ", ".join(f"{n} {e['outputs'][0]}/{e['outputs'][1]}" for n, e in dead.items()
+                                         if e["outputs"][0] < e["outputs"][1]) if dead else ""
         print(f"{model:>14} {density:>8.3f} {batch:>6} {td * 1e6:>10.1f} {ts * 1e6:>10.1f} {ratio:>7.2f}x {best:>6.2f}x "
-              f"{size:>14.1f}x  {runs_as}: {f if batch == 1 else ''}")
+              f"{size:>14.1f}x  " + (f"{runs_as}: {f}" if batch == 1 else kept))
     print(f"({time.time() - started:.0f} s; speedup: median over repeats of dense / sparse in one repeat, the "
           f"targets' measure; best: fastest dense / fastest sparse round, for a loaded machine; forms: c = csr, "
           f"r = csr_rows, u = unfold (conv), d = dense)")

@@ -601,3 +601,205 @@ def test_strong_run_tickets_export_as_the_masked_frozen_net(tmp_path):
         assert desc["model"] == "mlp" and desc["model_options"] == {"hidden": [8]} and desc["input_shape"] == [2]
     with pytest.raises(ExportError, match="no completed ticket 'seed_0/backprop'"):
         export_run(store, h, tmp_path / "x", unit="seed_0/backprop", log=lambda _: None)
+
+
+# --- exact dead-unit elimination ---------------------------------------------------------------------
+def _masked_mlp(widths, density, seed, *, bias=True, relu=True):
+    """A Linear chain (flatten, Linear, [ReLU], ...) with random masks at ``density`` and non-zero biases."""
+    g = torch.Generator().manual_seed(seed)
+    nn = torch.nn
+    layers: list[torch.nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        if i:
+            layers.append(nn.ReLU() if relu else nn.Identity())
+        layers.append(nn.Linear(a, b, bias=bias))
+    net = nn.Sequential(*layers).eval()
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(torch.rand(m.weight.shape, generator=g) < density)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.5)
+    return net
+
+
+def _check_eliminated(net, x, report=None):
+    """Eliminate dead units of a copy of ``net``; same outputs in every form and as a planned SparseChain."""
+    import copy
+
+    from ticketlab.sparse_inference import chain_plans, chain_steps, eliminate_dead_units
+
+    small = copy.deepcopy(net)
+    got = eliminate_dead_units(small)
+    with torch.no_grad():
+        expected = net(x)
+        torch.testing.assert_close(small(x), expected, rtol=1e-5, atol=1e-5)
+        linears = [n for n, m in small.named_modules() if isinstance(m, torch.nn.Linear)]
+        for n in linears:  # the report is what the layers now are; the model's inputs and outputs stay
+            m, full = small.get_submodule(n), net.get_submodule(n)
+            assert got[n]["outputs"][0] == m.out_features and got[n]["inputs"][0] == m.in_features
+            assert got[n]["weights"] == [int((m.weight != 0).sum()), int((full.weight != 0).sum())]
+        assert small.get_submodule(linears[0]).in_features == net.get_submodule(linears[0]).in_features
+        assert small.get_submodule(linears[-1]).out_features == net.get_submodule(linears[-1]).out_features
+        for forms in ({1: "csr_rows"}, {1: "csr"}, {1: "dense"}, {1: "dense", 8: "csr_rows"}):
+            sparse = copy.deepcopy(small)
+            for n in linears:
+                m = sparse.get_submodule(n)
+                sparse[int(n)] = SparseLinear(m.weight, m.bias, forms)
+            chain = SparseChain(sparse, chain_steps(sparse), chain_plans(sparse)).eval()
+            assert chain._plans is not None
+            for b in (1, 3, 8, 30):
+                torch.testing.assert_close(chain(x[:b]), expected[:b], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(SparseChain(sparse, chain_steps(sparse))(x), expected, rtol=1e-5, atol=1e-5)
+    if report is not None:
+        assert {n: e["outputs"][0] for n, e in got.items()} == report
+    return got
+
+
+@pytest.mark.parametrize("density", [0.5, 0.1, 0.03, 0.01])
+def test_dead_unit_elimination_equals_the_masked_model(density):
+    net = _masked_mlp([40, 50, 30, 20, 5], density, seed=int(density * 1000))
+    x = torch.randn(30, 40, generator=torch.Generator().manual_seed(1))
+    got = _check_eliminated(net, x)
+    if density <= 0.03:  # sparse enough that units die
+        assert sum(e["outputs"][0] for e in got.values()) < 50 + 30 + 20 + 5
+
+
+def test_dead_unit_elimination_when_whole_layers_die():
+    net = _masked_mlp([12, 16, 8, 4], 0.5, seed=0)
+    with torch.no_grad():
+        net[3].weight.zero_()  # every unit of the first hidden layer loses its outgoing weights
+    x = torch.randn(30, 12, generator=torch.Generator().manual_seed(1))
+    got = _check_eliminated(net, x, report={"1": 0, "3": 0, "5": 4})  # the second layer's units are then
+    assert got["3"]["inputs"] == [0, 16] and got["3"]["folded"] == 0  # constants, folded into the output's bias
+    assert got["5"]["inputs"] == [0, 8] and 0 < got["5"]["folded"] <= 8
+    net = _masked_mlp([12, 16, 8, 4], 0.5, seed=0)
+    with torch.no_grad():
+        net[5].weight.zero_()  # nothing reaches the output: it is its bias alone
+    got = _check_eliminated(net, x, report={"1": 0, "3": 0, "5": 4})
+    net = _masked_mlp([12, 16, 8, 4], 0.5, seed=0)
+    with torch.no_grad():
+        net[1].weight.zero_()  # every unit of the first hidden layer is the constant relu(bias): all folded
+    got = _check_eliminated(net, x)
+    assert got["3"]["folded"] == 16 and got["1"]["outputs"][0] == 0
+
+
+@pytest.mark.parametrize("bias_before,relu", [(2.0, True), (-2.0, True), (-2.0, False)])
+def test_a_unit_without_incoming_weights_is_folded_into_the_next_bias(bias_before, relu):
+    net = _masked_mlp([6, 5, 4, 3], 1.0, seed=3, relu=relu)
+    with torch.no_grad():
+        net[1].weight[2].zero_()  # unit 2 of the first hidden layer: no incoming weights,
+        net[1].bias[2] = bias_before  # outputs act(bias) whatever the input
+    x = torch.randn(30, 6, generator=torch.Generator().manual_seed(1))
+    got = _check_eliminated(net, x, report={"1": 4, "3": 4, "5": 3})
+    assert got["3"]["folded"] == 1 and got["3"]["inputs"] == [4, 5]
+
+
+def test_folding_into_a_layer_without_bias_gives_it_one():
+    net = _masked_mlp([6, 5, 4, 3], 1.0, seed=4, bias=False)
+    with torch.no_grad():
+        net[1].weight[0].zero_()  # no bias before either: the unit is 0, removed, no bias made
+    x = torch.randn(30, 6, generator=torch.Generator().manual_seed(1))
+    _check_eliminated(net, x, report={"1": 4, "3": 4, "5": 3})
+    nn = torch.nn
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4, bias=False), nn.ReLU(),
+                        nn.Linear(4, 3, bias=False)).eval()
+    with torch.no_grad():
+        net[1].weight[1].zero_()
+        net[1].bias.fill_(0.7)  # unit 1 outputs 0.7: the next layer gets a bias W[:, 1] * 0.7
+    import copy
+
+    from ticketlab.sparse_inference import eliminate_dead_units
+
+    small = copy.deepcopy(net)
+    assert eliminate_dead_units(small)["3"]["folded"] == 1 and small[3].bias is not None
+    _check_eliminated(net, x)
+
+
+def test_only_linear_runs_are_reduced():
+    from ticketlab.sparse_inference import eliminate_dead_units, linear_runs
+
+    nn = torch.nn
+    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4), nn.ReLU(), nn.Identity(),
+                        nn.Linear(4, 3), nn.Dropout(0.1), nn.Linear(3, 2)).eval()
+    assert linear_runs(net) == [[("3", False), ("6", True)]]  # after a Tanh or a Dropout a new run (of one) begins
+    with torch.no_grad():
+        net[3].weight.zero_()
+    assert set(eliminate_dead_units(net)) == {"3", "6"} and net[1].out_features == 5
+    assert linear_runs(build_model("resnet20", (3, 8, 8), 4, width=4)) == []  # no chain: nothing removed
+    assert linear_runs(build_model("conv2", (3, 8, 8), 4)) == [[("classifier.0", False), ("classifier.2", True),
+                                                               ("fc", True)]]
+
+
+def test_export_records_the_dead_units_and_load_removes_them(store, tmp_path):
+    out = tmp_path / "out"
+    report = export_run(store, config_hash(MLP_CFG), out, fmt="sparse", batch=8, log=lambda _: None,
+                        timer=_forced_forms({"dense": 3.0, "csr_rows": 1.0}))
+    desc = json.loads((out / "ticket.json").read_text())
+    dead = desc["dead_units"]
+    assert json.loads((out / "export.json").read_text())["dead_units"] == dead == report["dead_units"]
+    assert set(dead) == {"hidden.0", "hidden.2", "fc"} and dead["hidden.0"]["inputs"] == [16, 16]
+    assert dead["hidden.0"]["outputs"][1] == 64 and dead["fc"]["outputs"] == [4, 4]
+    chain = load_ticket(out)
+    for name, entry in dead.items():
+        layer = chain.model.get_submodule(name)
+        assert [layer.out_features, layer.in_features] == [entry["outputs"][0], entry["inputs"][0]]
+        assert desc["layers"][name]["shape"] == [entry["outputs"][1], entry["inputs"][1]]  # the stored layer
+        if entry["outputs"][0] < entry["outputs"][1]:
+            assert desc["layers"][name]["computed_shape"] == [entry["outputs"][0], entry["inputs"][0]]
+    from safetensors.torch import load_file
+
+    stored = load_file(str(out / "weights.safetensors"))  # the full-size masked tensors, as before
+    assert stored["hidden.0.bias"].shape == (64,)
+    expected = masked_model(store, MLP_CFG, MLP_CFG.levels, (16,), 4)
+    x = torch.randn(9, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(chain(x), expected(x), rtol=1e-5, atol=1e-5)
+
+    from ticketlab.integrity import CHECKSUM_KEY, seal_json
+
+    def rewrite(change):
+        d = json.loads((out / "ticket.json").read_text())
+        d.pop(CHECKSUM_KEY)
+        change(d)
+        (out / "ticket.json").write_text(seal_json(d))
+
+    rewrite(lambda d: d["dead_units"]["hidden.2"]["outputs"].__setitem__(0, 99))  # not what the weights give
+    with pytest.raises(ExportError, match="dead units"):
+        load_ticket(out)
+    rewrite(lambda d: d.pop("dead_units"))  # an export from before: loads at full size, same outputs
+    old = load_ticket(out)
+    assert old.model.hidden[0].out_features == 64
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), expected(x), rtol=1e-5, atol=1e-5)
+
+
+def test_chain_plans_follow_copies_and_need_2d_inputs():
+    import copy
+    import io
+
+    from ticketlab.sparse_inference import chain_plans, chain_steps
+
+    nn = torch.nn
+    net = _masked_mlp([12, 10, 6], 0.4, seed=5)
+    sparse = copy.deepcopy(net)
+    for i in (1, 3):
+        sparse[i] = SparseLinear(net[i].weight, net[i].bias, {1: "csr_rows", 8: "csr"})
+    chain = SparseChain(sparse, chain_steps(sparse), chain_plans(sparse))
+    threshold, small, large = chain._plans
+    assert len(small) == 3 and small[0].func.__name__ == "rows_flat"  # the flatten done by the transposing copy
+    assert len(large) == 4 and large[1].func.__name__ == "csr_rm"
+    buffer = io.BytesIO()
+    torch.save(chain, buffer)
+    buffer.seek(0)
+    x = torch.randn(20, 12, generator=torch.Generator().manual_seed(0))
+    for other in (copy.deepcopy(chain), torch.load(buffer, weights_only=False)):
+        assert other._plans[1][0].func.__self__ is other.model[1]
+        with torch.no_grad():
+            torch.testing.assert_close(other(x), net(x), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(other(x[:1]), net(x[:1]), rtol=1e-5, atol=1e-5)
+    no_flatten = nn.Sequential(SparseLinear(net[1].weight, net[1].bias, {1: "csr"}), nn.ReLU())
+    assert chain_plans(no_flatten) is None  # its input may have more dimensions: the general steps
+    uneven = copy.deepcopy(sparse)
+    uneven[3] = SparseLinear(net[3].weight, net[3].bias, {1: "csr_rows", 100: "csr"})
+    assert chain_plans(uneven) is None  # thresholds differ

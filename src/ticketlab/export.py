@@ -22,7 +22,9 @@ then replaces each Linear layer (and each Conv2d whose ``unfold`` form pays) by 
 on this machine at export time for its density and shape (``ticketlab.sparse_inference``: CSR, the
 CSR arrays computed by ``torch.embedding_bag``, unfold for convs, or dense), separately for small
 batches (measured at batch 1) and large ones (measured at ``batch``); dense wherever no sparse form is
-clearly faster. A chain model (LeNet, any MLP, Conv-2/4/6) then runs as one flat ``SparseChain``.
+clearly faster. A chain model (LeNet, any MLP, Conv-2/4/6) then runs as one flat ``SparseChain``, its
+hidden units that cannot change the output removed at load (exactly; ``eliminate_dead_units``; the
+stored weights stay full-size and ``ticket.json`` records what was removed, ``dead_units``).
 ``shrunk`` removes the channels a structured ticket empties. ``onnx`` writes the standalone files plus
 ``model.onnx`` (batch dimension dynamic), checked under onnxruntime against PyTorch within
 ``ONNX_TOLERANCE`` before it is written (the optional ``onnx`` extra: onnx and onnxruntime);
@@ -35,6 +37,7 @@ corrupt, truncated or foreign file gives one :class:`ExportError` naming the fil
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import math
@@ -49,8 +52,9 @@ from torch import nn
 from .atomic import atomic_write_bytes, atomic_write_text, replace_folder
 from .integrity import CorruptFileError, open_json, seal_json, seal_safetensors, verify_safetensors
 from .masks import Mask
-from .sparse_inference import (CONV_FORMS, FORMS, SparseChain, SparseConv2d, SparseLinear, Timer, chain_steps,
-                               choose_form, choose_forms, convertible_conv, measure_group, measure_latency, time_group)
+from .sparse_inference import (CONV_FORMS, FORMS, SparseChain, SparseConv2d, SparseLinear, Timer, chain_plans,
+                               chain_steps, choose_form, choose_forms, convertible_conv, eliminate_dead_units,
+                               measure_group, measure_latency, time_group)
 
 __all__ = ["ExportError", "FORMATS", "SparseChain", "SparseConv2d", "SparseLinear", "choose_form", "choose_forms",
            "completed_levels", "export_run", "load_ticket", "measure_group", "measure_latency", "SUPPORTED_EXPERIMENTS"]
@@ -232,7 +236,16 @@ def _sparsify(model: nn.Module, layers: Mapping[str, Mapping[str, Any]]) -> nn.M
         elif not conv:
             _replace_module(model, name, SparseLinear(layer.weight, layer.bias, layer_forms))
     steps = chain_steps(model)
-    return model if steps is None else SparseChain(model, steps)
+    return model if steps is None else SparseChain(model, steps, chain_plans(model))
+
+
+def _eliminate_as_recorded(model: nn.Module, recorded: Any, ticket: Path) -> None:
+    """Dead-unit elimination at load (the stored weights are the full-size masked tensors); what it
+    removes must be what the export recorded (and timed the forms on)."""
+    got = eliminate_dead_units(model)
+    if got != recorded:
+        raise ExportError(f"{ticket} is corrupt or does not match its weights: the dead units it records differ "
+                          f"from those of the stored weights ({recorded} vs {got}); export the ticket again")
 
 
 def load_ticket(path: str | Path) -> nn.Module:
@@ -251,6 +264,8 @@ def load_ticket(path: str | Path) -> nn.Module:
         return _build_shrunk(desc, _read_weights(weights), weights).eval()
     model = _build(desc, _read_weights(weights), weights)
     if desc["kind"] == "sparse":
+        if "dead_units" in desc:  # exports before dead-unit elimination lack it and load at full size
+            _eliminate_as_recorded(model, desc["dead_units"], ticket)
         model = _sparsify(model, desc.get("layers", {}))
     return model.eval()
 
@@ -555,7 +570,10 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
         """The three files, written into a new folder that then replaces ``out`` as a whole: a
         killed export leaves the previous export (or none), never a mix of two."""
         if fmt == "sparse":
-            desc["layers"] = choose_forms(dense_model, batches, timer, measure_seconds, input_shape=tuple(input_shape))
+            reduced = copy.deepcopy(dense_model)  # the forms are timed on the layers load_ticket will run
+            desc["dead_units"] = eliminate_dead_units(reduced)
+            desc["layers"] = choose_forms(reduced, batches, timer, measure_seconds, input_shape=tuple(input_shape))
+            _describe_reduced_layers(desc["layers"], desc["dead_units"], dense_model)
             _write_weights(folder / WEIGHTS_FILE, state, set() if mask is None else set(mask))
         elif fmt == "shrunk":
             _write_weights(folder / WEIGHTS_FILE, _shrunk_state(dense_model, mask, input_shape, desc), set())
@@ -570,6 +588,7 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
                        "bytes": {**_file_bytes(folder), "dense_fp32_state": sum(t.numel() * 4 for t in state.values())},
                        "threads": torch.get_num_threads(), "torch": torch.__version__})
         if fmt == "sparse":
+            report["dead_units"] = desc["dead_units"]
             report["layer_forms"] = {n: e["forms"] for n, e in desc["layers"].items()}
             report["runs_as"] = type(exported).__name__
         if onnx:
@@ -584,6 +603,23 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
     replace_folder(out, write)
     log(describe(report, out))
     return report
+
+
+def _describe_reduced_layers(layers: dict[str, dict[str, Any]], dead: Mapping[str, Mapping[str, Any]],
+                             full: nn.Module) -> None:
+    """A layer entry's ``shape`` and ``density`` stay those of the stored (full-size) layer; a layer that
+    dead-unit elimination made smaller adds ``computed_shape`` and ``computed_density``, what it runs as."""
+    for name, entry in layers.items():
+        if name not in dead:
+            continue
+        stored = _layer_shape_density(full.get_submodule(name).weight)
+        if stored != (entry["shape"], entry["density"]):
+            entry["computed_shape"], entry["computed_density"] = entry["shape"], entry["density"]
+            entry["shape"], entry["density"] = stored
+
+
+def _layer_shape_density(weight: torch.Tensor) -> tuple[list[int], float]:
+    return list(weight.shape), int((weight != 0).sum()) / weight.numel() if weight.numel() else 0.0
 
 
 @torch.no_grad()
@@ -644,6 +680,15 @@ def describe(report: Mapping[str, Any], out: Path | str = "") -> str:
     for batch, t in report["latency"].items():
         lines.append(f"  batch {batch:>4}: dense {t['dense_s'] * 1e6:9.1f} us, exported {t['export_s'] * 1e6:9.1f} us "
                      f"({t['speedup']:.2f}x), threads {report['threads']}")
+    if report.get("dead_units"):
+        dead = report["dead_units"]
+        kept, before = (sum(e["weights"][i] for e in dead.values()) for i in (0, 1))
+        smaller = [f"{n} {e['outputs'][0]}/{e['outputs'][1]}" for n, e in dead.items()
+                   if e["outputs"][0] < e["outputs"][1]]
+        folded = sum(e["folded"] for e in dead.values())
+        lines.append(f"  dead hidden units removed (exactly): units kept {', '.join(smaller) or 'all'}"
+                     + (f", {folded} constant units folded into biases" if folded else "")
+                     + f"; nonzero weights computed {kept:,} of {before:,}")
     if "layer_forms" in report:
         lines.append("  forms: " + ", ".join(f"{n} {f}" for n, f in report["layer_forms"].items())
                      + (f"; runs as {report['runs_as']}" if "runs_as" in report else ""))

@@ -17,6 +17,10 @@ The forms of a :class:`SparseLinear` (chosen per layer and batch size by measure
   over the batch per kept weight).
 
 and of a :class:`SparseConv2d`: ``dense`` or ``unfold`` (the kept weights over ``F.unfold``'s patches).
+
+:func:`eliminate_dead_units` removes, exactly, the hidden units of a chain's Linear layers that cannot
+change its output (no outgoing weights; or no incoming ones, their constant folded into the next
+bias): at 2% with every layer pruned alike, LeNet-300-100 keeps 96/300 and 18/100 of them.
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["CONV_FORMS", "SPARSE_FORMS", "FORMS", "SparseChain", "SparseConv2d", "SparseLinear", "Timer",
-           "chain_steps", "choose_form", "choose_forms", "convertible_conv", "measure_group", "measure_latency"]
+           "chain_plans", "chain_steps", "choose_form", "choose_forms", "convertible_conv", "eliminate_dead_units",
+           "linear_runs", "measure_group", "measure_latency"]
 
 SPARSE_FORMS = ("csr", "csr_rows")
 FORMS = ("dense", *SPARSE_FORMS)
@@ -49,12 +54,26 @@ class FormError(ValueError):
 def features_major(x: torch.Tensor) -> torch.Tensor:
     """``x`` (batch x features) as a contiguous features x batch matrix, without a copy when ``x`` is
     already the transposed view a sparse layer before returned."""
-    xt = x.t()
-    if xt.is_contiguous():
-        return xt
-    if x.is_cpu and x.dtype == torch.float32 and not x.requires_grad:  # (x.device makes an object per call)
-        return torch.from_numpy(np.ascontiguousarray(x.numpy().T))  # ~1.5x faster than torch's transpose copy
-    return xt.contiguous()
+    if x.stride(0) == 1:  # (0.3 us; x.t().is_contiguous() costs 1.6 us, a tenth of the copy below)
+        xt = x.t()
+        if xt.is_contiguous():
+            return xt
+    elif x.dtype == torch.float32:
+        try:  # a CPU tensor that needs no grad (x.device makes an object per call, the checks cost 0.5 us)
+            return torch.from_numpy(np.ascontiguousarray(x.numpy().T))  # ~1.5x faster than torch's transpose copy
+        except (RuntimeError, TypeError):  # numpy() refuses a tensor on a GPU or one that requires grad
+            pass
+    return x.t().contiguous()
+
+
+def flat_features_major(x: torch.Tensor) -> torch.Tensor:
+    """:func:`features_major` of ``x.flatten(1)`` (samples' features in rows), in one numpy copy."""
+    if x.dtype == torch.float32 and x.dim() >= 2 and x.shape[0]:
+        try:
+            return torch.from_numpy(np.ascontiguousarray(x.numpy().reshape(x.shape[0], -1).T))
+        except (RuntimeError, TypeError):  # a tensor on a GPU or one that requires grad
+            pass
+    return features_major(x.flatten(1))
 
 
 class SparseLinear(nn.Module):
@@ -148,6 +167,54 @@ class SparseLinear(nn.Module):
             return y.relu_().t() if relu else y.t()
         y = F.linear(x, buffers["weight"], buffers["bias"])
         return y.relu_() if relu else y
+
+    # Steps of a SparseChain's plan (chain_plans): one form each, the activations' layout known when the plan
+    # is made, so no step checks shapes or strides or transposes back and forth. "fm" is features-major: the
+    # contiguous features x batch matrix a sparse form returns (its transpose is the batch x features output);
+    # "rm" is an ordinary 2-D batch x features input. Each returns a fresh tensor, in fm except dense_rm.
+    def rows_fm(self, xt: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        buffers = self._buffers
+        y = torch.embedding_bag(xt, buffers["col"], buffers["crow"], False, 0, False, buffers["values"], True)[0]
+        if buffers["bias_column"] is not None:
+            y.add_(buffers["bias_column"])
+        return y.relu_() if relu else y
+
+    def rows_rm(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        return self.rows_fm(features_major(x), relu)
+
+    def rows_flat(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        """``rows_rm(x.flatten(1))``: the flatten before the layer done by its transposing copy."""
+        return self.rows_fm(flat_features_major(x), relu)
+
+    def csr_fm(self, xt: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        csr = self._csr if self._csr is not None else self._csr_tensor()
+        bias = self._buffers["bias_column"]
+        y = torch.mm(csr, xt) if bias is None else torch.addmm(bias, csr, xt)
+        return y.relu_() if relu else y
+
+    def csr_rm(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        return self.csr_fm(x.t(), relu)
+
+    def dense_fm(self, xt: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        buffers = self._buffers
+        bias = buffers["bias_column"]
+        y = torch.mm(buffers["weight"], xt) if bias is None else torch.addmm(bias, buffers["weight"], xt)
+        return y.relu_() if relu else y
+
+    def dense_rm(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+        buffers = self._buffers
+        y = F.linear(x, buffers["weight"], buffers["bias"])
+        return y.relu_() if relu else y
+
+    def plan_step(self, form: str, fm: bool, relu: bool, flat: bool = False
+                  ) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+        """The step computing this layer in ``form`` on activations in fm (``fm``) or rm layout (``flat``:
+        the samples still to be flattened, csr_rows only), with the ReLU after it when ``relu``, and
+        whether its output is fm."""
+        layout = "_flat" if flat else "_fm" if fm else "_rm"
+        name = {"csr_rows": "rows", "csr": "csr", "dense": "dense"}[form] + layout
+        method = getattr(self, name)
+        return (functools.partial(method, relu=True) if relu else method), fm or form != "dense"
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -295,22 +362,177 @@ def chain_steps(model: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]
     return steps
 
 
+_Plans = tuple[float, list[Callable[[torch.Tensor], torch.Tensor]], list[Callable[[torch.Tensor], torch.Tensor]]]
+
+
+def chain_plans(model: nn.Module) -> _Plans | None:
+    """``model``'s chain (:func:`chain_steps`) as two lists of steps, one for the batch sizes up to the
+    SparseLinear layers' common threshold (their small forms) and one above it (their large forms), each
+    step one form on activations whose layout is known when the plan is made (``SparseLinear.rows_fm``
+    etc.): no step checks shapes, strides or the batch size, and a sparse layer's features-major output
+    goes to the next sparse layer without transposing it twice. ``(threshold, small, large)``, or ``None``
+    (use :func:`chain_steps`) when the layers' thresholds differ or a SparseLinear's input is not
+    certainly 2-D (each must follow a flatten of the samples, another SparseLinear or a ReLU)."""
+    names = _chain_names(model)
+    if not names:
+        return None
+    modules = [model.get_submodule(n) for n in names]
+    linears = [m for m in modules if isinstance(m, SparseLinear)]
+    if not linears or len({m.threshold for m in linears}) != 1:
+        return None
+    plans = []
+    for large in (False, True):
+        plan: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        fm = two_d = False  # the activations' layout so far (fm: features x batch), and whether surely 2-D
+        i = 0
+        while i < len(modules):
+            m = modules[i]
+            fused = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
+            if isinstance(m, SparseLinear):
+                if not two_d:
+                    return None
+                form = m.large_form if large else m.small_form
+                flat = form == "csr_rows" and bool(plan) and plan[-1] is _flatten_samples
+                if flat:  # the flatten is done by the layer's transposing copy
+                    plan.pop()
+                step, fm = m.plan_step(form, fm, fused, flat)
+                plan.append(step)
+                i += 2 if fused else 1
+                continue
+            if isinstance(m, nn.ReLU):
+                plan.append(torch.relu)  # any layout
+            elif not isinstance(m, _SKIPPED_IN_EVAL):
+                if fm:
+                    plan.append(torch.t)  # back to batch x features for a module
+                    fm = False
+                flat = isinstance(m, nn.Flatten) and (m.start_dim, m.end_dim) == (1, -1)
+                plan.append(_flatten_samples if flat else m)
+                two_d = flat
+            i += 1
+        if fm:
+            plan.append(torch.t)  # the output as the transposed view of the last layer's result (no copy)
+        plans.append(plan)
+    return linears[0].threshold, plans[0], plans[1]
+
+
 class SparseChain(nn.Module):
     """A model whose forward is a chain of layers, run in eval mode as one loop over plain functions
-    (:func:`chain_steps`): no module call per layer, ReLUs in place. ``model`` is the model itself,
-    with its SparseLinear layers (``chain.model.hidden[0]``); in training mode the chain calls it."""
+    (:func:`chain_steps`): no module call per layer, ReLUs in place; with ``plans`` (:func:`chain_plans`),
+    the plan for the input's batch size instead, each step one form on a known layout. ``model`` is the
+    model itself, with its SparseLinear layers (``chain.model.hidden[0]``); in training mode the chain
+    calls it."""
 
-    def __init__(self, model: nn.Module, steps: list[Callable[[torch.Tensor], torch.Tensor]]):
+    def __init__(self, model: nn.Module, steps: list[Callable[[torch.Tensor], torch.Tensor]],
+                 plans: _Plans | None = None):
         super().__init__()
         self.model = model
         self._steps = steps
+        self._plans = plans
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             return self.model(x)
-        for step in self._steps:
+        plans = self._plans
+        steps = self._steps if plans is None else plans[1] if x.shape[0] <= plans[0] else plans[2]
+        for step in steps:
             x = step(x)
         return x
+
+
+# --- exact dead-unit elimination ------------------------------------------------------------------------
+# Between two Linear layers of a chain only these may stand: a hidden unit is then one row of the Linear
+# before and one column of the Linear after, and one with no incoming weights is relu(bias) or its bias.
+# (Not Dropout: exact in eval mode, but in training mode it would drop a folded constant's share.)
+_BETWEEN_LINEARS = (nn.ReLU, nn.Identity)
+
+
+def linear_runs(model: nn.Module) -> list[list[tuple[str, bool]]]:
+    """The runs of Linear layers in ``model``'s chain (:func:`_chain_names`) that feed each other directly:
+    between two of a run stand only ReLU / Identity modules. Each run lists ``(name, relu)``, where
+    ``relu`` says whether a ReLU stands between that layer and the one before (False for the first). A
+    model that is not a chain has no runs; runs of one layer are left out (they have no hidden units)."""
+    names = _chain_names(model)
+    if not names:
+        return []
+    runs: list[list[tuple[str, bool]]] = []
+    current: list[tuple[str, bool]] = []
+    between: list[nn.Module] | None = None  # the modules since the last Linear of ``current``
+    for name in names:
+        m = model.get_submodule(name)
+        if type(m) is nn.Linear:  # (a subclass may compute something else)
+            if current and between is not None and all(isinstance(b, _BETWEEN_LINEARS) for b in between):
+                current.append((name, any(isinstance(b, nn.ReLU) for b in between)))
+            else:
+                if len(current) > 1:
+                    runs.append(current)
+                current = [(name, False)]
+            between = []
+        elif between is not None:
+            between.append(m)
+    if len(current) > 1:
+        runs.append(current)
+    return runs
+
+
+@torch.no_grad()
+def eliminate_dead_units(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Remove, in place, the hidden units of ``model``'s Linear runs (:func:`linear_runs`) that cannot change
+    its output, exactly (up to float rounding of a folded bias):
+
+    - a unit whose outgoing weights (its column in the next Linear) are all zero contributes nothing: its
+      row (weights and bias) in the Linear before and its column go;
+    - a unit whose incoming weights (its row) are all zero outputs the constant ``act(bias)`` (``act`` the
+      ReLU between, or none): ``W_next[:, u] * act(b_u)`` is added to the next Linear's bias (made when it
+      had none) and the unit goes.
+
+    Repeated until nothing changes (a removed row can leave a unit of the layer before without outgoing
+    weights, a folded unit can leave one of the layer after without incoming ones). The model's inputs
+    and outputs are never removed. Each changed Linear gets new, smaller ``weight`` / ``bias`` parameters.
+    Returns per Linear of the runs: ``outputs`` and ``inputs`` as ``[kept, total]``, ``weights`` (nonzero
+    weights) as ``[kept, before]``, and ``folded``: how many of its input units were constants folded
+    into its bias."""
+    report: dict[str, dict[str, Any]] = {}
+    for run in linear_runs(model):
+        layers = [model.get_submodule(name) for name, _ in run]
+        relu = [r for _, r in run]
+        w = [m.weight.detach().clone() for m in layers]
+        b = [None if m.bias is None else m.bias.detach().clone() for m in layers]
+        folded = [0] * len(layers)
+        out_total = [m.out_features for m in layers]
+        nnz_before = [int((m.weight != 0).sum()) for m in layers]
+        changed = True
+        while changed:
+            changed = False
+            for i in range(len(layers) - 1, 0, -1):  # hidden units between layer i-1 and i, output side first
+                keep = (w[i] != 0).any(0)
+                if not bool(keep.all()):
+                    w[i], w[i - 1] = w[i][:, keep], w[i - 1][keep]
+                    b[i - 1] = None if b[i - 1] is None else b[i - 1][keep]
+                    changed = True
+            for i in range(1, len(layers)):
+                const = ~(w[i - 1] != 0).any(1)
+                if not bool(const.any()):
+                    continue
+                if b[i - 1] is not None:
+                    value = b[i - 1][const].relu() if relu[i] else b[i - 1][const]
+                    shift = w[i][:, const] @ value
+                    if bool((shift != 0).any()):
+                        b[i] = shift if b[i] is None else b[i] + shift
+                keep = ~const
+                w[i], w[i - 1] = w[i][:, keep], w[i - 1][keep]
+                b[i - 1] = None if b[i - 1] is None else b[i - 1][keep]
+                folded[i] += int(const.sum())
+                changed = True
+        for i, (m, (name, _)) in enumerate(zip(layers, run)):
+            if w[i].shape != m.weight.shape or (b[i] is None) != (m.bias is None) or (
+                    b[i] is not None and not torch.equal(b[i], m.bias)):
+                m.weight = nn.Parameter(w[i].contiguous(), requires_grad=m.weight.requires_grad)
+                m.bias = None if b[i] is None else nn.Parameter(b[i].contiguous())
+                m.out_features, m.in_features = w[i].shape
+            report[name] = {"outputs": [int(w[i].shape[0]), out_total[i]],
+                            "inputs": [int(w[i].shape[1]), out_total[i - 1] if i else int(w[i].shape[1])],
+                            "weights": [int((w[i] != 0).sum()), nnz_before[i]], "folded": folded[i]}
+    return report
 
 
 # --- the choice of forms -----------------------------------------------------------------------------------
@@ -378,7 +600,8 @@ def choose_forms(model: nn.Module, batches: list[int], timer: Timer | None = Non
 
 def _layer_entry(weight: torch.Tensor) -> dict[str, Any]:
     nnz = int((weight != 0).sum())
-    return {"forms": {}, "timings_s": {}, "density": nnz / weight.numel(), "shape": list(weight.shape)}
+    return {"forms": {}, "timings_s": {}, "density": nnz / weight.numel() if weight.numel() else 0.0,
+            "shape": list(weight.shape)}
 
 
 def _choose_linear_forms(model: nn.Module, batches: list[int], timer: Timer | None, seconds: float
