@@ -672,7 +672,9 @@ def _measure(dense: nn.Module, exported: nn.Module, state: Mapping[str, torch.Te
 
 def describe(report: Mapping[str, Any], out: Path | str = "") -> str:
     p, b = report["parameters"], report["bytes"]
-    lines = [f"exported run {report['run'][:12]} level {report['level']} as {report['format']} to {out}",
+    which = (f" level {report['level']}" if report.get("level") is not None else "") + (
+        f" unit {report['unit']}" if report.get("unit") else "")
+    lines = [f"exported run {report['run'][:12]}{which} as {report['format']} to {out}",
              f"  parameters kept {p['kept']:,} of {p['total']:,}"
              + (f" (masked weights density {p['masked_density']:.4f})" if p["masked_density"] is not None else ""),
              f"  bytes on disk: weights {b[WEIGHTS_FILE]:,}, {TICKET_FILE} {b[TICKET_FILE]:,} "
