@@ -20,7 +20,8 @@ interleaved within each of --repeats repeats; the table shows the best throughpu
 over repeats of the per-repeat ratio. ``--device cuda`` runs both variants on the GPU.
 
 Targets (issue 13): >= 6x on the planted MLP; never slower than one at a time. Prints FAIL and
-exits non-zero if the stacked (bmm) training is slower than solo at K >= 8 on the planted MLP.
+exits non-zero if the stacked (bmm) training is slower than solo at K >= 8 on the planted MLP, or
+below 6x at K >= 32 under any thread count measured.
 
     python benchmarks/replicates.py --models planted,lenet   # the MLP tables, ~5 minutes on 2 cores
     python benchmarks/replicates.py --models conv2 --threads 1 --repeats 1 --conv2-steps 3   # Conv-2, slow
@@ -191,9 +192,10 @@ def main() -> int:
             print(f"FAIL: stacked slower than one at a time: planted MLP, K={k}, {t} threads, ratio {r:.2f}")
             failed = True
     planted = [r for (name, _, k, e), r in ratios.items() if name == "planted" and e == "bmm" and k >= 32]
-    if planted:
-        print(f"TARGET >= 6x on the planted MLP (bmm, K >= 32): {'PASS' if min(planted) >= 6 else 'MISS'} "
+    if planted:  # the issue's target, at every thread count measured
+        print(f"target >= 6x on the planted MLP (bmm, K >= 32): {'PASS' if min(planted) >= 6 else 'FAIL'} "
               f"(min {min(planted):.2f}x, max {max(planted):.2f}x)")
+        failed = failed or min(planted) < 6
     slower = [(key, r) for key, r in ratios.items() if r < 1.0 and key[3] == "bmm"]
     print("never slower than one at a time (bmm, every MLP, K, threads): "
           + ("PASS" if not slower else "NO: " + ", ".join(f"{k[0]} K={k[2]} t={k[1]}: {r:.2f}x" for k, r in slower)))

@@ -803,3 +803,30 @@ def test_chain_plans_follow_copies_and_need_2d_inputs():
     uneven = copy.deepcopy(sparse)
     uneven[3] = SparseLinear(net[3].weight, net[3].bias, {1: "csr_rows", 100: "csr"})
     assert chain_plans(uneven) is None  # thresholds differ
+
+
+def test_planted_cells_export_their_recomputed_ticket(tmp_path):
+    """Issue 19: a planted cell stores only its row; the export recomputes the cell alone, checks that it
+    reproduces the stored row, and exports the trained host under the mask the cell found."""
+    from ticketlab.planting.benchmark import Protocol, run_cell
+    from ticketlab.planting.study import PlantCell, compute_cell
+
+    tiny = Protocol(depth=4, width=32, samples=400, epochs=1, multishot_rounds=2, multishot_epochs=1)
+    store = Store(tmp_path / "runs")
+    cell = PlantCell("helix", "multishot_magnitude", 0.2, 3, tiny)
+    row = compute_cell(store, cell, log=lambda _: None)
+    reference = run_cell("helix", "multishot_magnitude", 0.2, 3, tiny, return_model=True)
+    x = torch.rand(9, 1, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for fmt in ("standalone", "sparse"):
+        report = export_run(store, cell.hash[:8], tmp_path / fmt, fmt=fmt, batch=8, log=lambda _: None,
+                            timer=fast_timer)
+        model = load_ticket(tmp_path / fmt)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), reference["model"].eval()(x), rtol=1e-5, atol=1e-6)
+        desc = json.loads((tmp_path / fmt / "ticket.json").read_text())
+        assert desc["model"] == "mlp" and desc["model_options"] == {"hidden": [32, 32]} and desc["input_shape"] == [1]
+        assert report["parameters"]["kept"] == reference["found"].num_kept + sum(  # the unmasked: none (pool = all)
+            p.numel() for n, p in reference["model"].named_parameters() if n not in reference["found"])
+    assert row["density"] == reference["found"].density
+    with pytest.raises(ExportError, match="--level, --branch and --unit do not apply"):
+        export_run(store, cell.hash, tmp_path / "x", level=1, log=lambda _: None)

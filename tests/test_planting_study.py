@@ -236,3 +236,64 @@ def test_ls_and_report_list_and_draw_a_study(clean, capsys):
     drawn = json.loads((out / "rows.json").read_text())
     assert [(r["task"], r["method"], r["kept"]) for r in drawn] == [(r["task"], r["method"], r["kept"]) for r in rows]
     assert main(["report", rows.study, "--runs-dir", str(root), "--out", str(root / "one")]) == 0
+
+
+def test_multishot_random_skips_its_trainings_and_keeps_its_rows(monkeypatch):
+    """Random scores never read the weights: the rounds' trainings are skipped, the rows unchanged."""
+    import json
+
+    import ticketlab.planting.cells as cells
+    from ticketlab.planting.benchmark import Protocol
+
+    tiny = Protocol(depth=4, width=24, samples=400, epochs=1, multishot_rounds=3, multishot_epochs=1)
+    todo = [("relu", "multishot_random", 0.2, 0), ("circle", "multishot_random", "ticket", 1),
+            ("circle", "multishot_magnitude", 0.2, 1)]
+    fits = []
+    real_fit = cells._Stacks.fit
+
+    def counting_fit(self, jobs, epochs, what):
+        fits.append(len(jobs))
+        return real_fit(self, jobs, epochs, what)
+
+    monkeypatch.setattr(cells._Stacks, "fit", counting_fit)
+    skipped = cells.run_cells(todo, tiny)
+    skipped_fits, fits[:] = list(fits), []
+    monkeypatch.setattr(cells, "WEIGHT_FREE_SCORES", frozenset())
+    trained = cells.run_cells(todo, tiny)
+
+    def text(row):
+        return json.dumps({k: v for k, v in row.items() if k != "seconds"}, sort_keys=True)
+
+    assert [text(r) for r in skipped] == [text(r) for r in trained]
+    # trained: round 1 relu's cell and circle's two (one H under the pool), rounds 2 and 3 all three,
+    # then the weak training of all three; skipped: only what the magnitude cell needs
+    assert fits == [2, 3, 3, 3] and skipped_fits == [1, 1, 1, 3]
+
+
+def test_cell_ticket_recomputes_the_stored_cell_and_refuses_another(tmp_path, monkeypatch):
+    import ticketlab.planting.benchmark as benchmark
+    from ticketlab.planting.study import cell_ticket, compute_cell
+    from ticketlab.store import Store
+
+    store = Store(tmp_path / "runs")
+    cell = PlantCell("circle", "multishot_snip", 0.2, 1, TINY)
+    row = compute_cell(store, cell, log=lambda s: None)
+    ticket = cell_ticket(store.run(cell.hash), log=lambda s: None)
+    assert ticket["mask"].density == row["density"] and ticket["input_dim"] == 2 and ticket["hidden"] == [30]
+    params = dict(ticket["model"].named_parameters())
+    assert set(ticket["mask"]) == set(params)  # weights and biases: the pool prunes both
+    assert all(not params[n][~keep].any() for n, keep in ticket["mask"].items())  # pruned entries exactly 0
+
+    real = benchmark.run_cell
+
+    def other_arithmetic(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {**out, "weak": out["weak"] + 1e-9}
+
+    monkeypatch.setattr(benchmark, "run_cell", other_arithmetic)
+    with pytest.raises(ValueError, match="does not reproduce its stored row"):
+        cell_ticket(store.run(cell.hash), log=lambda s: None)
+    incomplete = PlantCell("circle", "random", 0.2, 1, TINY)
+    store.open_run(incomplete)  # its folder and config, no summary: as a killed computation leaves it
+    with pytest.raises(ValueError, match="not complete"):
+        cell_ticket(store.run(incomplete.hash), log=lambda s: None)

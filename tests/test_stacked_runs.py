@@ -180,7 +180,7 @@ def test_stacked_configs_must_differ_only_in_their_seed(tmp_path):
         run_imp_seeds([_imp()], Store(tmp_path), device="cpu", progress=False, log=quiet)
 
 
-def test_sparse_static_seeds_stack_and_set_falls_back(tmp_path, capsys):
+def test_sparse_static_seeds_stack(tmp_path):
     config = SparseTrainConfig(data=DATA, model=MLP, train=ADAM, method="static", density=0.2)
     configs = _stacked(config, [0, 1, 2])
     together = run_sparse_training_seeds(configs, Store(tmp_path / "a"), device="cpu", progress=False, log=quiet)
@@ -189,11 +189,32 @@ def test_sparse_static_seeds_stack_and_set_falls_back(tmp_path, capsys):
     solo = run_sparse_training(config, Store(tmp_path / "c"), device="cpu", progress=False, log=quiet)
     assert solo["kept"] == alone["kept"] and solo["training_flops"] == alone["training_flops"]
     assert abs(solo["final_test_accuracy"] - alone["final_test_accuracy"]) <= 1 / 360 + 1e-9
-    assert "changes the mask during training" in sparse_stack_refusal(dataclasses.replace(config, method="rigl"))
+
+
+@pytest.mark.parametrize("method,options", [("rigl", {"delta_t": 10}), ("set", {"delta_t": 10}),
+                                            ("gmp", {"every": "10it", "start": "10it"})])
+def test_mask_changing_sparse_methods_stack_their_seeds(tmp_path, capsys, method, options):
+    from ticketlab.pruning.dynamic import SPARSE_OPTIONS
+
+    config = SparseTrainConfig(data=DATA, model=MLP, train=ADAM, method=method, density=0.2,
+                               options=SPARSE_OPTIONS[method](**options))
+    assert sparse_stack_refusal(config) is None
+    configs = _stacked(config, [0, 1, 2])
+    together = run_sparse_training_seeds(configs, Store(tmp_path / "a"), device="cpu", progress=False, log=quiet)
+    alone = run_sparse_training(configs[1], Store(tmp_path / "b"), device="cpu", progress=False, log=quiet)
+    assert together[1] == alone  # a run's numbers do not depend on its stack
+    run = Store(tmp_path / "b").run(config_hash(configs[1]))
+    assert alone["mask_updates"] >= 2 and run.file("train", "mask_events.jsonl").exists()
+    solo = run_sparse_training(dataclasses.replace(config, seed=1), Store(tmp_path / "c"), device="cpu",
+                               progress=False, log=quiet)
+    assert solo["kept"] == alone["kept"] and solo["mask_updates"] == alone["mask_updates"]
+    assert solo["training_flops"] == pytest.approx(alone["training_flops"], rel=1e-3)
+    assert abs(solo["final_test_accuracy"] - alone["final_test_accuracy"]) <= 2 / 360 + 1e-9
     common = ["--dataset", "digits", "--model", "mlp", "--model-option", "hidden=[16]", "--steps", "1ep",
               "--density", "0.5", "--runs-dir", str(tmp_path / "cli"), "--no-progress", "--threads", "1"]
-    assert main(["sparse", *common, "--method", "set", "--seeds", "0", "1"]) == 0
-    assert "one after another (set changes the mask" in capsys.readouterr().out
+    flags = ["--gmp-every", "5it"] if method == "gmp" else ["--delta-t", "5"]
+    assert main(["sparse", *common, "--method", method, *flags, "--seeds", "0", "1"]) == 0
+    assert "one after another" not in capsys.readouterr().out
 
 
 def test_the_imp_report_of_several_seeds_has_a_table_over_them():

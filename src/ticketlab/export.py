@@ -61,7 +61,8 @@ __all__ = ["ExportError", "FORMATS", "SparseChain", "SparseConv2d", "SparseLinea
 
 FORMATS = ("standalone", "sparse", "shrunk", "onnx")
 _FULL_MASK = "__full_mask__."  # shrunk exports: the full-size mask beside the small model's weights
-SUPPORTED_EXPERIMENTS = ("imp", "prune", "sparse", "early_bird", "transfer", "deconstruct", "supermask", "strong")
+SUPPORTED_EXPERIMENTS = ("imp", "prune", "sparse", "early_bird", "transfer", "deconstruct", "supermask", "strong",
+                         "plant")
 # The unit exported when none is named, by kind of run (imp: a level's branch; transfer: its deepest level).
 DEFAULT_UNITS = {"prune": "train", "sparse": "train", "early_bird": "ticket_retrain"}
 BRANCHES = ("ticket", "reinit", "random")
@@ -428,6 +429,25 @@ def _strong_state(run: Any, cfg: Mapping[str, Any], unit: str, input_shape: tupl
     return _apply(state, mask, weights_file), mask, weights_file, model_cfg
 
 
+def _plant_state(run: Any, log: Callable[[str], None]
+                 ) -> tuple[dict[str, torch.Tensor], Mask, str, dict[str, Any], tuple[int, ...], int]:
+    """A planted cell's ticket: its host after weak training under the mask the cell's method found
+    (weights and, where the pool prunes them, biases). A cell stores only its row, so the cell is
+    recomputed alone and must reproduce its stored row bit for bit (``planting.study.cell_ticket``);
+    the host is the registry's ``mlp``, so ``ticket.json`` rebuilds it without the Store. The model
+    computes the host's raw output (regression rows rescale it per output, see docs/plant_benchmark.md)."""
+    from .planting.study import cell_ticket
+
+    try:
+        ticket = cell_ticket(run, log=log)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    state = {k: v.detach().clone() for k, v in ticket["model"].state_dict().items()}
+    model_cfg = {"name": "mlp", "options": {"hidden": list(ticket["hidden"])}}
+    return (_apply(state, ticket["mask"], "the recomputed cell"), ticket["mask"], "the recomputed cell", model_cfg,
+            (ticket["input_dim"],), ticket["output_dim"])
+
+
 def _file_bytes(folder: Path) -> dict[str, int]:
     return {name: (folder / name).stat().st_size for name in (TICKET_FILE, WEIGHTS_FILE)}
 
@@ -445,7 +465,8 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
     transfer run's deepest transferred ticket (``level`` / ``branch`` choose another), or any
     completed ``unit`` of these runs (e.g. ``level_03/random``, a deconstruct grid's ticket); a
     supermask run's deterministic mask on its frozen init; a strong run's ``unit`` (default: the first
-    seed's ticket) on the seed's frozen net, drawn again.
+    seed's ticket) on the seed's frozen net, drawn again; a planted cell's trained host under the mask
+    it found, recomputed (a cell stores no weights) and checked against its stored row.
 
     ``batch`` is the large batch size measured besides batch 1 (for the sparse form's choice and for
     the reported latency). ``timer(fn) -> seconds per call`` replaces the latency measurement (tests).
@@ -481,11 +502,17 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
         model_cfg = source_cfg["model"]
         if input_shape is None:
             input_shape, _ = _input_spec({"data": source_cfg["data"]})
-    if input_shape is None or num_classes is None:
+    if experiment != "plant" and (input_shape is None or num_classes is None):  # a task: shapes come with the cell
         shape, classes = _input_spec({"data": data_cfg})
         input_shape = tuple(input_shape or shape)
         num_classes = int(num_classes or classes)
-    if experiment == "supermask":
+    if experiment == "plant":
+        if level is not None or branch != "ticket" or unit is not None:
+            raise ExportError("a planted cell holds one ticket (its trained host under the mask it found): --level, "
+                              "--branch and --unit do not apply")
+        state, mask, weights_file, model_cfg, input_shape, num_classes = _plant_state(run, log)
+        mask_from = "the recomputed cell"
+    elif experiment == "supermask":
         if level is not None or branch != "ticket" or unit is not None:
             raise ExportError("a supermask run holds one ticket (its deterministic mask on the frozen weights): "
                               "--level, --branch and --unit do not apply")
@@ -514,7 +541,7 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
     elif level is not None or branch != "ticket":
         raise ExportError(f"--level / --branch choose a level of an imp or transfer run; a {experiment!r} run's "
                           "ticket is named by --unit")
-    if experiment not in ("supermask", "strong") and (unit is not None or experiment not in ("imp", "transfer")):
+    if experiment not in ("supermask", "strong", "plant") and (unit is not None or experiment not in ("imp", "transfer")):
         unit = unit or DEFAULT_UNITS.get(experiment)
         if unit is None:
             raise ExportError(f"a {experiment!r} run holds several tickets: name one with --unit (e.g. "
@@ -645,7 +672,9 @@ def _measure(dense: nn.Module, exported: nn.Module, state: Mapping[str, torch.Te
 
 def describe(report: Mapping[str, Any], out: Path | str = "") -> str:
     p, b = report["parameters"], report["bytes"]
-    lines = [f"exported run {report['run'][:12]} level {report['level']} as {report['format']} to {out}",
+    which = (f" level {report['level']}" if report.get("level") is not None else "") + (
+        f" unit {report['unit']}" if report.get("unit") else "")
+    lines = [f"exported run {report['run'][:12]}{which} as {report['format']} to {out}",
              f"  parameters kept {p['kept']:,} of {p['total']:,}"
              + (f" (masked weights density {p['masked_density']:.4f})" if p["masked_density"] is not None else ""),
              f"  bytes on disk: weights {b[WEIGHTS_FILE]:,}, {TICKET_FILE} {b[TICKET_FILE]:,} "

@@ -63,8 +63,8 @@ from .data import ArrayData, DataSplits
 from .masks import Mask, MaskError
 from .models.mlp import MLP
 from .steps import to_iterations
-from .training import (History, Loss, Metric, OptimizerFactory, _batch_generator, _finite, default_device,
-                       default_metrics, lr_factor, make_optimizer)
+from .training import (Callback, History, Loss, Metric, OptimizerFactory, _batch_generator, _finite,
+                       default_device, default_metrics, lr_factor, make_optimizer)
 
 __all__ = ["ALIGN", "ENGINES", "BatchOrder", "ReplicateRecord", "Stack", "StackError", "stack", "stack_optimizer",
            "train_stacked"]
@@ -216,14 +216,19 @@ class Stack:
         self._saved = (weights, inputs)
         return h.requires_grad_(True)
 
-    def train_backward(self, out: torch.Tensor, loss: torch.Tensor) -> None:
-        """Gradients of ``loss`` (a scalar computed from ``out = train_forward(x)``) into ``self.grad``."""
+    def train_backward(self, out: torch.Tensor, loss: torch.Tensor | None, grad_out: torch.Tensor | None = None) -> None:
+        """Gradients of ``loss`` (a scalar computed from ``out = train_forward(x)``) into ``self.grad``.
+
+        ``grad_out``: d loss / d out when the caller has it already (``stacked_loss_and_grad``: the
+        very values autograd would give); then ``loss`` is not needed (bmm engine only)."""
         if self._saved is None:
+            if loss is None:
+                raise StackError("train_backward needs the loss on the vmap engine")
             self.backward(loss)
             return
         weights, inputs = self._saved
         self._saved = None
-        (g,) = torch.autograd.grad(loss, out)
+        (g,) = (grad_out,) if grad_out is not None else torch.autograd.grad(loss, out)
         index = {name: i for i, (name, _, _) in enumerate(self.layout)}
         for i in reversed(range(len(self._layers))):
             w_name, b_name = self._layers[i]
@@ -321,6 +326,44 @@ def _stacked_loss(loss: Loss) -> Callable[[torch.Tensor, torch.Tensor], torch.Te
             return (out - y).pow(2).flatten(1).mean(1)
         return mse
     return torch.func.vmap(loss)
+
+
+LossAndGrad = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor] | None"]
+
+
+def stacked_loss_and_grad(loss: Loss) -> LossAndGrad | None:
+    """(out (K, B, ...), y) -> (each replicate's mean loss (K,), d sum(losses) / d out); None instead
+    of the function for a loss without a hand-written gradient, and None instead of the pair for
+    inputs it does not cover (then autograd gives it).
+
+    Autograd through ``_stacked_loss`` costs ~8 % of a planted-MLP step at K = 32 (its graph of
+    small nodes, run once per step); these are the same kernels in the same order, so the losses and
+    gradients are bit for bit autograd's (tested): MSE's gradient is ``(out - y) * (2 / n)``
+    (autograd: ``fl(1/n) * (2 (out - y))``, equal because a factor 2 is exact), cross-entropy's
+    ``nll_loss_backward`` then ``_log_softmax_backward_data`` with ``fl(1/B)`` per sample."""
+    if loss is F.mse_loss:
+        def mse(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+            if out.shape != y.shape or out.dtype != torch.float32 or y.dtype != torch.float32:
+                return None
+            diff = out.detach() - y
+            losses = diff.pow(2).flatten(1).mean(1)
+            return losses, diff.mul_(2.0 / diff[0].numel())
+        return mse
+    if loss is F.cross_entropy:
+        def ce(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+            if out.dim() != 3 or y.dim() != 2 or out.dtype != torch.float32 or y.dtype != torch.long:
+                return None
+            k, b = y.shape
+            logits, target = out.detach().flatten(0, 1), y.flatten(0, 1)
+            logp = torch.log_softmax(logits, 1)
+            per_sample, total_weight = torch.ops.aten.nll_loss_forward(logp, target, None, 0, -100)
+            losses = per_sample.view(k, b).mean(1)
+            upstream = torch.full((k * b,), 1.0 / b, dtype=logits.dtype, device=logits.device)
+            g = torch.ops.aten.nll_loss_backward(upstream, logp, target, None, 0, -100, total_weight)
+            g = torch.ops.aten._log_softmax_backward_data(g, logp, 1, logits.dtype)
+            return losses, g.view_as(out)
+        return ce
+    return None
 
 
 @dataclass(frozen=True)
@@ -449,6 +492,7 @@ class ReplicateRecord:
     diverged: str | None = None
     steps: int = 0
     snapshots: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # step -> weights (snapshot_steps)
+    mask: Mask | None = None  # its mask at the end (callbacks may change it: RigL, SET, GMP)
 
     @property
     def state(self) -> dict[str, torch.Tensor]:
@@ -517,6 +561,76 @@ def state_rows(state: Mapping[str, Any], idx: torch.Tensor, k: int) -> dict[str,
             for key, v in state.items()}
 
 
+class _ReplicateTrainer:
+    """What a Trainer callback (``Callback.fn(trainer, step)``) sees of one replicate of a stack: its
+    ``model`` (parameters and gradients are views into its rows of the stack's buffers, so what the
+    callback writes is trained on), ``mask`` and ``set_mask`` (zeroes the pruned weights now, logs the
+    change in ``history.mask_events`` as the Trainer does), ``optimizer.state`` (per parameter, views
+    into its rows of the stack's optimiser state), ``history`` and ``step``. RigL, SET and GMP
+    (``pruning/dynamic.py``) run on it unchanged."""
+
+    def __init__(self, run: "_Run", k: int, record: "ReplicateRecord", masks: list[Mask | None]):
+        self._run, self._k, self._masks = run, k, masks
+        self.history, self.step = record.history, None
+        self._built_for: object = None
+
+    def _build(self) -> None:
+        """(Re)make the views; the stack's buffers are new ones after a replicate was dropped."""
+        run = self._run
+        if self._built_for is run.stack:
+            return
+        pos = run.active.index(self._k)
+        st = run.stack
+        model = copy.deepcopy(st.template)
+        state = run.optimizer.state.get(st.flat, {})
+        self._state: dict[torch.Tensor, dict[str, Any]] = {}
+        for name, shape, offset in st.layout:
+            n = math.prod(shape)
+            module_name, _, attr = name.rpartition(".")
+            param = nn.Parameter(st.flat.detach()[pos, offset:offset + n].view(shape))
+            param.grad = st.grad[pos, offset:offset + n].view(shape)
+            setattr(model.get_submodule(module_name) if module_name else model, attr, param)
+            self._state[param] = {key: (v[pos, offset:offset + n].view(shape) if torch.is_tensor(v) and v.dim() == 2
+                                        else v) for key, v in state.items()}
+        self._model, self._pos = model, pos
+        self._built_for = st if state else None  # no optimiser state yet (before the first step): rebuild later
+
+    @property
+    def model(self) -> nn.Module:
+        self._build()
+        return self._model
+
+    @property
+    def optimizer(self) -> Any:
+        self._build()
+        from types import SimpleNamespace
+        return SimpleNamespace(state=self._state)
+
+    @property
+    def mask(self) -> Mask | None:
+        return self._masks[self._k]
+
+    def set_mask(self, mask: Mask | None) -> None:
+        if mask is None:
+            raise StackError("a callback of a stacked training cannot remove a replicate's mask")
+        self._build()
+        run, pos = self._run, self._pos
+        self._masks[self._k] = mask
+        if self.step is not None:
+            self.history.mask_events.append({"step": self.step, "kept": mask.kept_per_layer()})
+        if run.mask is None:
+            run.mask = torch.ones_like(run.stack.flat)
+        row = torch.zeros(run.stack.flat.shape[1], dtype=run.mask.dtype, device=run.mask.device)  # padding: 0
+        for name, shape, offset in run.stack.layout:  # as _stacked_mask: 1 where the mask does not reach
+            row[offset:offset + math.prod(shape)] = mask[name].reshape(-1).to(row) if name in mask else 1
+        run.mask[pos] = row
+        with torch.no_grad():
+            run.stack.flat[pos].mul_(row)
+
+    def request_stop(self) -> None:
+        raise StackError("a callback of a stacked training cannot stop one replicate early (train it alone)")
+
+
 class _Run:
     """The mutable state of one stacked training (the active replicates shrink when one diverges)."""
 
@@ -568,13 +682,15 @@ def train_stacked(
     train_rows: Sequence[torch.Tensor] | None = None,
     lr_override: float | None = None,
     snapshot_steps: Sequence[int] = (),
+    callbacks: Sequence[Sequence[Callback]] | None = None,
 ) -> list[ReplicateRecord]:
     """Train ``models`` (one architecture) together, replicate k under ``masks[k]`` with ``seeds[k]``.
 
     Does for every replicate what ``Trainer(models[k], data, cfg, masks[k], seed=seeds[k], loss=loss,
-    metrics=metrics, validation=validation).train(start_step, end_step)`` does (same batches, same
-    LR schedule, same evaluations), except callbacks, regularizers and parameter selection (all
-    parameters are trained). ``masks``: one per model, or one Mask (or None) for all. ``data`` (and
+    metrics=metrics, validation=validation, callbacks=callbacks[k]).train(start_step, end_step)`` does
+    (same batches, same LR schedule, same evaluations, callbacks at the same points, each seeing its
+    own replicate through ``_ReplicateTrainer``), except regularizers, parameter selection (all
+    parameters are trained) and a callback's early stop. ``masks``: one per model, or one Mask (or None) for all. ``data`` (and
     ``validation``): one data set for all replicates, or one per replicate (same sizes, sample
     shapes and dtypes; e.g. the planted tasks, drawn per seed). The given
     models are not changed; the trained ones are in the records, in the order given.
@@ -594,10 +710,11 @@ def train_stacked(
     seeds = [int(s) for s in seeds]
     if isinstance(masks, Mask) or masks is None:
         masks = [masks] * len(models)
-    masks = list(masks)
-    if not (len(models) == len(masks) == len(seeds)):
-        raise StackError(f"one mask and one seed per model: got {len(models)} models, {len(masks)} masks, "
-                         f"{len(seeds)} seeds")
+    masks = list(masks)  # each replicate's current mask (a callback may change it)
+    callbacks = [list(c) for c in callbacks] if callbacks is not None else [[] for _ in models]
+    if not (len(models) == len(masks) == len(seeds) == len(callbacks)):
+        raise StackError(f"one mask, seed and callback list per model: got {len(models)} models, {len(masks)} masks, "
+                         f"{len(seeds)} seeds, {len(callbacks)} callback lists")
     dev = torch.device(device) if device is not None else default_device()
     st = stack(models, engine).to(dev)
     n_models = len(models)
@@ -628,7 +745,16 @@ def train_stacked(
     factory = optimizer or (lambda params: stack_optimizer(params, cfg))
     run = _Run(st, _stacked_mask(st, models, masks), list(range(len(models))), seeds, factory)
     records = [ReplicateRecord(k, s, models[k]) for k, s in enumerate(seeds)]
+    views = {k: _ReplicateTrainer(run, k, records[k], masks) for k in range(len(models)) if callbacks[k]}
+
+    def run_callbacks(step: int) -> None:
+        for k in list(run.active):
+            for cb in callbacks[k]:
+                if cb.due(step):
+                    views[k].step = step
+                    cb.fn(views[k], step)
     step_loss = _stacked_loss(loss)
+    loss_and_grad = stacked_loss_and_grad(loss)
     autocast_off = cfg.precision != "bf16"
     autocast = contextlib.nullcontext() if autocast_off else torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
     batches = BatchOrder(seeds, n_train, cfg.batch_size, dev)
@@ -674,7 +800,10 @@ def train_stacked(
                 records[k].snapshots[step] = {n: t.clone() for n, t in model.state_dict().items()}
 
     run.reapply_mask()
+    for view in views.values():
+        view.step = start_step
     evaluate_now(start_step, None, start_step)
+    run_callbacks(start_step)
     snapshot(start_step)
     loss_sum = torch.zeros(len(run.active), device=dev)  # float32 sums, as the Trainer's
     loss_count = 0
@@ -690,9 +819,12 @@ def train_stacked(
             x, y = _batch(train, batches, step, run.active, n_models, n_train, cfg.batch_size, rows)
             if augment is not None:
                 x = torch.stack([augment(x[i], _batch_generator(run.seeds[i], 2, step)) for i in range(k)])
+            grad_out = None
             with autocast:
                 out = run.stack.train_forward(x) if autocast_off else run.stack(x)
-                losses = step_loss(out, y)
+                pair = loss_and_grad(out, y) if loss_and_grad is not None and run.stack.engine == "bmm" \
+                    and autocast_off else None
+                losses, grad_out = pair if pair is not None else (step_loss(out, y), None)
             finite = torch.isfinite(losses)
             if bool(finite.all()):
                 break
@@ -707,7 +839,7 @@ def train_stacked(
         if not run.active:
             break
         if autocast_off:
-            run.stack.train_backward(out, losses.sum())
+            run.stack.train_backward(out, None if grad_out is not None else losses.sum(), grad_out)
         else:
             run.stack.backward(losses.sum())
         if cfg.mask_gradients and run.mask is not None:
@@ -723,7 +855,11 @@ def train_stacked(
             loss_sum = torch.zeros(keep, device=dev)
             loss_count = 0
             since = done
+        if views:
+            run_callbacks(done)
         snapshot(done)
     for model, k in zip(run.stack.unstack(), run.active):
         records[k].model, records[k].steps = model, end
+    for record, mask in zip(records, masks):
+        record.mask = mask
     return records

@@ -184,13 +184,9 @@ def run_sparse_training(
     return summary
 
 
-STACKABLE_METHODS = ("dense", "static")  # SET, RigL and GMP change the mask during training (callbacks)
-
-
 def sparse_stack_refusal(config: SparseTrainConfig, data: DataSplits | None = None) -> str | None:
-    """Why sparse-training runs of ``config`` are not stacked (None: they can be)."""
-    if config.method not in STACKABLE_METHODS:
-        return f"{config.method} changes the mask during training, which the stacked engine does not do"
+    """Why sparse-training runs of ``config`` are not stacked (None: they can be). Every method
+    stacks: SET, RigL and GMP run their mask updates per replicate (``replicates._ReplicateTrainer``)."""
     return refusal_for(config, data)
 
 
@@ -203,21 +199,24 @@ def run_sparse_training_seeds(
     log: Log = print,
     stack_limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run (or continue) dense or static sparse-training runs that differ only in their seed, their
-    training stacked (``experiments.stacked``; configs say ``train.numerics = "stacked"``)."""
+    """Run (or continue) sparse-training runs that differ only in their seed, their training stacked
+    (``experiments.stacked``; configs say ``train.numerics = "stacked"``); SET, RigL and GMP update
+    each run's mask with its own callback, as a solo run does."""
     full = check_seed_configs(configs, sparse_stack_refusal)
     dev = resolve_device(device)
 
     def prepare(config: SparseTrainConfig, run: Run, data: DataSplits, validation: Any, rows: Any) -> StackedUnit:
         model = build_seeded_model(config.model, data, config.seed)
         dense = Mask.dense(model, **config.prunable_options)
-        _, total = training_length(config.train, data)
+        ipe, total = training_length(config.train, data)
+        callback, updater = mask_updater(config, total, ipe)
         log(_describe(config, run))
-        start_mask, extra = _prepare(config, run, data, model, dense, total, None, log)
+        start_mask, extra = _prepare(config, run, data, model, dense, total, updater, log)
         ctx = UnitContext(run, full, validation, config.train, config.seed, dev, progress, log,
                           prunable=config.prunable_options)
         return StackedUnit(ctx, "train", model, start_mask, rows, extra,
-                           None if config.method == "dense" else config.density)
+                           None if config.method == "dense" else config.density,
+                           callbacks=[callback] if callback is not None else [])
 
     return run_stacked_units(configs, store, full, dev, prepare, lambda run, summary: _finish(run, summary, log), log,
                              stack_limit)

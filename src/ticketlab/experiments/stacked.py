@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -37,7 +37,7 @@ from ..prunable import UnprunedWeightsWarning
 from ..replicates import _mlp_layers, train_stacked
 from ..steps import to_iterations
 from ..store import Run, Store, config_hash
-from ..training import DivergenceError, History, default_metrics
+from ..training import Callback, DivergenceError, History, default_metrics
 from .common import Log, UnitContext, _flops, build_seeded_model, check_pruned_weights, example_input, running, \
     seed_splits, summarize, training_length
 
@@ -104,6 +104,7 @@ class StackedUnit:
     lr_override: float | None = None
     snapshot_step: int | None = None  # after this many iterations the weights go to on_snapshot (a rewind point)
     on_snapshot: Callable[[dict[str, torch.Tensor]], None] | None = None
+    callbacks: list[Callback] = field(default_factory=list)  # Trainer callbacks of this unit (RigL, SET, GMP)
 
     def segment(self) -> tuple[int, float | None, int | None]:
         """What units must share to be trained in one stack (besides the architecture and TrainConfig)."""
@@ -134,7 +135,7 @@ def train_units_stacked(units: Sequence[StackedUnit], data: DataSplits, device: 
     records = train_stacked([u.model for u in units], [u.mask for u in units], data, train,
                             [u.ctx.seed for u in units], metrics=default_metrics(data.test), validation=validation,
                             device=device, train_rows=rows, start_step=start, lr_override=lr_override,
-                            snapshot_steps=() if snap is None else (snap,))
+                            snapshot_steps=() if snap is None else (snap,), callbacks=[u.callbacks for u in units])
     outcomes = []
     for u, rec in zip(units, records):
         if snap is not None and snap in rec.snapshots and u.on_snapshot is not None:
@@ -146,11 +147,12 @@ def train_units_stacked(units: Sequence[StackedUnit], data: DataSplits, device: 
         with torch.no_grad():  # the trained weights into the run's own module
             for p, q in zip(u.model.parameters(), rec.model.parameters()):
                 p.copy_(q)
-        outcomes.append(UnitOutcome(_write_unit(u, rec.history.records)))
+        u.mask = rec.mask  # the final mask (callbacks may have changed it)
+        outcomes.append(UnitOutcome(_write_unit(u, rec.history.records, rec.history.mask_events)))
     return outcomes
 
 
-def _write_unit(u: StackedUnit, history: list[dict[str, Any]]) -> dict[str, Any]:
+def _write_unit(u: StackedUnit, history: list[dict[str, Any]], mask_events: list[dict] = ()) -> dict[str, Any]:
     """The unit's files, as ``common.train_unit`` writes them (summary last: marks it complete)."""
     ctx, run = u.ctx, u.ctx.run
     final_mask = u.mask
@@ -165,12 +167,15 @@ def _write_unit(u: StackedUnit, history: list[dict[str, Any]]) -> dict[str, Any]
     trained = history[-1]["step"] - u.start_step
     extra = u.extra_summary
     if callable(extra):  # a function of the finished training, as train_unit's: its history and final mask
-        extra = extra(SimpleNamespace(history=History(records=list(history)), mask=u.mask))
+        extra = extra(SimpleNamespace(history=History(records=list(history), mask_events=list(mask_events)),
+                                      mask=u.mask))
     summary = {**summarize(History(records=list(history)), final_mask, u.start_step), **(extra or {}),
                **_flops(u.model, final_mask, ctx.data.input_shape, trained, schedule_steps, ctx.train.batch_size,
                         example_input(ctx.data))}
     save_weights(u.model, run.file(u.unit, "final.safetensors"))
     run.write_jsonl(history, u.unit, "metrics.jsonl")
+    if mask_events:
+        run.write_jsonl(list(mask_events), u.unit, "mask_events.jsonl")
     run.write_json(summary, u.unit, "summary.json")  # written last: marks the unit complete
     ctx.log(f"  {u.unit} (stacked): density {final_mask.density:.4f}  test acc final "
             f"{summary['final_test_accuracy']:.4f}  max {summary['max_test_accuracy']:.4f}  early-stop it "

@@ -171,7 +171,8 @@ def _prunable(host: nn.Module, prune_bias: bool) -> Mask:
 def run_cell(task: str, method: str, kept: float | str, seed: int, protocol: Protocol = Protocol(), *,
              device: str | torch.device = "cpu", return_model: bool = False) -> dict[str, Any]:
     """One benchmark cell; returns a flat dict (see the module docstring). ``return_model`` adds
-    the trained pruned model ("model"), the found weight mask ("mask") and the ticket ("ticket").
+    the trained pruned model ("model"), the found weight mask ("mask"), the ticket ("ticket") and
+    the found mask over the whole pruning pool, biases included where they are pruned ("found").
 
     The cell runs through ``cells.run_cells`` as a stack of one: its row is bit for bit the row it
     gets when computed together with other cells. A diverged training raises ``DivergenceError``."""

@@ -159,10 +159,21 @@ def _prune_singleshot(w: _Work, pr: Protocol, dev: torch.device) -> None:
     w.seconds += time.perf_counter() - start
 
 
+# Scores that ignore the weights they are given: a multishot round of such a score prunes the same
+# mask whether or not it trained first, so its trainings are skipped (the row is bit for bit the same).
+WEIGHT_FREE_SCORES = frozenset({"random"})
+
+
 def _multishot(cells: Sequence[_Work], pr: Protocol, stacks: _Stacks) -> None:
     """The paper's multishot with any score (``benchmark.multishot``), all cells' rounds stacked:
     round r trains H under each cell's mask (fresh Adam, seed * 1000 + r), then prunes each cell
-    with its score to kept^(r / rounds); cells with the same (task, seed, mask) train once."""
+    with its score to kept^(r / rounds); cells with the same (task, seed, mask) train once.
+
+    A round whose cells all prune with a score that never reads the weights (``WEIGHT_FREE_SCORES``:
+    random draws from the cell's own generator) is not trained: the training could not change its
+    mask. The rows are the ones the trained rounds give, bit for bit (tested); the one difference is
+    that a divergence in such a skipped training, which would have failed the cell, cannot happen
+    (none happened in the full benchmark's 60 random multishot cells)."""
     for w in cells:
         w.found = w.setup.pool
     for r in range(1, pr.multishot_rounds + 1):
@@ -170,14 +181,19 @@ def _multishot(cells: Sequence[_Work], pr: Protocol, stacks: _Stacks) -> None:
         unique: dict[tuple, list[_Work]] = {}
         for w in live:
             unique.setdefault((w.task, w.seed, _digest(w.found)), []).append(w)
-        jobs = []
-        for group in unique.values():
-            w = group[0]
-            model = copy.deepcopy(w.setup.planted.host).to(stacks.dev)
-            w.found.apply_(model)
-            jobs.append((w, model, w.found, w.seed * 1_000 + r))
-        trained = stacks.fit(jobs, pr.multishot_epochs, f"multishot round {r}/{pr.multishot_rounds}")
-        for group, model in zip(unique.values(), trained):
+        groups = list(unique.values())
+        models = []  # each group's H under its mask; trained below where a score reads the weights
+        for group in groups:
+            model = copy.deepcopy(group[0].setup.planted.host).to(stacks.dev)
+            group[0].found.apply_(model)
+            models.append(model)
+        train = [i for i, group in enumerate(groups)
+                 if any(w.method.removeprefix("multishot_") not in WEIGHT_FREE_SCORES for w in group)]
+        trained = stacks.fit([(groups[i][0], models[i], groups[i][0].found, groups[i][0].seed * 1_000 + r)
+                              for i in train], pr.multishot_epochs, f"multishot round {r}/{pr.multishot_rounds}")
+        for i, model in zip(train, trained):
+            models[i] = model
+        for group, model in zip(groups, models):
             for w in group:
                 if model is None:
                     w.failed = w.failed or group[0].failed
@@ -250,7 +266,7 @@ def run_cells(cells: Sequence[Cell], protocol: Protocol = Protocol(), *, device:
     """The rows of ``cells`` (task, method, kept, seed), in order (see ``benchmark.run_cell`` for a
     row's keys; ``seconds`` is the cell's share of the stacks it was in). A cell whose training
     diverged gets a ``DivergenceError`` instead of a row; the others are unaffected.
-    ``return_models`` adds "model", "mask" and "ticket" as ``run_cell`` does."""
+    ``return_models`` adds "model", "mask", "ticket" and "found" as ``run_cell`` does."""
     if not isinstance(stack_size, int) or isinstance(stack_size, bool) or stack_size < 1:
         raise ValueError(f"stack_size must be an integer >= 1, got {stack_size!r}")
     pr, dev = protocol, torch.device(device)
@@ -328,7 +344,7 @@ def _row(w: _Work, pr: Protocol, dev: torch.device, return_models: bool) -> dict
         "seconds": w.seconds + time.perf_counter() - start,
     }
     if return_models:
-        row.update(model=w.model, mask=weights, ticket=p.planted.mask)
+        row.update(model=w.model, mask=weights, ticket=p.planted.mask, found=w.found)
     return row
 
 

@@ -237,6 +237,51 @@ def compute_cells(store: Store, cells: Sequence[PlantCell], *, device: str = "cp
     return rows  # type: ignore[return-value]
 
 
+def cell_ticket(run: Run, *, log: Log = print) -> dict[str, Any]:
+    """A complete cell's ticket, for export: its host after weak training ("model", pruned entries
+    exactly 0), the mask it found over the pruning pool ("mask"), the host's input and output sizes.
+
+    A cell stores only its row (no weights: it is cheaper to recompute than to checkpoint), so the
+    cell is computed again, alone; its row does not depend on its stack (``cells``), so the
+    recomputation must give the stored row bit for bit, and is refused otherwise (a row stored by
+    another version's arithmetic, or a damaged one): nothing is exported that is not the stored cell."""
+    from ..training import DivergenceError
+    from .benchmark import run_cell
+
+    config = run.read_json("config.json")
+    if config.get("experiment") != PlantCell.experiment:
+        raise ValueError(f"run {run.hash} is a {config.get('experiment')!r} run, not a planted cell")
+    cfg = config["config"]
+    summary = run.complete_summary()
+    if summary is None:
+        raise ValueError(f"planted cell {run.hash} is not complete; nothing to export yet")
+    if cfg.get("numerics", "stacked") != PlantCell.numerics:
+        raise ValueError(f"planted cell {run.hash} was computed with numerics {cfg.get('numerics')!r}, this version "
+                         f"computes {PlantCell.numerics!r}: its ticket cannot be recomputed bit for bit")
+    cell = PlantCell(cfg["task"], cfg["method"], normalize_kept(cfg["kept"]), int(cfg["seed"]),
+                     Protocol(**cfg["protocol"]))
+    if cell.hash != run.hash:
+        raise ValueError(f"run {run.hash}'s config does not describe it (it describes cell {cell.hash})")
+    log(f"recomputing planted cell {run.hash} ({cell.task} {cell.method} kept {cell.kept} seed {cell.seed}): a cell "
+        "stores its row, not its weights")
+    try:
+        row = run_cell(cell.task, cell.method, cell.kept, cell.seed, cell.protocol, return_model=True)
+    except DivergenceError as exc:
+        raise ValueError(f"planted cell {run.hash}: the recomputation diverged ({exc}) but the stored cell did not") \
+            from None
+    stored = _row_of(summary)
+    differ = [k for k in stored if k != "seconds" and json.dumps(stored[k]) != json.dumps(row.get(k))]
+    if differ:
+        k = differ[0]
+        raise ValueError(f"planted cell {run.hash}: recomputing it does not reproduce its stored row ({k}: stored "
+                         f"{stored[k]!r}, recomputed {row.get(k)!r}); it was stored by other arithmetic, so its "
+                         "ticket cannot be exported")
+    model = row["model"]
+    linears = [m for m in model.modules() if hasattr(m, "in_features")]
+    return {"model": model, "mask": row["found"], "input_dim": linears[0].in_features,
+            "output_dim": linears[-1].out_features, "hidden": [m.out_features for m in linears[:-1]], "row": stored}
+
+
 def stored_row(store: Store, cell: PlantCell) -> Row | None:
     """The row of a complete cell (every file verified first), or None when it is not complete.
 
