@@ -33,7 +33,7 @@ from ..config import TrainConfig
 from ..data import DataSplits
 from ..masks import Mask
 from ..replicates import (BatchOrder, StackError, _batch, _stack_data, _stacked_loss, _train_size, stack,
-                          stack_optimizer, state_rows)
+                          stack_optimizer, stacked_loss_and_grad, state_rows)
 from ..steps import to_iterations
 from ..training import default_device, lr_factor
 from .edge_popup import EdgePopup, _kept_count
@@ -342,6 +342,7 @@ def train_edge_popup_stacked(
     optimizer = stack_optimizer([scores], cfg)
     batches = BatchOrder(seeds, n_train, batch_size, dev)
     step_loss = _stacked_loss(loss)
+    loss_and_grad = stacked_loss_and_grad(loss)  # autograd's gradient, bit for bit, without its graph
     records: list[PopupRecord | None] = [None] * n_models
     active = list(range(n_models))
 
@@ -415,7 +416,8 @@ def train_edge_popup_stacked(
                 torch.mul(weights, current_mask(ks), out=masked_st.flat)
             x, y = _batch(train, batches, step, active, n_models, n_train, batch_size)
             out = masked_st.train_forward(x)
-            losses = step_loss(out, y)
+            pair = loss_and_grad(out, y) if loss_and_grad is not None else None
+            losses, grad_out = pair if pair is not None else (step_loss(out, y), None)
             finite = torch.isfinite(losses)
             if bool(finite.all()):
                 break
@@ -425,7 +427,7 @@ def train_edge_popup_stacked(
             ks = drop(bad, lambda pos: f"edge-popup training loss {values[pos]} at step {step}", ks)
         if not active:
             break
-        masked_st.train_backward(out, losses.sum())
+        masked_st.train_backward(out, None if grad_out is not None else losses.sum(), grad_out)
         with torch.no_grad():
             torch.mul(masked_st.grad, weights, out=scores.grad)  # straight through: dL/d(w*m) * w
             scores.grad.mul_(torch.sign(scores.detach(), out=buffer("sign"))).mul_(masked)  # ... * sign(s); unmasked tensors: no score
