@@ -327,3 +327,48 @@ def test_ray_sweep_same_results_and_a_crashed_task_resumes(reference, ray_instan
         assert contents(tmp_path / r.hash) == contents(reference.root / r.hash), r.values
     again = run_sweep(spec(), tmp_path, backend="ray", threads=1, print_fn=None, report=False)
     assert again.computed == 0 and again.reused == 8
+
+
+# --- --stack: the runs that differ only in their seed as one stacked model ------------------------
+def test_stacked_sweep_runs_are_the_seeds_runs_and_train_together(tmp_path, capsys):
+    from ticketlab.cli import main
+    from ticketlab.sweep import stack_groups, stacked_runs
+
+    runs = stacked_runs("prune", expand(spec()))
+    groups = stack_groups(runs)
+    assert len(runs) == 8 and [len(g) for g in groups] == [2, 2, 2, 2]  # method x density, each over 2 seeds
+    assert all(r.config.train.numerics == "stacked" for r in runs)
+    lines: list[str] = []
+    result = run_sweep(spec(), tmp_path / "a", workers=2, threads=1, print_fn=lines.append, stack=True)
+    assert result.complete and result.computed == 8, lines
+    assert sum(line.startswith("[") for line in lines) == 8
+    assert all(rec.get("stacked_with") == 2 for rec in result.records)
+    # each run is the single command's --seeds run: same hash, same files
+    first = groups[0][0].config
+    argv = ["prune", *FIXED, "--method", first.method, "--density", str(first.density), "--seeds", "0", "1",
+            "--runs-dir", str(tmp_path / "b"), "--no-progress", "--threads", "1"]
+    assert main(argv) == 0
+    for r in groups[0]:
+        assert contents(tmp_path / "a" / r.hash) == contents(tmp_path / "b" / r.hash)
+    again = run_sweep(spec(), tmp_path / "a", workers=2, threads=1, print_fn=None, stack=True)
+    assert again.complete and again.computed == 0 and again.reused == 8
+    with pytest.raises(ConfigError, match="--stack: ticketlab strong has no stacked runs"):
+        stacked_runs("strong", [])
+
+
+def test_a_killed_stack_is_retried_and_ends_as_an_unkilled_one(tmp_path, monkeypatch):
+    from ticketlab.sweep import stack_groups, stacked_runs
+
+    group = stack_groups(stacked_runs("prune", expand(spec())))[0]
+    clean = run_sweep(spec(), tmp_path / "clean", workers=1, threads=1, runs=group, print_fn=None, report=False,
+                      stack=True)
+    assert clean.complete
+    # the worker dies right after the stack wrote the first run's unit summary (the second run's is not written)
+    monkeypatch.setenv(FAULT_ENV, f"{group[0].hash}:summary.json")
+    lines: list[str] = []
+    result = run_sweep(spec(), tmp_path / "killed", workers=1, threads=1, runs=group, print_fn=lines.append,
+                       report=False, stack=True)
+    assert result.complete and any("retrying" in line for line in lines), lines
+    assert all(rec["attempts"] == 2 for rec in result.records)
+    for r in group:
+        assert contents(tmp_path / "killed" / r.hash) == contents(tmp_path / "clean" / r.hash)

@@ -32,6 +32,10 @@ process pool (default) or as Ray tasks (``--backend ray``); one line per finishe
 sweep's count and ETA; the sweep ends with one report of the whole study (``report.md`` and plots)
 and ``sweep.json`` (every run's hash, axis values, status, attempts, threads) in the sweep folder.
 
+``--stack`` (imp, prune, sparse): the runs that differ only in their seed are trained as one stacked
+model (``ticketlab.replicates``), each then the single command's ``--seeds`` run (its own hash), one
+task per stack (``stacked_runs``, ``stack_groups``).
+
 Failures: a worker that dies (killed process, broken pool, Ray worker or node crash) has its run
 retried, up to ``--retries`` times; the retry continues from the run's last checkpoint (the Store
 resumes every procedure). A run that fails with a user error (bad option, missing data, ...) or any
@@ -59,7 +63,8 @@ from typing import Any
 from .config import ConfigError, config_hash
 
 __all__ = ["SweepRun", "SweepSpec", "SweepResult", "add_sweep_parser", "choose_parallelism", "cmd_sweep",
-           "expand", "experiment_parser", "load_spec", "run_sweep", "spec_from_argv", "spec_from_dict"]
+           "expand", "experiment_parser", "load_spec", "run_sweep", "spec_from_argv", "spec_from_dict", "stack_groups",
+           "stacked_runs"]
 
 Fragment = tuple[str, ...]  # a piece of a command line: ("--seed", "1"), ("--model-option", "hidden=[32]")
 
@@ -339,6 +344,44 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
     return runs
 
 
+def stacked_runs(procedure: str, runs: Sequence[SweepRun]) -> list[SweepRun]:
+    """``--stack``: each run as the single command's ``--seeds`` run (``train.numerics = "stacked"``,
+    its own hash) where the procedure and model stack, else unchanged (it runs one by one, as
+    ``--seeds`` then does); runs that differ only in their seed are then trained as one stack."""
+    from dataclasses import replace
+
+    from .experiments.registry import EXPERIMENTS
+    from .experiments.stacked import stacked_train
+
+    e = EXPERIMENTS[procedure]
+    if e.run_seeds is None:
+        raise ConfigError(f"--stack: ticketlab {procedure} has no stacked runs (imp, prune and sparse have); drop "
+                          "--stack")
+    out = []
+    for r in runs:
+        if e.stack_refusal(r.config) is None:
+            config = replace(r.config, train=stacked_train(r.config.train))
+            out.append(SweepRun(r.values, r.argv, config, config_hash(config)))
+        else:
+            out.append(r)
+    return out
+
+
+def stack_groups(runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
+    """The runs in groups that train as one stack: stacked runs that differ only in their seed (in the
+    order of their first run); every other run alone."""
+    from dataclasses import replace
+
+    from .experiments.stacked import STACKED
+
+    groups: dict[str, list[SweepRun]] = {}
+    for r in runs:
+        stacked = getattr(getattr(r.config, "train", None), "numerics", None) == STACKED
+        key = config_hash(replace(r.config, seed=0)) if stacked else r.hash
+        groups.setdefault(key, []).append(r)
+    return list(groups.values())
+
+
 # --- workers x threads ----------------------------------------------------------------------------
 _FILE_SHAPES = {"mnist": ((1, 28, 28), 10), "fashion_mnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10),
                 "cifar100": ((3, 32, 32), 100)}  # read from files: their shapes are known without loading them
@@ -493,6 +536,20 @@ def execute(task: Mapping[str, Any]) -> dict[str, Any]:
                 log_file.write(text + "\n")
 
         store = Store(task["runs_dir"])
+        if task.get("hashes"):  # runs that differ only in their seed, trained as one stack (--stack)
+            faulty = _install_fault(task)
+            try:
+                EXPERIMENTS[task["procedure"]].run_seeds(task["configs"], store, device=task.get("device"),
+                                                         progress=False, log=log)
+            except DivergenceError as exc:  # the others were stored; each run's status is read below
+                out["message"] = str(exc)
+            out.update(status="stack", runs={})
+            for each in task["hashes"]:
+                done = Run(store.root / each, each, store).complete_summary() if (store.root / each).is_dir() else None
+                out["runs"][each] = ({"status": "complete", "summary": index_fields(done)} if done is not None else
+                                     {"status": "diverged", "error": "DivergenceError",
+                                      "message": out.get("message", "diverged in its stack")})
+            return out
         run = Run(store.root / h, h, store)
         if run.file("config.json").exists() and (done := run.complete_summary()) is not None:
             out.update(status="reused", summary=index_fields(done))  # completed meanwhile by another process
@@ -724,11 +781,13 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
               workers: int | None = None, threads: int | None = None, retries: int = 2, device: str | None = None,
               address: str | None = None, out: str | os.PathLike | None = None, report: bool = True,
               print_fn: Callable[[str], None] | None = print, runs: Sequence[SweepRun] | None = None,
-              poll_seconds: float = 1.0) -> SweepResult:
+              poll_seconds: float = 1.0, stack: bool = False) -> SweepResult:
     """Run every combination of ``spec`` not yet complete in the store; write sweep.json and the report.
 
     ``print_fn`` gets one line per finished run (None: silent). Returns the records; raises
-    ConfigError for an invalid spec before anything runs.
+    ConfigError for an invalid spec before anything runs. ``stack``: the runs that differ only in
+    their seed are trained as one stacked model, each the single command's ``--seeds`` run
+    (``stacked_runs``; given ``runs`` are taken as they are).
     """
     from .atomic import atomic_write_text
     from .experiments.registry import EXPERIMENTS
@@ -739,7 +798,7 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
         raise ConfigError(f"--retries must be >= 0, got {retries}")
     if backend not in ("local", "ray"):
         raise ConfigError(f"--backend must be local or ray, got {backend!r}")
-    runs = list(runs) if runs is not None else expand(spec)
+    runs = list(runs) if runs is not None else (stacked_runs(spec.procedure, expand(spec)) if stack else expand(spec))
     store = Store(runs_dir)
     store.require_writable()
     folder = Path(out) if out else sweep_folder(spec, runs, store.root)
@@ -768,9 +827,15 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
         + (f" on {backend} with {n_workers} worker(s) x {n_threads} thread(s)" if todo else "")
         + (f" ({params:,} parameters per model)" if params is not None and todo else ""))
     fault = os.environ.get(FAULT_ENV)
-    tasks = deque({"procedure": spec.procedure, "config": r.config, "hash": r.hash, "runs_dir": str(store.root),
-                   "device": device, "threads": n_threads, "attempt": 0, "fault": fault,
-                   "log": str(folder / "logs" / f"{r.hash}.log")} for r in todo)
+    tasks: deque[dict[str, Any]] = deque()
+    for group in stack_groups(todo):
+        r = group[0]
+        task = {"procedure": spec.procedure, "config": r.config, "hash": r.hash, "runs_dir": str(store.root),
+                "device": device, "threads": n_threads, "attempt": 0, "fault": fault,
+                "log": str(folder / "logs" / f"{r.hash}.log")}
+        if len(group) > 1:  # (a stacked run alone is a stack of one: its procedure's run does that)
+            task.update(configs=[g.config for g in group], hashes=[g.hash for g in group])
+        tasks.append(task)
     waiting: list[dict[str, Any]] = []  # runs whose lock another live process holds
     finished = n - len(todo)
     run_started = time.time()
@@ -817,21 +882,26 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
     try:
         while tasks or waiting or (engine is not None and engine.inflight):
             for task in list(waiting):  # a run another process held: done by it, or free to continue
-                if not store.is_being_written(task["hash"]):
+                if not any(store.is_being_written(h) for h in _hashes(task)):
                     waiting.remove(task)
-                    if (summary := complete_now(task["hash"])) is not None:
-                        records[task["hash"]].update(status="reused", summary=_scalars(summary))
-                        finish(task, records[task["hash"]])
-                    else:
-                        tasks.appendleft(task)
+                    left = []
+                    for h in _hashes(task):
+                        if (summary := complete_now(h)) is not None:
+                            records[h].update(status="reused", summary=_scalars(summary))
+                            finish({"hash": h}, records[h])
+                        else:
+                            left.append(h)
+                    if left:
+                        tasks.appendleft(_narrowed(task, left))
             while tasks and len(engine.inflight) < engine.capacity:
                 task = tasks.popleft()
-                if store.is_being_written(task["hash"]):
+                if any(store.is_being_written(h) for h in _hashes(task)):
                     _note_wait(records[task["hash"]], say, task["hash"])
                     waiting.append(task)
                     continue
                 task["attempt"] += 1
-                records[task["hash"]]["attempts"] = task["attempt"]
+                for h in _hashes(task):
+                    records[h]["attempts"] = task["attempt"]
                 engine.submit(task)
             if not engine.inflight:
                 if waiting:
@@ -839,6 +909,18 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
                 continue
             for task, result in engine.poll(poll_seconds):
                 rec = records[task["hash"]]
+                if not isinstance(result, Crashed) and result.get("status") == "stack":
+                    for h, each in result["runs"].items():  # one line per run of the stack
+                        one = records[h]
+                        one.update({k: v for k, v in result.items() if k not in ("hash", "runs", "status", "message")})
+                        one.update({k: v for k, v in each.items() if k != "summary"})
+                        if each["status"] == "complete":
+                            one["summary"] = each.get("summary", {})
+                            one["resumed"] = task["attempt"] > 1
+                            one["stacked_with"] = len(result["runs"])
+                            done_computed += 1
+                        finish({"hash": h}, one)
+                    continue
                 if isinstance(result, Crashed):
                     rec.setdefault("crashes", []).append(str(result))
                     if task["attempt"] <= retries:
@@ -887,6 +969,23 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
     return result
 
 
+def _hashes(task: Mapping[str, Any]) -> list[str]:
+    """The runs a task computes: a stack's (``--stack``), or its one run."""
+    return list(task.get("hashes") or [task["hash"]])
+
+
+def _narrowed(task: dict[str, Any], hashes: Sequence[str]) -> dict[str, Any]:
+    """A stack's task for the runs ``hashes`` of it only (the others were completed meanwhile)."""
+    if "hashes" not in task:
+        return task
+    keep = [i for i, h in enumerate(task["hashes"]) if h in set(hashes)]
+    out = {**task, "hashes": [task["hashes"][i] for i in keep], "configs": [task["configs"][i] for i in keep]}
+    out.update(hash=out["hashes"][0], config=out["configs"][0])
+    if len(keep) == 1:
+        del out["hashes"], out["configs"]
+    return out
+
+
 def _note_wait(rec: dict[str, Any], say: Callable[[str], None], run_hash: str) -> None:
     if not rec.get("waited"):
         say(f"  run {run_hash} is being written by another process (its lock is held); waiting for it")
@@ -932,6 +1031,10 @@ def _add_execution_options(p: argparse.ArgumentParser, suppress: bool = False) -
     g.add_argument("--out", default=d(None), help="sweep folder for sweep.json, report.md and the plots "
                                                   "(default: RUNS_DIR/sweeps/<name or procedure-N-runs-digest>)")
     g.add_argument("--name", default=d(None), help="the sweep folder's name under RUNS_DIR/sweeps (default: <procedure>-<N>-runs-<digest>)")
+    g.add_argument("--stack", action="store_true", default=d(False),
+                   help="train the runs that differ only in their seed together as one stacked model, each the "
+                        "run of the single command with --seeds (imp, prune, sparse on a plain MLP; others run one "
+                        "by one); see docs/replicates.md")
     g.add_argument("--dry-run", action="store_true", default=d(False),
                    help="list the runs (hash, values, complete or not) and run nothing")
     g.add_argument("--no-progress", action="store_true", default=d(False), help="no line per finished run")
@@ -986,6 +1089,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return 0
         spec = spec_from_argv(args.spec, rest, name=args.name)
     runs = expand(spec)
+    if args.stack:
+        runs = stacked_runs(spec.procedure, runs)
     if args.dry_run:
         store = Store(args.runs_dir)
         for r in runs:
@@ -1002,7 +1107,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         resolve_device(args.device)  # a missing GPU is reported before anything runs
     result = run_sweep(spec, args.runs_dir, backend=args.backend, workers=args.workers, threads=args.threads,
                        retries=args.retries, device=args.device, address=args.address, out=args.out,
-                       print_fn=(lambda text: None) if args.no_progress else print)
+                       print_fn=(lambda text: None) if args.no_progress else print, runs=runs, stack=args.stack)
     if args.no_progress:
         print(f"sweep: {sum(r['status'] in ('complete', 'reused') for r in result.records)} of {len(result.records)} "
               f"runs complete; {result.folder / 'sweep.json'}")
