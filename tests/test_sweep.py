@@ -372,3 +372,20 @@ def test_a_killed_stack_is_retried_and_ends_as_an_unkilled_one(tmp_path, monkeyp
     assert all(rec["attempts"] == 2 for rec in result.records)
     for r in group:
         assert contents(tmp_path / "killed" / r.hash) == contents(tmp_path / "clean" / r.hash)
+
+
+def test_a_stack_that_fails_as_a_whole_reports_each_of_its_runs(tmp_path):
+    from ticketlab.sweep import stack_groups, stacked_runs
+
+    group = stack_groups(stacked_runs("prune", expand(spec())))[0]
+    foreign = tmp_path / group[1].hash
+    foreign.mkdir(parents=True)
+    (foreign / "config.json").write_text("{not json")  # a damaged file in one run of the stack: reported, not used
+    lines: list[str] = []
+    result = run_sweep(spec(), tmp_path, workers=1, threads=1, runs=group, print_fn=lines.append, report=False,
+                       stack=True)
+    assert not result.complete
+    assert [rec["status"] for rec in result.records] == ["error", "error"], result.records
+    assert "config.json" in result.records[1]["message"]
+    assert sum(line.startswith("[") for line in lines) == 2 and any(line.startswith("[2/2]") for line in lines)
+    assert (foreign / "config.json").read_text() == "{not json"

@@ -358,8 +358,12 @@ def stacked_runs(procedure: str, runs: Sequence[SweepRun]) -> list[SweepRun]:
         raise ConfigError(f"--stack: ticketlab {procedure} has no stacked runs (imp, prune and sparse have); drop "
                           "--stack")
     out = []
+    refusals: dict[str, str | None] = {}  # per setting (the refusal does not depend on the seed; it loads the data)
     for r in runs:
-        if e.stack_refusal(r.config) is None:
+        key = config_hash(replace(r.config, seed=0))
+        if key not in refusals:
+            refusals[key] = e.stack_refusal(r.config)
+        if refusals[key] is None:
             config = replace(r.config, train=stacked_train(r.config.train))
             out.append(SweepRun(r.values, r.argv, config, config_hash(config)))
         else:
@@ -931,7 +935,8 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
                     rec.update(status="crashed", message=f"{result} on each of {task['attempt']} attempts")
                 elif result["status"] == "busy":
                     task["attempt"] -= 1
-                    rec["attempts"] = task["attempt"]
+                    for h in _hashes(task):
+                        records[h]["attempts"] = task["attempt"]
                     _note_wait(rec, say, task["hash"])
                     waiting.append(task)
                     continue
@@ -942,7 +947,11 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
                     if result["status"] == "complete":
                         rec["resumed"] = bool(result.get("resumed")) or task["attempt"] > 1
                         done_computed += 1
-                finish(task, rec)
+                for h in _hashes(task):  # a stack that failed as a whole (crashed, user error): each of its runs
+                    if h != task["hash"]:
+                        records[h].update({k: v for k, v in rec.items() if k in ("status", "error", "message",
+                                                                                  "traceback", "crashes")})
+                    finish({"hash": h}, records[h])
     finally:
         if engine is not None:
             engine.close()
