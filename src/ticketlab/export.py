@@ -541,7 +541,8 @@ def export_run(store: Any, run_hash: str, out_dir: str | Path, level: int | None
     elif level is not None or branch != "ticket":
         raise ExportError(f"--level / --branch choose a level of an imp or transfer run; a {experiment!r} run's "
                           "ticket is named by --unit")
-    if experiment not in ("supermask", "strong", "plant") and (unit is not None or experiment not in ("imp", "transfer")):
+    if experiment not in ("supermask", "strong", "plant") and (unit is not None
+                                                              or experiment not in ("imp", "transfer")):
         unit = unit or DEFAULT_UNITS.get(experiment)
         if unit is None:
             raise ExportError(f"a {experiment!r} run holds several tickets: name one with --unit (e.g. "

@@ -618,8 +618,10 @@ class _ReplicateTrainer:
         self._masks[self._k] = mask
         if self.step is not None:
             self.history.mask_events.append({"step": self.step, "kept": mask.kept_per_layer()})
-        if run.mask is None:
+        if run.mask is None:  # no replicate had a mask: 1 everywhere but the padding, as _stacked_mask
             run.mask = torch.ones_like(run.stack.flat)
+            _, shape, offset = run.stack.layout[-1]
+            run.mask[:, offset + math.prod(shape):] = 0
         row = torch.zeros(run.stack.flat.shape[1], dtype=run.mask.dtype, device=run.mask.device)  # padding: 0
         for name, shape, offset in run.stack.layout:  # as _stacked_mask: 1 where the mask does not reach
             row[offset:offset + math.prod(shape)] = mask[name].reshape(-1).to(row) if name in mask else 1
@@ -690,7 +692,8 @@ def train_stacked(
     metrics=metrics, validation=validation, callbacks=callbacks[k]).train(start_step, end_step)`` does
     (same batches, same LR schedule, same evaluations, callbacks at the same points, each seeing its
     own replicate through ``_ReplicateTrainer``), except regularizers, parameter selection (all
-    parameters are trained) and a callback's early stop. ``masks``: one per model, or one Mask (or None) for all. ``data`` (and
+    parameters are trained) and a callback's early stop. ``masks``: one per model, or one Mask (or
+    None) for all. ``data`` (and
     ``validation``): one data set for all replicates, or one per replicate (same sizes, sample
     shapes and dtypes; e.g. the planted tasks, drawn per seed). The given
     models are not changed; the trained ones are in the records, in the order given.

@@ -430,7 +430,8 @@ def train_edge_popup_stacked(
         masked_st.train_backward(out, None if grad_out is not None else losses.sum(), grad_out)
         with torch.no_grad():
             torch.mul(masked_st.grad, weights, out=scores.grad)  # straight through: dL/d(w*m) * w
-            scores.grad.mul_(torch.sign(scores.detach(), out=buffer("sign"))).mul_(masked)  # ... * sign(s); unmasked tensors: no score
+            # ... * sign(s); unmasked tensors: no score
+            scores.grad.mul_(torch.sign(scores.detach(), out=buffer("sign"))).mul_(masked)
             before = buffer("before").copy_(scores.detach())
         optimizer.step()
         with torch.no_grad():
