@@ -170,14 +170,31 @@ def test_cli_seeds_stack_mlps_and_run_conv_nets_one_by_one(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_stacked_configs_must_differ_only_in_their_seed(tmp_path):
+def test_stacked_configs_must_share_what_the_stack_shares(tmp_path):
     config = PruneAtInitConfig(data=DATA, model=MLP, train=ADAM, method="magnitude", density=0.3)
     a, b = _stacked(config, [0, 1])
+    other_lr = dataclasses.replace(b, train=dataclasses.replace(b.train, lr=b.train.lr / 2))
+    with pytest.raises(ConfigError, match="must share their data set, model and training settings"):
+        run_prune_at_init_seeds([a, other_lr], Store(tmp_path), device="cpu", progress=False, log=quiet)
+    imp = _stacked(_imp(), [0, 1])
     with pytest.raises(ConfigError, match="differ only in their seed"):
-        run_prune_at_init_seeds([a, dataclasses.replace(b, density=0.4)], Store(tmp_path), device="cpu",
-                                progress=False, log=quiet)
+        run_imp_seeds([imp[0], dataclasses.replace(imp[1], levels=imp[1].levels + 1)], Store(tmp_path),
+                      device="cpu", progress=False, log=quiet)
     with pytest.raises(ValueError, match="numerics 'stacked'"):
         run_imp_seeds([_imp()], Store(tmp_path), device="cpu", progress=False, log=quiet)
+
+
+def test_prune_runs_of_other_methods_and_densities_share_a_stack(tmp_path):
+    base = PruneAtInitConfig(data=DATA, model=MLP, train=ADAM, method="magnitude", density=0.3)
+    configs = [c for method, density in (("magnitude", 0.3), ("snip", 0.1), ("random", 0.05))
+               for c in _stacked(dataclasses.replace(base, method=method, density=density), [0, 1])]
+    together = run_prune_at_init_seeds(configs, Store(tmp_path / "a"), device="cpu", progress=False, log=quiet)
+    for i in (1, 2, 5):  # each run as in a stack of its own
+        alone = run_prune_at_init(configs[i], Store(tmp_path / f"b{i}"), device="cpu", progress=False, log=quiet)
+        untimed = [{k: v for k, v in summary.items() if not k.endswith("seconds")} for summary in (together[i], alone)]
+        assert untimed[0] == untimed[1]
+        a, b = _weights(Store(tmp_path / "a"), configs[i], "train"), _weights(Store(tmp_path / f"b{i}"), configs[i], "train")
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
 
 
 def test_sparse_static_seeds_stack(tmp_path):

@@ -336,19 +336,21 @@ def test_stacked_sweep_runs_are_the_seeds_runs_and_train_together(tmp_path, caps
 
     runs = stacked_runs("prune", expand(spec()))
     groups = stack_groups(runs)
-    assert len(runs) == 8 and [len(g) for g in groups] == [2, 2, 2, 2]  # method x density, each over 2 seeds
+    assert len(runs) == 8 and [len(g) for g in groups] == [8]  # methods, densities and seeds in one stack
     assert all(r.config.train.numerics == "stacked" for r in runs)
     lines: list[str] = []
     result = run_sweep(spec(), tmp_path / "a", workers=2, threads=1, print_fn=lines.append, stack=True)
     assert result.complete and result.computed == 8, lines
     assert sum(line.startswith("[") for line in lines) == 8
-    assert all(rec.get("stacked_with") == 2 for rec in result.records)
+    assert all(rec.get("stacked_with") == 4 for rec in result.records)  # one stack per worker: 2 of 4
     # each run is the single command's --seeds run: same hash, same files
-    first = groups[0][0].config
+    first = runs[0].config
     argv = ["prune", *FIXED, "--method", first.method, "--density", str(first.density), "--seeds", "0", "1",
             "--runs-dir", str(tmp_path / "b"), "--no-progress", "--threads", "1"]
     assert main(argv) == 0
-    for r in groups[0]:
+    same_setting = [r for r in runs if (r.config.method, r.config.density) == (first.method, first.density)]
+    assert len(same_setting) == 2
+    for r in same_setting:
         assert contents(tmp_path / "a" / r.hash) == contents(tmp_path / "b" / r.hash)
     again = run_sweep(spec(), tmp_path / "a", workers=2, threads=1, print_fn=None, stack=True)
     assert again.complete and again.computed == 0 and again.reused == 8
@@ -359,7 +361,7 @@ def test_stacked_sweep_runs_are_the_seeds_runs_and_train_together(tmp_path, caps
 def test_a_killed_stack_is_retried_and_ends_as_an_unkilled_one(tmp_path, monkeypatch):
     from ticketlab.sweep import stack_groups, stacked_runs
 
-    group = stack_groups(stacked_runs("prune", expand(spec())))[0]
+    group = stack_groups(stacked_runs("prune", expand(spec())))[0][:3]
     clean = run_sweep(spec(), tmp_path / "clean", workers=1, threads=1, runs=group, print_fn=None, report=False,
                       stack=True)
     assert clean.complete
@@ -377,7 +379,7 @@ def test_a_killed_stack_is_retried_and_ends_as_an_unkilled_one(tmp_path, monkeyp
 def test_a_stack_that_fails_as_a_whole_reports_each_of_its_runs(tmp_path):
     from ticketlab.sweep import stack_groups, stacked_runs
 
-    group = stack_groups(stacked_runs("prune", expand(spec())))[0]
+    group = stack_groups(stacked_runs("prune", expand(spec())))[0][:2]
     foreign = tmp_path / group[1].hash
     foreign.mkdir(parents=True)
     (foreign / "config.json").write_text("{not json")  # a damaged file in one run of the stack: reported, not used

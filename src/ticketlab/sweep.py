@@ -32,9 +32,10 @@ process pool (default) or as Ray tasks (``--backend ray``); one line per finishe
 sweep's count and ETA; the sweep ends with one report of the whole study (``report.md`` and plots)
 and ``sweep.json`` (every run's hash, axis values, status, attempts, threads) in the sweep folder.
 
-``--stack`` (imp, prune, sparse): the runs that differ only in their seed are trained as one stacked
-model (``ticketlab.replicates``), each then the single command's ``--seeds`` run (its own hash), one
-task per stack (``stacked_runs``, ``stack_groups``).
+``--stack`` (imp, prune, sparse): runs are trained as stacked models (``ticketlab.replicates``), each
+then the single command's ``--seeds`` run (its own hash), one task per stack (``stacked_runs``,
+``stack_groups``): prune and sparse runs that share data, model and training settings, IMP runs that
+differ only in their seed.
 
 Failures: a worker that dies (killed process, broken pool, Ray worker or node crash) has its run
 retried, up to ``--retries`` times; the retry continues from the run's last checkpoint (the Store
@@ -371,17 +372,28 @@ def stacked_runs(procedure: str, runs: Sequence[SweepRun]) -> list[SweepRun]:
     return out
 
 
+# Procedures whose stacked driver trains runs of different settings together (one training unit each,
+# its own mask): their runs share a stack when they share data, model and training settings.
+ACROSS_SETTINGS = ("prune", "sparse")
+
+
 def stack_groups(runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
-    """The runs in groups that train as one stack: stacked runs that differ only in their seed (in the
-    order of their first run); every other run alone."""
+    """The runs in groups that train as one stack (in the order of their first run): stacked prune and
+    sparse runs that share their data, model and training settings (``shared_settings``: seeds,
+    methods, densities may differ), stacked IMP runs that differ only in their seed; every other run
+    alone."""
     from dataclasses import replace
 
-    from .experiments.stacked import STACKED
+    from .experiments.stacked import STACKED, shared_settings
 
     groups: dict[str, list[SweepRun]] = {}
     for r in runs:
-        stacked = getattr(getattr(r.config, "train", None), "numerics", None) == STACKED
-        key = config_hash(replace(r.config, seed=0)) if stacked else r.hash
+        if getattr(getattr(r.config, "train", None), "numerics", None) != STACKED:
+            key = r.hash
+        elif getattr(r.config, "experiment", None) in ACROSS_SETTINGS:
+            key = shared_settings(r.config)
+        else:
+            key = config_hash(replace(r.config, seed=0))
         groups.setdefault(key, []).append(r)
     return list(groups.values())
 
@@ -832,7 +844,7 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
         + (f" ({params:,} parameters per model)" if params is not None and todo else ""))
     fault = os.environ.get(FAULT_ENV)
     tasks: deque[dict[str, Any]] = deque()
-    for group in stack_groups(todo):
+    for group in _spread(stack_groups(todo), n_workers):
         r = group[0]
         task = {"procedure": spec.procedure, "config": r.config, "hash": r.hash, "runs_dir": str(store.root),
                 "device": device, "threads": n_threads, "attempt": 0, "fault": fault,
@@ -978,6 +990,19 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
     return result
 
 
+def _spread(groups: list[list[SweepRun]], workers: int) -> list[list[SweepRun]]:
+    """Fewer stacks than workers: cut each into even parts so every worker has one (a replicate's
+    numbers do not depend on its stack, so this changes no result)."""
+    if not groups or len(groups) >= workers:
+        return groups
+    parts = -(-workers // len(groups))
+    out = []
+    for group in groups:
+        n = min(parts, len(group))
+        out += [group[i::n] for i in range(n)]
+    return out
+
+
 def _hashes(task: Mapping[str, Any]) -> list[str]:
     """The runs a task computes: a stack's (``--stack``), or its one run."""
     return list(task.get("hashes") or [task["hash"]])
@@ -1041,9 +1066,9 @@ def _add_execution_options(p: argparse.ArgumentParser, suppress: bool = False) -
                                                   "(default: RUNS_DIR/sweeps/<name or procedure-N-runs-digest>)")
     g.add_argument("--name", default=d(None), help="the sweep folder's name under RUNS_DIR/sweeps (default: <procedure>-<N>-runs-<digest>)")
     g.add_argument("--stack", action="store_true", default=d(False),
-                   help="train the runs that differ only in their seed together as one stacked model, each the "
-                        "run of the single command with --seeds (imp, prune, sparse on a plain MLP; others run one "
-                        "by one); see docs/replicates.md")
+                   help="train runs together as stacked models, each the single command's --seeds run (plain "
+                        "MLPs: prune and sparse runs sharing data, model and training settings, an imp setting's "
+                        "seeds; other runs one by one); see docs/sweep.md")
     g.add_argument("--dry-run", action="store_true", default=d(False),
                    help="list the runs (hash, values, complete or not) and run nothing")
     g.add_argument("--no-progress", action="store_true", default=d(False), help="no line per finished run")

@@ -20,6 +20,7 @@ on a CPU (docs/replicates.md), so their seeds run one at a time, as solo runs.
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import save_weights
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, to_dict
 from ..data import ArrayData, DataSplits, load_dataset
 from ..masks import Mask
 from ..prunable import UnprunedWeightsWarning
@@ -73,15 +74,30 @@ def stacked_train(train: TrainConfig) -> TrainConfig:
     return replace(train, numerics=STACKED)
 
 
-def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any, DataSplits], str | None]) -> DataSplits:
-    """What every ``run_*_seeds`` asks of its configs: stacked numerics, only the seed differing,
-    and a setting that stacks (``refusal(config, data)`` None); anything else is one clear error.
-    Returns the data set, loaded once for the check and the runs."""
+def shared_settings(config: Any) -> str:
+    """What the runs of one stack of a one-unit procedure (prune, sparse) must share: the procedure,
+    the data set, the model and the training settings. Their seeds, methods, densities and masks may
+    differ: each replicate has its own mask and seed, and its numbers do not depend on the others."""
+    described = [getattr(config, "experiment", type(config).__name__),
+                 *(to_dict(getattr(config, part), for_hash=True) for part in ("data", "model", "train"))]
+    return json.dumps(described, sort_keys=True)
+
+
+def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any, DataSplits], str | None],
+                       shared: Callable[[Any], str] | None = None) -> DataSplits:
+    """What every ``run_*_seeds`` asks of its configs: stacked numerics, only the seed differing (or,
+    with ``shared``, equal ``shared(config)``: e.g. ``shared_settings``), and a setting that stacks
+    (``refusal(config, data)`` None); anything else is one clear error. Returns the data set, loaded
+    once for the check and the runs."""
     if not configs:
         raise ValueError("no configs to run")
     if any(c.train.numerics != STACKED for c in configs):
         raise ValueError("stacked runs need configs with train.numerics 'stacked' (experiments.stacked.stacked_train)")
-    if len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
+    if shared is not None:
+        if len({shared(c) for c in configs}) != 1:
+            raise ConfigError(f"stacked {configs[0].experiment} runs must share their data set, model and training "
+                              "settings (seeds, methods and densities may differ)")
+    elif len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
         raise ConfigError(f"stacked {configs[0].experiment} runs must differ only in their seed")
     data = load_dataset(configs[0].data.name, configs[0].data.root, **configs[0].data.options)
     if (why := refusal(configs[0], data)) is not None:
