@@ -177,9 +177,9 @@ def test_stacked_configs_must_share_what_the_stack_shares(tmp_path):
     with pytest.raises(ConfigError, match="must share their data set, model and training settings"):
         run_prune_at_init_seeds([a, other_lr], Store(tmp_path), device="cpu", progress=False, log=quiet)
     imp = _stacked(_imp(), [0, 1])
-    with pytest.raises(ConfigError, match="differ only in their seed"):
-        run_imp_seeds([imp[0], dataclasses.replace(imp[1], levels=imp[1].levels + 1)], Store(tmp_path),
-                      device="cpu", progress=False, log=quiet)
+    with pytest.raises(ConfigError, match="must share their data set, model and training settings"):
+        run_imp_seeds([imp[0], dataclasses.replace(imp[1], model=ModelConfig(name="mlp", options={"hidden": [8]}))],
+                      Store(tmp_path), device="cpu", progress=False, log=quiet)
     with pytest.raises(ValueError, match="numerics 'stacked'"):
         run_imp_seeds([_imp()], Store(tmp_path), device="cpu", progress=False, log=quiet)
 
@@ -246,3 +246,18 @@ def test_the_imp_report_of_several_seeds_has_a_table_over_them():
                         "[min, max] |")
     assert lines[2] == "| 0 | 100.00 | 2 | 0.8000 [0.7000, 0.9000] |  |"
     assert lines[3] == "| 1 | 80.00 | 2 | 0.7000 [0.6000, 0.8000] | 0.6000 [0.5000, 0.7000] |"
+
+
+def test_imp_runs_of_other_settings_share_a_stack(tmp_path):
+    """IMP runs of other rates, levels and resets train their shared segments together; each ends as alone."""
+    configs = [c for config in (_imp(), _imp(reset="rewind", rewind_step="5it", prune=PruneConfig(rate=0.5)),
+                                dataclasses.replace(_imp(), levels=1))
+               for c in _stacked(config, [0, 1])]
+    together = run_imp_seeds(configs, Store(tmp_path / "a"), device="cpu", progress=False, log=quiet)
+    for i in (1, 2, 4):
+        alone = run_imp(configs[i], Store(tmp_path / f"b{i}"), device="cpu", progress=False, log=quiet)
+        assert together[i] == alone
+        levels = configs[i].levels
+        a = _weights(Store(tmp_path / "a"), configs[i], f"level_{levels:02d}/ticket")
+        b = _weights(Store(tmp_path / f"b{i}"), configs[i], f"level_{levels:02d}/ticket")
+        assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)

@@ -32,10 +32,9 @@ process pool (default) or as Ray tasks (``--backend ray``); one line per finishe
 sweep's count and ETA; the sweep ends with one report of the whole study (``report.md`` and plots)
 and ``sweep.json`` (every run's hash, axis values, status, attempts, threads) in the sweep folder.
 
-``--stack`` (imp, prune, sparse): runs are trained as stacked models (``ticketlab.replicates``), each
-then the single command's ``--seeds`` run (its own hash), one task per stack (``stacked_runs``,
-``stack_groups``): prune and sparse runs that share data, model and training settings, IMP runs that
-differ only in their seed.
+``--stack`` (imp, prune, sparse): the runs that share data, model and training settings are trained
+as stacked models (``ticketlab.replicates``), each then the single command's ``--seeds`` run (its own
+hash), one task per stack (``stacked_runs``, ``stack_groups``).
 
 Failures: a worker that dies (killed process, broken pool, Ray worker or node crash) has its run
 retried, up to ``--retries`` times; the retry continues from the run's last checkpoint (the Store
@@ -348,7 +347,7 @@ def expand(spec: SweepSpec) -> list[SweepRun]:
 def stacked_runs(procedure: str, runs: Sequence[SweepRun]) -> list[SweepRun]:
     """``--stack``: each run as the single command's ``--seeds`` run (``train.numerics = "stacked"``,
     its own hash) where the procedure and model stack, else unchanged (it runs one by one, as
-    ``--seeds`` then does); runs that differ only in their seed are then trained as one stack."""
+    ``--seeds`` then does); the runs that share data, model and training settings then train as one stack."""
     from dataclasses import replace
 
     from .experiments.registry import EXPERIMENTS
@@ -372,29 +371,16 @@ def stacked_runs(procedure: str, runs: Sequence[SweepRun]) -> list[SweepRun]:
     return out
 
 
-# Procedures whose stacked driver trains runs of different settings together (one training unit each,
-# its own mask): their runs share a stack when they share data, model and training settings.
-ACROSS_SETTINGS = ("prune", "sparse")
-
-
 def stack_groups(runs: Sequence[SweepRun]) -> list[list[SweepRun]]:
-    """The runs in groups that train as one stack (in the order of their first run): stacked prune and
-    sparse runs that share their data, model and training settings (``shared_settings``: seeds,
-    methods, densities may differ), stacked IMP runs that differ only in their seed; every other run
-    alone."""
-    from dataclasses import replace
-
+    """The runs in groups that train as one stack (in the order of their first run): the stacked runs
+    that share their data, model and training settings (``shared_settings``: seeds, methods, kept
+    fractions, rates, resets may differ); every other run alone."""
     from .experiments.stacked import STACKED, shared_settings
 
     groups: dict[str, list[SweepRun]] = {}
     for r in runs:
-        if getattr(getattr(r.config, "train", None), "numerics", None) != STACKED:
-            key = r.hash
-        elif getattr(r.config, "experiment", None) in ACROSS_SETTINGS:
-            key = shared_settings(r.config)
-        else:
-            key = config_hash(replace(r.config, seed=0))
-        groups.setdefault(key, []).append(r)
+        stacked = getattr(getattr(r.config, "train", None), "numerics", None) == STACKED
+        groups.setdefault(shared_settings(r.config) if stacked else r.hash, []).append(r)
     return list(groups.values())
 
 
@@ -552,7 +538,7 @@ def execute(task: Mapping[str, Any]) -> dict[str, Any]:
                 log_file.write(text + "\n")
 
         store = Store(task["runs_dir"])
-        if task.get("hashes"):  # runs that differ only in their seed, trained as one stack (--stack)
+        if task.get("hashes"):  # runs sharing data, model and training settings, as one stack (--stack)
             faulty = _install_fault(task)
             try:
                 EXPERIMENTS[task["procedure"]].run_seeds(task["configs"], store, device=task.get("device"),
@@ -1066,9 +1052,9 @@ def _add_execution_options(p: argparse.ArgumentParser, suppress: bool = False) -
                                                   "(default: RUNS_DIR/sweeps/<name or procedure-N-runs-digest>)")
     g.add_argument("--name", default=d(None), help="the sweep folder's name under RUNS_DIR/sweeps (default: <procedure>-<N>-runs-<digest>)")
     g.add_argument("--stack", action="store_true", default=d(False),
-                   help="train runs together as stacked models, each the single command's --seeds run (plain "
-                        "MLPs: prune and sparse runs sharing data, model and training settings, an imp setting's "
-                        "seeds; other runs one by one); see docs/sweep.md")
+                   help="train the runs that share data, model and training settings (imp, prune, sparse on a "
+                        "plain MLP) together as stacked models, each the single command's --seeds run; other runs "
+                        "one by one; see docs/sweep.md")
     g.add_argument("--dry-run", action="store_true", default=d(False),
                    help="list the runs (hash, values, complete or not) and run nothing")
     g.add_argument("--no-progress", action="store_true", default=d(False), help="no line per finished run")

@@ -284,7 +284,8 @@ def run_imp_seeds(
     log: Log = print,
     stack_limit: int | None = None,
 ) -> list[list[dict[str, Any]]]:
-    """Run (or continue) IMP runs that differ only in their seed, every level's units of all runs
+    """Run (or continue) IMP runs that share their data set, model and training settings (``--seeds``
+    runs; a sweep's seeds, rates and resets with ``--stack``), every level's units of all runs
     trained as one stacked model (``experiments.stacked``; configs say ``train.numerics = "stacked"``).
     Each run follows its own algorithm box (``_level_steps``); units that share a training segment
     (start step, LR override, rewind point) are trained together, whichever level or branch they are.

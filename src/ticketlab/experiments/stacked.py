@@ -83,22 +83,18 @@ def shared_settings(config: Any) -> str:
     return json.dumps(described, sort_keys=True)
 
 
-def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any, DataSplits], str | None],
-                       shared: Callable[[Any], str] | None = None) -> DataSplits:
-    """What every ``run_*_seeds`` asks of its configs: stacked numerics, only the seed differing (or,
-    with ``shared``, equal ``shared(config)``: e.g. ``shared_settings``), and a setting that stacks
-    (``refusal(config, data)`` None); anything else is one clear error. Returns the data set, loaded
-    once for the check and the runs."""
+def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any, DataSplits], str | None]) -> DataSplits:
+    """What every ``run_*_seeds`` asks of its configs: stacked numerics, one ``shared_settings`` (data
+    set, model, training settings; seeds, methods, kept fractions may differ), and a setting that
+    stacks (``refusal(config, data)`` None); anything else is one clear error. Returns the data set,
+    loaded once for the check and the runs."""
     if not configs:
         raise ValueError("no configs to run")
     if any(c.train.numerics != STACKED for c in configs):
         raise ValueError("stacked runs need configs with train.numerics 'stacked' (experiments.stacked.stacked_train)")
-    if shared is not None:
-        if len({shared(c) for c in configs}) != 1:
-            raise ConfigError(f"stacked {configs[0].experiment} runs must share their data set, model and training "
-                              "settings (seeds, methods and densities may differ)")
-    elif len({config_hash(replace(c, seed=0)) for c in configs}) != 1:
-        raise ConfigError(f"stacked {configs[0].experiment} runs must differ only in their seed")
+    if len({shared_settings(c) for c in configs}) != 1:
+        raise ConfigError(f"stacked {configs[0].experiment} runs must share their data set, model and training "
+                          "settings (seeds, methods and kept fractions may differ)")
     data = load_dataset(configs[0].data.name, configs[0].data.root, **configs[0].data.options)
     if (why := refusal(configs[0], data)) is not None:
         raise ConfigError(f"these runs cannot be stacked: {why}")
