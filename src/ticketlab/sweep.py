@@ -787,9 +787,9 @@ def run_sweep(spec: SweepSpec, runs_dir: str | os.PathLike = "runs", *, backend:
     """Run every combination of ``spec`` not yet complete in the store; write sweep.json and the report.
 
     ``print_fn`` gets one line per finished run (None: silent). Returns the records; raises
-    ConfigError for an invalid spec before anything runs. ``stack``: the runs that differ only in
-    their seed are trained as one stacked model, each the single command's ``--seeds`` run
-    (``stacked_runs``; given ``runs`` are taken as they are).
+    ConfigError for an invalid spec before anything runs. ``stack``: the runs that share data,
+    model and training settings are trained as stacked models, each the single command's ``--seeds``
+    run (``stacked_runs``, ``stack_groups``; given ``runs`` are taken as they are).
     """
     from .atomic import atomic_write_text
     from .experiments.registry import EXPERIMENTS

@@ -75,9 +75,10 @@ def stacked_train(train: TrainConfig) -> TrainConfig:
 
 
 def shared_settings(config: Any) -> str:
-    """What the runs of one stack of a one-unit procedure (prune, sparse) must share: the procedure,
-    the data set, the model and the training settings. Their seeds, methods, densities and masks may
-    differ: each replicate has its own mask and seed, and its numbers do not depend on the others."""
+    """What the runs of one stack must share: the procedure, the data set, the model and the training
+    settings. Their seeds, methods, kept fractions, IMP rates and resets, and masks may differ: each
+    replicate has its own mask and seed, its numbers do not depend on the others, and IMP trains
+    together only the units that share a segment (start step, LR override, rewind point)."""
     described = [getattr(config, "experiment", type(config).__name__),
                  *(to_dict(getattr(config, part), for_hash=True) for part in ("data", "model", "train"))]
     return json.dumps(described, sort_keys=True)

@@ -258,8 +258,11 @@ def cell_ticket(run: Run, *, log: Log = print) -> dict[str, Any]:
     if cfg.get("numerics", "stacked") != PlantCell.numerics:
         raise ValueError(f"planted cell {run.hash} was computed with numerics {cfg.get('numerics')!r}, this version "
                          f"computes {PlantCell.numerics!r}: its ticket cannot be recomputed bit for bit")
-    cell = PlantCell(cfg["task"], cfg["method"], normalize_kept(cfg["kept"]), int(cfg["seed"]),
-                     Protocol(**cfg["protocol"]))
+    try:
+        cell = PlantCell(cfg["task"], cfg["method"], normalize_kept(cfg["kept"]), int(cfg["seed"]),
+                         Protocol(**cfg["protocol"]))
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise ValueError(f"run {run.hash}'s config is not a planted cell this version can read ({exc})") from None
     if cell.hash != run.hash:
         raise ValueError(f"run {run.hash}'s config does not describe it (it describes cell {cell.hash})")
     log(f"recomputing planted cell {run.hash} ({cell.task} {cell.method} kept {cell.kept} seed {cell.seed}): a cell "
