@@ -35,24 +35,11 @@ import torch
 
 
 def interleaved(fns: dict[str, object], repeats: int, seconds: float) -> dict[str, list[float]]:
-    """Seconds per call of each fn, measured in alternation ``repeats`` times."""
-    with torch.no_grad():
-        for fn in fns.values():
-            for _ in range(5):
-                fn()
-        calls = {}
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            calls[name] = max(3, int(seconds / max(time.perf_counter() - start, 1e-7)))  # 3: a 0.1 s conv net too
-        out: dict[str, list[float]] = {name: [] for name in fns}
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                start = time.perf_counter()
-                for _ in range(calls[name]):
-                    fn()
-                out[name].append((time.perf_counter() - start) / calls[name])
-    return out
+    """Seconds per call of each fn, measured in alternation ``repeats`` times (at least 3 calls a round:
+    a 0.1 s conv net too)."""
+    from ticketlab.sparse_inference import timed_rounds
+
+    return timed_rounds(fns, seconds=seconds, rounds=repeats, warmup=5, min_calls=3, max_calls=10**9)
 
 
 def main() -> int:

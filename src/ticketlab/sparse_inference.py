@@ -39,7 +39,7 @@ from torch import nn
 
 __all__ = ["CONV_FORMS", "SPARSE_FORMS", "FORMS", "SparseChain", "SparseConv2d", "SparseLinear", "Timer",
            "chain_plans", "chain_steps", "choose_form", "choose_forms", "convertible_conv", "eliminate_dead_units",
-           "linear_runs", "measure_group", "measure_latency"]
+           "linear_runs", "measure_group", "measure_latency", "timed_rounds"]
 
 SPARSE_FORMS = ("csr", "csr_rows")
 FORMS = ("dense", *SPARSE_FORMS)
@@ -559,13 +559,21 @@ def measure_latency(fn: Callable[[], Any], *, seconds: float = 0.05, rounds: int
 def measure_group(fns: Mapping[str, Callable[[], Any]], *, seconds: float = 0.05, rounds: int = 5) -> dict[str, float]:
     """Seconds per call of each of ``fns``, timed in alternation (a round of each, ``rounds`` times)
     so that a change in the machine's load hits all alike; the median round of each."""
+    return {name: statistics.median(r) for name, r in timed_rounds(fns, seconds=seconds, rounds=rounds).items()}
+
+
+@torch.no_grad()
+def timed_rounds(fns: Mapping[str, Callable[[], Any]], *, seconds: float, rounds: int, warmup: int = 3,
+                 min_calls: int = 1, max_calls: int = 10_000) -> dict[str, list[float]]:
+    """Seconds per call of each of ``fns`` in each of ``rounds`` rounds, the fns alternating within a
+    round; a round of a fn is as many calls as take about ``seconds`` (within [min_calls, max_calls])."""
     calls = {}
     for name, fn in fns.items():
-        for _ in range(3):
+        for _ in range(warmup):
             fn()
         start = time.perf_counter()
         fn()
-        calls[name] = max(1, min(10_000, int(seconds / max(time.perf_counter() - start, 1e-7))))
+        calls[name] = max(min_calls, min(max_calls, int(seconds / max(time.perf_counter() - start, 1e-7))))
     results: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
@@ -573,7 +581,7 @@ def measure_group(fns: Mapping[str, Callable[[], Any]], *, seconds: float = 0.05
             for _ in range(calls[name]):
                 fn()
             results[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(r) for name, r in results.items()}
+    return results
 
 
 def time_group(fns: Mapping[str, Callable[[], Any]], timer: Timer | None, seconds: float) -> dict[str, float]:
