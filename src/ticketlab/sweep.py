@@ -358,7 +358,7 @@ def stacked_runs(procedure: str, runs: Sequence[SweepRun]) -> list[SweepRun]:
         raise ConfigError(f"--stack: ticketlab {procedure} has no stacked runs (imp, prune and sparse have); drop "
                           "--stack")
     out = []
-    refusals: dict[str, str | None] = {}  # per setting (the refusal does not depend on the seed; it loads the data)
+    refusals: dict[str, str | None] = {}  # per setting (IMP's also reads its prune options; it loads the data)
     for r in runs:
         key = config_hash(replace(r.config, seed=0))
         if key not in refusals:

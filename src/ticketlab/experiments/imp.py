@@ -60,7 +60,7 @@ from .resets import RESETS, Reset, ResetInputs
 from . import mask0
 from .common import (running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line,
                      example_input, load_or_save_init, prepare_data, seed_splits, train_unit, training_length)
-from .stacked import STACKED, StackedUnit, check_seed_configs, stack_size, train_units_stacked
+from .stacked import STACKED, StackedUnit, check_stack_configs, stack_size, train_units_stacked
 
 
 @dataclass
@@ -291,7 +291,7 @@ def run_imp_seeds(
     (start step, LR override, rewind point) are trained together, whichever level or branch they are.
     Returns each run's rows; a run whose training diverged is reported by one DivergenceError after the
     others are stored."""
-    full = check_seed_configs(configs, imp_stack_refusal)
+    full = check_stack_configs(configs, imp_stack_refusal)
     first = configs[0]
     dev = resolve_device(device)
     setups: dict[int, Setup] = {}

@@ -33,7 +33,7 @@ from ..store import Run, Store, index_fields
 from ..training import resolve_device
 from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
     load_or_save_init, prepare_data, train_unit, training_length
-from .stacked import STACKED, StackedUnit, check_seed_configs, refusal_for, run_stacked_units
+from .stacked import STACKED, StackedUnit, check_stack_configs, refusal_for, run_stacked_units
 
 _SALT_SHUFFLE, _SALT_REINIT, _SALT_SCORES, _SALT_BATCHES = 11, 12, 13, 14
 
@@ -167,7 +167,7 @@ def run_prune_at_init_seeds(
     stacked (``experiments.stacked``): every config must say ``train.numerics = "stacked"``. Returns the
     summaries in order; a run whose training diverged is reported by one DivergenceError after the
     others are stored."""
-    full = check_seed_configs(configs, refusal_for)
+    full = check_stack_configs(configs, refusal_for)
     dev = resolve_device(device)
 
     def prepare(config: PruneAtInitConfig, run: Run, data: DataSplits, validation: Any, rows: Any) -> StackedUnit:

@@ -33,7 +33,7 @@ from ..store import Run, Store, index_fields
 from ..training import Callback, resolve_device
 from .common import running, Log, UnitContext, build_seeded_model, connectivity, connectivity_line, example_input, \
     load_or_save_init, prepare_data, train_unit, training_length
-from .stacked import STACKED, StackedUnit, check_seed_configs, refusal_for, run_stacked_units
+from .stacked import STACKED, StackedUnit, check_stack_configs, refusal_for, run_stacked_units
 
 _SALT_INIT_MASK = 21
 
@@ -203,7 +203,7 @@ def run_sparse_training_seeds(
     (``--seeds`` runs; a sweep's seeds, methods and densities with ``--stack``), their training stacked
     (``experiments.stacked``; configs say ``train.numerics = "stacked"``); SET, RigL and GMP update
     each run's mask with its own callback, as a solo run does."""
-    full = check_seed_configs(configs, sparse_stack_refusal)
+    full = check_stack_configs(configs, sparse_stack_refusal)
     dev = resolve_device(device)
 
     def prepare(config: SparseTrainConfig, run: Run, data: DataSplits, validation: Any, rows: Any) -> StackedUnit:

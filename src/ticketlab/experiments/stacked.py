@@ -84,7 +84,7 @@ def shared_settings(config: Any) -> str:
     return json.dumps(described, sort_keys=True)
 
 
-def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any, DataSplits], str | None]) -> DataSplits:
+def check_stack_configs(configs: Sequence[Any], refusal: Callable[[Any, DataSplits], str | None]) -> DataSplits:
     """What every ``run_*_seeds`` asks of its configs: stacked numerics, one ``shared_settings`` (data
     set, model, training settings; seeds, methods, kept fractions may differ), and a setting that
     stacks (``refusal(config, data)`` None); anything else is one clear error. Returns the data set,
@@ -97,8 +97,10 @@ def check_seed_configs(configs: Sequence[Any], refusal: Callable[[Any, DataSplit
         raise ConfigError(f"stacked {configs[0].experiment} runs must share their data set, model and training "
                           "settings (seeds, methods and kept fractions may differ)")
     data = load_dataset(configs[0].data.name, configs[0].data.root, **configs[0].data.options)
-    if (why := refusal(configs[0], data)) is not None:
-        raise ConfigError(f"these runs cannot be stacked: {why}")
+    settings = {config_hash(replace(c, seed=0)): c for c in configs}  # a refusal may read more than shared_settings
+    for config in settings.values():
+        if (why := refusal(config, data)) is not None:
+            raise ConfigError(f"these runs cannot be stacked: {why}")
     return data
 
 
