@@ -106,9 +106,11 @@ def test_frozen_net_is_uniform_in_minus_one_one_and_seeded():
     assert a.genome_length == 2 * 50 + 50 * 2
 
 
-def _loop_counts(net: FrozenMLP, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> list[int]:
+def _loop_counts(net: FrozenMLP, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 device: str = "cpu") -> list[int]:
     """What a per-individual GA does: mask an nn.Module's weights, run the points, count."""
-    module = net.to_module()
+    module = net.to_module().to(device)
+    x, y = x.to(device), y.to(device)
     linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
     loop = []
     with torch.no_grad():
@@ -136,6 +138,47 @@ def test_batched_fitness_equals_a_per_individual_loop_exactly(widths, strategy):
     # many chunks of points (the last one padded) and, for "stacked"/"chunked", of genomes
     for budget in (97, 1000, 5000):
         assert net.correct(genomes, x, y, strategy=strategy, budget=budget).tolist() == loop
+
+
+def test_fused_strategy_says_what_it_needs_and_auto_picks_it_only_where_it_fits(monkeypatch):
+    from ticketlab.pruning import genetic_fused
+    from ticketlab.pruning.genetic import _resolve
+
+    net, genomes, x, y = _problem([2, 20, 2])
+    if not genetic_fused.available("cuda"):
+        with pytest.raises(GeneticError, match="needs a CUDA device and the triton package"):
+            net.correct(genomes, x, y, strategy="fused")
+    assert genetic_fused.supports([2, 20, 2]) and genetic_fused.supports([64, 100, 100, 100, 10])
+    assert not genetic_fused.supports([3, 4])                  # no hidden layer
+    assert not genetic_fused.supports([2, 10, 10, 10, 10, 2])  # 4 hidden layers
+    assert not genetic_fused.supports([2, 200, 2])             # padded to 256 > 128
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(genetic_fused, "available", lambda device: torch.device(device).type == "cuda")
+    assert _resolve("auto", cuda, net) == "fused"
+    assert _resolve("auto", torch.device("cpu"), net) == "loop"
+    assert _resolve("auto", cuda, FrozenMLP([2, 200, 2])) == "chunked"
+    assert _resolve("auto", cuda, FrozenMLP([2, 20, 2], dtype=torch.float64)) == "chunked"
+    with pytest.raises(GeneticError, match="1 to 3 hidden layers"):
+        _resolve("fused", cuda, FrozenMLP([2, 200, 2]))
+    monkeypatch.setattr(genetic_fused, "available", lambda device: False)
+    assert _resolve("auto", cuda, net) == "chunked"
+
+
+_needs_fused = pytest.mark.skipif(not torch.cuda.is_available() or not __import__(
+    "ticketlab.pruning.genetic_fused", fromlist=["x"]).available("cuda"), reason="needs CUDA and triton")
+
+
+@_needs_fused
+@pytest.mark.parametrize("widths", [[2, 20, 2], [2, 50, 50, 2], [64, 30, 10], [5, 40, 30, 20, 3], [12, 100, 4]])
+@pytest.mark.parametrize("k", [1, 13, 100])
+def test_fused_kernel_equals_a_per_individual_loop_on_the_gpu_exactly(widths, k):
+    net, genomes, x, y = _problem(widths, k=k, n=5000)
+    gpu = net.to("cuda")
+    loop = _loop_counts(net, genomes, x, y, device="cuda")
+    assert gpu.correct(genomes, x, y, strategy="fused").tolist() == loop
+    assert gpu.correct(genomes, x, y).tolist() == loop  # auto is fused here
+    assert gpu.correct(genomes[:k // 2 + 1], x[:77], y[:77], strategy="fused").tolist() == \
+        _loop_counts(net, genomes[:k // 2 + 1], x[:77], y[:77], device="cuda")
 
 
 def test_chunked_plans_are_reused_across_calls_without_leaking_state():

@@ -14,10 +14,12 @@ bits), so an accuracy tie goes to the sparser genome. One generation (population
 4. survivor selection: the best N of parents and offspring survive (elitist truncation).
 
 Only the offspring are evaluated (parents keep their fitness, as the authors' fitness cache does),
-and they are evaluated together (:meth:`FrozenMLP.correct`), by one of three strategies that give the
-same counts: ``"chunked"`` (the CUDA default: each weight stack augmented with its bias row, points
-in chunks whose activations for the whole population stay in L2, all chunks replayed as one CUDA
-graph), ``"stacked"`` (one batched ``matmul`` per layer over large chunks) and ``"loop"`` (the CPU
+and they are evaluated together (:meth:`FrozenMLP.correct`), by one of four strategies that give the
+same counts: ``"fused"`` (the CUDA default where Triton is installed: one kernel launch per
+generation, each program streams points through one genome's whole net, argmax and count included;
+genetic_fused.py), ``"chunked"`` (the CUDA default without Triton: each weight stack augmented with
+its bias row, points in chunks whose activations for the whole population stay in L2, all chunks
+replayed as one CUDA graph), ``"stacked"`` (one batched ``matmul`` per layer over large chunks) and ``"loop"`` (the CPU
 default: per genome plain 2-D products, which a CPU runs faster than broadcast batched ones).
 
 The run stops after at least ``min_generations`` generations once the best training accuracy has
@@ -55,7 +57,7 @@ _DEFAULT_MAX = {"ga": 300, "adaptive_ab": 200}  # authors' configs: population_a
 CPU_BUDGET = 1 << 22
 LOOP_BUDGET = 1 << 17  # "loop" on one CPU thread: 18 ms per genome at 2^17, 25 ms at 2^22 (50,000 points)
 CUDA_BUDGET = 1 << 26  # "stacked" on an H200: 7.5 ms at 2^24, 5.7 ms at 2^26, 5.5 ms at 2^28 (100 x 50,000 points)
-STRATEGIES = ("auto", "chunked", "stacked", "loop")
+STRATEGIES = ("auto", "fused", "chunked", "stacked", "loop")
 _clock = time.perf_counter  # adaptive_ab's wall-clock bound rule (a name of its own, so tests can fake it)
 _GRAPHS_KEPT = 16  # captured evaluations a net keeps (one per padded population size and point count)
 # "chunked": chunks go round-robin to this many branches (own buffers; on CUDA own streams in the
@@ -213,9 +215,11 @@ class FrozenMLP:
                 budget: int | None = None, strategy: str = "auto") -> torch.Tensor:
         """Correctly classified points per genome (K int64, on the CPU).
 
-        ``strategy`` (see the module docstring): ``"auto"`` is ``"chunked"`` on CUDA and ``"loop"``
-        elsewhere (``"chunked"`` needs a hidden layer; without one it runs ``"stacked"``). ``budget``
-        caps the numbers one activation tensor of a chunk holds (defaults: :meth:`default_budget`).
+        ``strategy`` (see the module docstring): ``"auto"`` is ``"fused"`` on CUDA with Triton
+        installed (for fp32 nets of 1 to 3 hidden layers up to 128 wide), else ``"chunked"`` on CUDA
+        and ``"loop"`` elsewhere (``"chunked"`` needs a hidden layer; without one it runs
+        ``"stacked"``). ``budget`` caps the numbers one activation tensor of a chunk holds
+        (defaults: :meth:`default_budget`; ``"fused"`` holds no activations and ignores it).
         A point's logits do not depend on the rest of its chunk or on the other genomes, so neither
         the strategy nor the chunking changes a count (the tests check each against a
         per-individual loop over an ``nn.Module``, exactly). Matrix products run in
@@ -223,13 +227,15 @@ class FrozenMLP:
         """
         genomes = self._check(genomes)
         device = self.weights[0].device
-        strategy = _resolve(strategy, device)
+        strategy = _resolve(strategy, device, self)
         budget = self.default_budget(strategy, device) if budget is None else int(budget)
         if budget < 1:
             raise GeneticError(f"budget must be >= 1 activation, got {budget}")
         if genomes.shape[0] == 0 or x.shape[0] == 0:
             return torch.zeros(genomes.shape[0], dtype=torch.int64)
         genomes, x, y = genomes.to(device), x.to(device, self.weights[0].dtype), y.to(device)
+        if strategy == "fused":
+            return self._correct_fused(genomes, x, y)
         with _full_fp32():
             if strategy == "loop":
                 return self._correct_loop(genomes, x, y, budget)
@@ -243,7 +249,9 @@ class FrozenMLP:
         activations each, then fill half of it, and stay there between the products), for ``"loop"`` ``LOOP_BUDGET`` (a CPU core's cache), else
         ``CUDA_BUDGET`` / ``CPU_BUDGET``."""
         device = torch.device(device) if device is not None else self.weights[0].device
-        strategy = _resolve(strategy, device)
+        strategy = _resolve(strategy, device, self)
+        if strategy == "fused":
+            return 1  # holds no activations: the budget plays no part
         if strategy == "chunked":
             return _l2_bytes(device) // (4 * self.weights[0].element_size() * max(1, int(CHUNK_STREAMS)))
         if strategy == "loop":
@@ -254,13 +262,32 @@ class FrozenMLP:
                      device: torch.device | str | None = None) -> int:
         """Points per chunk when ``correct`` evaluates ``k`` genomes (what the benchmark reports)."""
         device = torch.device(device) if device is not None else self.weights[0].device
-        strategy = _resolve(strategy, device)
+        strategy = _resolve(strategy, device, self)
         budget = self.default_budget(strategy, device) if budget is None else int(budget)
+        if strategy == "fused":
+            from . import genetic_fused
+
+            return genetic_fused.BLOCK_POINTS
         if strategy == "loop":
             return max(1, budget // max(self.widths[1:]))
         if strategy == "stacked":
             return max(1, budget // (min(k, max(1, budget // max(self.widths[1:]))) * max(self.widths[1:])))
         return _points_per_chunk(budget, _pad_k(k) * max(_augmented_widths(self.widths)[1:-1] or [1]))
+
+    def _correct_fused(self, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One Triton launch for the whole population (genetic_fused.py); plans cached per padded K."""
+        from . import genetic_fused
+
+        plans: dict[int, Any] = self.__dict__.setdefault("_fused_plans", {})
+        k_pad = _pad_k(genomes.shape[0])
+        if k_pad not in plans:
+            while len(plans) >= _GRAPHS_KEPT:
+                plans.pop(next(iter(plans)))
+            plans[k_pad] = genetic_fused.make_plan(self.weights, self.biases, k_pad)
+        with torch.cuda.device(x.device):
+            counts = genetic_fused.count(plans[k_pad], self.weights, self.layer_masks(genomes),
+                                         x.contiguous(), y.to(torch.int64).contiguous())
+        return counts.cpu()
 
     def _correct_loop(self, genomes: torch.Tensor, x: torch.Tensor, y: torch.Tensor, budget: int) -> torch.Tensor:
         """Per genome, the very products ``nn.Linear`` makes (``addmm``) on point chunks: on a CPU
@@ -346,11 +373,24 @@ class FrozenMLP:
 
 # --- evaluation strategies (FrozenMLP.correct) ---------------------------------------------------
 
-def _resolve(strategy: str, device: torch.device) -> str:
+def _resolve(strategy: str, device: torch.device, net: FrozenMLP) -> str:
+    """``"auto"`` made concrete for ``device``; ``"fused"`` refused where it cannot run."""
+    from . import genetic_fused
+
     if strategy not in STRATEGIES:
         raise GeneticError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    fits = net.weights[0].dtype == torch.float32 and genetic_fused.supports(net.widths)
     if strategy == "auto":
-        return "chunked" if device.type == "cuda" else "loop"
+        if device.type != "cuda":
+            return "loop"
+        return "fused" if fits and genetic_fused.available(device) else "chunked"
+    if strategy == "fused" and not genetic_fused.available(device):
+        raise GeneticError(f"strategy 'fused' needs a CUDA device and the triton package (device {device}); "
+                           "use 'auto', which falls back to 'chunked'")
+    if strategy == "fused" and not fits:
+        raise GeneticError(f"strategy 'fused' has code for float32 nets of 1 to {genetic_fused.MAX_HIDDEN} hidden "
+                           f"layers up to {genetic_fused.MAX_WIDTH} units wide (padded), not {net.widths} in "
+                           f"{net.weights[0].dtype}; use 'chunked'")
     return strategy
 
 
