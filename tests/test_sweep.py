@@ -63,6 +63,8 @@ def mtimes(root: Path) -> dict[str, int]:
             if p.is_file() and "sweeps" not in p.parts and p.name != "index.sqlite"}
 
 
+# Every sweep here runs on the CPU, like the reference: on a GPU machine the default device is the
+# GPU, whose numbers differ from the CPU's (seen on the lent H200 machine: 3 failures before).
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Store:
     """The 8 runs one by one in this process (one thread, see conftest.py)."""
@@ -77,7 +79,7 @@ def pooled(tmp_path_factory) -> tuple[Store, Any]:
     """The same 8 runs as a sweep on the local pool: 2 workers x 1 thread."""
     store = Store(tmp_path_factory.mktemp("pool"))
     lines: list[str] = []
-    result = run_sweep(spec(), store.root, workers=2, threads=1, print_fn=lines.append)
+    result = run_sweep(spec(), store.root, workers=2, threads=1, device="cpu", print_fn=lines.append)
     return store, result, lines
 
 
@@ -184,7 +186,7 @@ def test_pool_sweep_gives_the_runs_one_by_one_bit_for_bit(reference, pooled):
 def test_rerunning_a_finished_sweep_recomputes_nothing(pooled):
     store, first, _ = pooled
     before = mtimes(store.root)
-    result = run_sweep(spec(), store.root, workers=2, threads=1, print_fn=None)
+    result = run_sweep(spec(), store.root, workers=2, threads=1, device="cpu", print_fn=None)
     assert result.complete and result.computed == 0 and result.reused == 8
     assert [r["summary"] for r in result.records] == [r["summary"] for r in first.records]
     assert mtimes(store.root) == before
@@ -196,7 +198,7 @@ def test_killed_worker_run_is_retried_and_resumes(reference, tmp_path, monkeypat
     # the worker running `victim` dies right after writing its first mid-training checkpoint
     monkeypatch.setenv(FAULT_ENV, f"{victim}:checkpoint.safetensors")
     lines: list[str] = []
-    result = run_sweep(spec(), tmp_path, workers=2, threads=1, runs=runs, print_fn=lines.append, report=False)
+    result = run_sweep(spec(), tmp_path, workers=2, threads=1, device="cpu", runs=runs, print_fn=lines.append, report=False)
     assert result.complete, lines
     rec = next(r for r in result.records if r["hash"] == victim)
     assert rec["attempts"] == 2 and rec["resumed"] and rec["crashes"], rec
@@ -235,7 +237,7 @@ def test_a_run_locked_by_another_process_is_waited_for(tmp_path):
     with store.lock(run):  # another writer holds the run
         assert execute(task)["status"] == "busy"  # a worker that claims it anyway is told, and runs nothing
         t = threading.Thread(target=lambda: results.append(
-            run_sweep(spec(), tmp_path, workers=1, threads=1, runs=only, print_fn=None, report=False,
+            run_sweep(spec(), tmp_path, workers=1, threads=1, device="cpu", runs=only, print_fn=None, report=False,
                       poll_seconds=0.2)))
         t.start()
         time.sleep(2.0)
@@ -287,7 +289,7 @@ def test_two_sweeps_sharing_runs_on_one_store(reference, tmp_path):
     results: dict[str, Any] = {}
 
     def sweep(key: str) -> None:
-        results[key] = run_sweep(spec(), tmp_path, workers=1, threads=1, runs=shares[key], print_fn=None,
+        results[key] = run_sweep(spec(), tmp_path, workers=1, threads=1, device="cpu", runs=shares[key], print_fn=None,
                                  report=False, out=tmp_path / "sweeps" / key, poll_seconds=0.2)
 
     workers = [threading.Thread(target=sweep, args=(k,)) for k in shares]
@@ -319,13 +321,13 @@ def test_ray_sweep_same_results_and_a_crashed_task_resumes(reference, ray_instan
     victim = runs[5].hash
     monkeypatch.setenv(FAULT_ENV, f"{victim}:checkpoint.safetensors")
     lines: list[str] = []
-    result = run_sweep(spec(), tmp_path, backend="ray", threads=1, print_fn=lines.append)
+    result = run_sweep(spec(), tmp_path, backend="ray", threads=1, device="cpu", print_fn=lines.append)
     assert result.complete and result.computed == 8, lines
     rec = next(r for r in result.records if r["hash"] == victim)
     assert rec["attempts"] == 2 and rec["resumed"] and "Ray" in rec["crashes"][0]
     for r in runs:
         assert contents(tmp_path / r.hash) == contents(reference.root / r.hash), r.values
-    again = run_sweep(spec(), tmp_path, backend="ray", threads=1, print_fn=None, report=False)
+    again = run_sweep(spec(), tmp_path, backend="ray", threads=1, device="cpu", print_fn=None, report=False)
     assert again.computed == 0 and again.reused == 8
 
 
@@ -339,7 +341,7 @@ def test_stacked_sweep_runs_are_the_seeds_runs_and_train_together(tmp_path, caps
     assert len(runs) == 8 and [len(g) for g in groups] == [8]  # methods, densities and seeds in one stack
     assert all(r.config.train.numerics == "stacked" for r in runs)
     lines: list[str] = []
-    result = run_sweep(spec(), tmp_path / "a", workers=2, threads=1, print_fn=lines.append, stack=True)
+    result = run_sweep(spec(), tmp_path / "a", workers=2, threads=1, device="cpu", print_fn=lines.append, stack=True)
     assert result.complete and result.computed == 8, lines
     assert sum(line.startswith("[") for line in lines) == 8
     assert all(rec.get("stacked_with") == 4 for rec in result.records)  # one stack per worker: 2 of 4
@@ -352,7 +354,7 @@ def test_stacked_sweep_runs_are_the_seeds_runs_and_train_together(tmp_path, caps
     assert len(same_setting) == 2
     for r in same_setting:
         assert contents(tmp_path / "a" / r.hash) == contents(tmp_path / "b" / r.hash)
-    again = run_sweep(spec(), tmp_path / "a", workers=2, threads=1, print_fn=None, stack=True)
+    again = run_sweep(spec(), tmp_path / "a", workers=2, threads=1, device="cpu", print_fn=None, stack=True)
     assert again.complete and again.computed == 0 and again.reused == 8
     with pytest.raises(ConfigError, match="--stack: ticketlab strong has no stacked runs"):
         stacked_runs("strong", [])
@@ -362,13 +364,13 @@ def test_a_killed_stack_is_retried_and_ends_as_an_unkilled_one(tmp_path, monkeyp
     from ticketlab.sweep import stack_groups, stacked_runs
 
     group = stack_groups(stacked_runs("prune", expand(spec())))[0][:3]
-    clean = run_sweep(spec(), tmp_path / "clean", workers=1, threads=1, runs=group, print_fn=None, report=False,
+    clean = run_sweep(spec(), tmp_path / "clean", workers=1, threads=1, device="cpu", runs=group, print_fn=None, report=False,
                       stack=True)
     assert clean.complete
     # the worker dies right after the stack wrote the first run's unit summary (the second run's is not written)
     monkeypatch.setenv(FAULT_ENV, f"{group[0].hash}:summary.json")
     lines: list[str] = []
-    result = run_sweep(spec(), tmp_path / "killed", workers=1, threads=1, runs=group, print_fn=lines.append,
+    result = run_sweep(spec(), tmp_path / "killed", workers=1, threads=1, device="cpu", runs=group, print_fn=lines.append,
                        report=False, stack=True)
     assert result.complete and any("retrying" in line for line in lines), lines
     assert all(rec["attempts"] == 2 for rec in result.records)
@@ -384,7 +386,7 @@ def test_a_stack_that_fails_as_a_whole_reports_each_of_its_runs(tmp_path):
     foreign.mkdir(parents=True)
     (foreign / "config.json").write_text("{not json")  # a damaged file in one run of the stack: reported, not used
     lines: list[str] = []
-    result = run_sweep(spec(), tmp_path, workers=1, threads=1, runs=group, print_fn=lines.append, report=False,
+    result = run_sweep(spec(), tmp_path, workers=1, threads=1, device="cpu", runs=group, print_fn=lines.append, report=False,
                        stack=True)
     assert not result.complete
     assert [rec["status"] for rec in result.records] == ["error", "error"], result.records

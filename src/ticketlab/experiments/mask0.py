@@ -35,8 +35,10 @@ def _check(kind: str) -> None:
         raise ValueError(f"mask-0 action {kind!r} is unknown; choose one of {MASK0}")
 
 
-def _moved_toward_zero(init: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
-    return init.abs() > final.abs()
+def _moved_toward_zero(init: torch.Tensor, final: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Where |final| < |init|, on ``device``. IMP keeps ``init`` on the CPU while the trained
+    ``final`` may sit on a GPU: compared on ``init``'s device, so the test is exact either way."""
+    return (init.abs() > final.to(init.device).abs()).to(device)
 
 
 def pruned_values(kind: str, init: Mapping[str, torch.Tensor], final: Mapping[str, torch.Tensor],
@@ -50,7 +52,7 @@ def pruned_values(kind: str, init: Mapping[str, torch.Tensor], final: Mapping[st
     for name in mask:
         w_i = init[name].detach().clone()
         if kind in ("variant1", "variant2"):
-            w_i[_moved_toward_zero(init[name], final[name])] = 0
+            w_i[_moved_toward_zero(init[name], final[name], w_i.device)] = 0
         out[name] = w_i * ~mask[name].to(w_i.device)
     return out
 
@@ -64,7 +66,7 @@ def start_weights(kind: str, start: Mapping[str, torch.Tensor], init: Mapping[st
     if kind == "variant2":
         for name in mask:
             w = state[name].clone()
-            w[_moved_toward_zero(init[name], final[name]) & mask[name].to(w.device)] = 0
+            w[_moved_toward_zero(init[name], final[name], w.device) & mask[name].to(w.device)] = 0
             state[name] = w
     return state
 
