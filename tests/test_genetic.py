@@ -2,6 +2,8 @@
 against a per-individual loop, ranking ties, seeding and resuming."""
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -162,6 +164,33 @@ def test_fused_strategy_says_what_it_needs_and_auto_picks_it_only_where_it_fits(
         _resolve("fused", cuda, FrozenMLP([2, 200, 2]))
     monkeypatch.setattr(genetic_fused, "available", lambda device: False)
     assert _resolve("auto", cuda, net) == "chunked"
+
+
+def test_auto_falls_back_to_chunked_with_a_warning_when_the_fused_kernel_fails(monkeypatch):
+    import ticketlab.pruning.genetic as genetic
+
+    net, genomes, x, y = _problem([2, 7, 5, 3])
+    loop = _loop_counts(net, genomes, x, y)
+    real_resolve = genetic._resolve
+    def resolve(strategy, device, n):  # as on a GPU with Triton
+        if strategy == "fused" or (strategy == "auto" and not n.__dict__.get("_fused_failed")):
+            return "fused"
+        return real_resolve(strategy, device, n)
+
+    monkeypatch.setattr(genetic, "_resolve", resolve)
+
+    def broken(self, *args):
+        raise RuntimeError("no kernel for this GPU")
+
+    monkeypatch.setattr(FrozenMLP, "_correct_fused", broken)
+    with pytest.warns(UserWarning, match="fused GA kernel failed.*no kernel for this GPU.*'chunked'"):
+        assert net.correct(genomes, x, y).tolist() == loop
+    assert net._fused_failed and len(net._plans) == 1  # chunked ran, with its own budget
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second try, no second warning
+        assert net.correct(genomes, x, y).tolist() == loop
+    with pytest.raises(RuntimeError, match="no kernel"):  # asked for by name: the error stands
+        net.correct(genomes, x, y, strategy="fused")
 
 
 _needs_fused = pytest.mark.skipif(not torch.cuda.is_available() or not __import__(

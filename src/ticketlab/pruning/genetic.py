@@ -19,8 +19,9 @@ same counts: ``"fused"`` (the CUDA default where Triton is installed: one kernel
 generation, each program streams points through one genome's whole net, argmax and count included;
 genetic_fused.py), ``"chunked"`` (the CUDA default without Triton: each weight stack augmented with
 its bias row, points in chunks whose activations for the whole population stay in L2, all chunks
-replayed as one CUDA graph), ``"stacked"`` (one batched ``matmul`` per layer over large chunks) and ``"loop"`` (the CPU
-default: per genome plain 2-D products, which a CPU runs faster than broadcast batched ones).
+replayed as one CUDA graph), ``"stacked"`` (one batched ``matmul`` per layer over large chunks) and
+``"loop"`` (the CPU default: per genome plain 2-D products, which a CPU runs faster than broadcast
+batched ones).
 
 The run stops after at least ``min_generations`` generations once the best training accuracy has
 not changed for ``patience`` generations, at ``max_generations``, or (variant ``"ga"``, as the
@@ -39,6 +40,7 @@ adaptive_ab run is saved like any other, so its continuation is exact too).
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -227,15 +229,24 @@ class FrozenMLP:
         """
         genomes = self._check(genomes)
         device = self.weights[0].device
-        strategy = _resolve(strategy, device, self)
-        budget = self.default_budget(strategy, device) if budget is None else int(budget)
+        requested, strategy = strategy, _resolve(strategy, device, self)
+        given, budget = budget, self.default_budget(strategy, device) if budget is None else int(budget)
         if budget < 1:
             raise GeneticError(f"budget must be >= 1 activation, got {budget}")
         if genomes.shape[0] == 0 or x.shape[0] == 0:
             return torch.zeros(genomes.shape[0], dtype=torch.int64)
         genomes, x, y = genomes.to(device), x.to(device, self.weights[0].dtype), y.to(device)
         if strategy == "fused":
-            return self._correct_fused(genomes, x, y)
+            try:
+                return self._correct_fused(genomes, x, y)
+            except Exception as exc:  # e.g. a GPU this Triton cannot compile for: "auto" falls back
+                if requested != "auto":
+                    raise
+                warnings.warn(f"the fused GA kernel failed on {device} ({type(exc).__name__}: {exc}); this net "
+                              "evaluates with strategy 'chunked' from now on (the same counts)", stacklevel=2)
+                self.__dict__["_fused_failed"] = True
+                strategy = "chunked"
+                budget = self.default_budget(strategy, device) if given is None else int(given)
         with _full_fp32():
             if strategy == "loop":
                 return self._correct_loop(genomes, x, y, budget)
@@ -267,7 +278,7 @@ class FrozenMLP:
         if strategy == "fused":
             from . import genetic_fused
 
-            return genetic_fused.BLOCK_POINTS
+            return genetic_fused.launch_shape(self.widths)[0]
         if strategy == "loop":
             return max(1, budget // max(self.widths[1:]))
         if strategy == "stacked":
@@ -383,7 +394,8 @@ def _resolve(strategy: str, device: torch.device, net: FrozenMLP) -> str:
     if strategy == "auto":
         if device.type != "cuda":
             return "loop"
-        return "fused" if fits and genetic_fused.available(device) else "chunked"
+        failed = net.__dict__.get("_fused_failed", False)  # set by correct() when the kernel failed here
+        return "fused" if fits and not failed and genetic_fused.available(device) else "chunked"
     if strategy == "fused" and not genetic_fused.available(device):
         raise GeneticError(f"strategy 'fused' needs a CUDA device and the triton package (device {device}); "
                            "use 'auto', which falls back to 'chunked'")
