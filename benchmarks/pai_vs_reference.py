@@ -25,7 +25,8 @@ reference's mode: the same algorithm), each row judged.
 
 For every (model, method, setting) the two run alternately ``--repeats`` times (order alternating)
 and the script prints each pair's seconds, the median of the per-pair ratios ticketlab / reference,
-the kept counts and the empty layers of both masks, and PASS/FAIL against the targets of issue 22:
+the kept counts, the positions where the two masks differ and the empty layers of both masks, and
+PASS/FAIL against the targets of issue 22:
 SynFlow <= 0.5x with no layer empty that the reference keeps, SNIP and GraSP <= 1.0x.
 Exit status 1 on any FAIL.
 
@@ -240,10 +241,11 @@ def judge(name: str, method: str, variant: str, measured: tuple) -> bool:
     kept_r, empty_r = summary(ref_masks)
     extra_empty = [n for n in empty_o if n not in empty_r]
     ok = ratio <= TARGETS[method] and not (method == "synflow" and extra_empty)
+    differ = sum(int((ours_masks[n] != ref_masks[n]).sum()) for n in ref_masks)
     print(f"{name:11s} {method:8s} {variant:8s} ours {statistics.median(ours_s):7.2f}s ref "
           f"{statistics.median(ref_s):7.2f}s median ratio {ratio:.3f} (target <= {TARGETS[method]}) kept ours "
-          f"{kept_o} ref {kept_r} empty layers ours {len(empty_o)} ref {len(empty_r)} {'PASS' if ok else 'FAIL'}",
-          flush=True)
+          f"{kept_o} ref {kept_r} (masks differ at {differ} positions) empty layers ours {len(empty_o)} ref "
+          f"{len(empty_r)} {'PASS' if ok else 'FAIL'}", flush=True)
     if extra_empty:
         print(f"    empty in ours only: {extra_empty}")
     if kept_o != kept_r:
