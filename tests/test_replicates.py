@@ -371,3 +371,17 @@ def test_mask_changing_callbacks_agree_with_the_solo_trainer(kind):
             torch.testing.assert_close(rec.model.state_dict()[name], value, rtol=0, atol=1e-4)
     assert [e["step"] for e in rec.history.mask_events] == [e["step"] for e in trainer.history.mask_events]
     assert rec.history.records[-1]["test_loss"] == pytest.approx(trainer.history.records[-1]["test_loss"], rel=1e-2)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 8, 32, 64])
+@pytest.mark.parametrize("batch", [17, 32, 60])
+def test_one_input_layers_weight_gradient_has_the_plain_products_bits(k, batch):
+    """The (x^T g)^T form of a one-input layer's weight gradient equals g^T x bit for bit."""
+    from ticketlab.replicates import _bmm, _weight_grad
+
+    g_ = torch.Generator().manual_seed(k * 100 + batch)
+    for _ in range(5):
+        g, x = torch.randn(k, batch, 100, generator=g_), torch.randn(k, batch, 1, generator=g_)
+        out = torch.empty(k, 100, 1)
+        _weight_grad(g, x, out)
+        assert torch.equal(out, _bmm(g.transpose(1, 2), x))

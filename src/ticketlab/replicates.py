@@ -127,6 +127,18 @@ def _baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
     return torch.baddbmm(bias, a, b)
 
 
+def _weight_grad(g: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+    """A layer's weight gradient g^T x (K x out x in) into ``out``. A one-input layer (the planted
+    tasks' 1 -> 100 layer) computes it as (x^T g)^T instead: PyTorch's CPU bmm is ~7x faster for
+    (K, 1, B) @ (K, B, out) than for (K, out, B) @ (K, B, 1), with the same bits (the sums over the
+    batch in the same order; checked for K = 1..64 and batches 17, 32, 60 in test_replicates), and
+    for K x out x 1 the transposed view is the same memory."""
+    if x.shape[-1] == 1:
+        _bmm(x.transpose(1, 2), g, out=out.transpose(1, 2))
+    else:
+        _bmm(g.transpose(1, 2), x, out=out)
+
+
 class Stack:
     """K replicates of one architecture in one flat buffer ``flat`` of shape (K, P).
 
@@ -232,7 +244,7 @@ class Stack:
         index = {name: i for i, (name, _, _) in enumerate(self.layout)}
         for i in reversed(range(len(self._layers))):
             w_name, b_name = self._layers[i]
-            _bmm(g.transpose(1, 2), inputs[i], out=self._grad_views[index[w_name]])
+            _weight_grad(g, inputs[i], self._grad_views[index[w_name]])
             if b_name is not None:
                 torch.sum(g, 1, out=self._grad_views[index[b_name]])
             if i > 0:  # the input of layer i is the ReLU output of layer i - 1
