@@ -373,15 +373,16 @@ def test_mask_changing_callbacks_agree_with_the_solo_trainer(kind):
     assert rec.history.records[-1]["test_loss"] == pytest.approx(trainer.history.records[-1]["test_loss"], rel=1e-2)
 
 
+@pytest.mark.parametrize("inputs", [1, 2, 3, 5])
 @pytest.mark.parametrize("k", [1, 2, 3, 8, 32, 64])
 @pytest.mark.parametrize("batch", [17, 32, 60])
-def test_one_input_layers_weight_gradient_has_the_plain_products_bits(k, batch):
-    """The (x^T g)^T form of a one-input layer's weight gradient equals g^T x bit for bit."""
+def test_thin_layers_weight_gradient_has_the_plain_products_bits(inputs, k, batch):
+    """The (x^T g)^T form of a 1-3-input layer's weight gradient equals g^T x bit for bit."""
     from ticketlab.replicates import _bmm, _weight_grad
 
-    g_ = torch.Generator().manual_seed(k * 100 + batch)
+    g_ = torch.Generator().manual_seed(k * 100 + batch + 10_000 * inputs)
     for _ in range(5):
-        g, x = torch.randn(k, batch, 100, generator=g_), torch.randn(k, batch, 1, generator=g_)
-        out = torch.empty(k, 100, 1)
+        g, x = torch.randn(k, batch, 100, generator=g_), torch.randn(k, batch, inputs, generator=g_)
+        out = torch.empty(k, 100, inputs)
         _weight_grad(g, x, out)
         assert torch.equal(out, _bmm(g.transpose(1, 2), x))
