@@ -32,7 +32,7 @@ FMA_FIRST_MAX = 8  # a first layer with at most this many inputs runs as explici
 # points per block (rows of each product) and warps per program for nets up to 64 wide (padded);
 # wider nets get half the points and twice the warps (a block's activations and the genome's
 # weights must stay in registers). H200 sweep (benchmarks/ga_population.py --sweep, [2, 50, 50, 2]):
-# 128 x 4 warps 1.99 ms, 64 x 4 2.96 ms, 256 x 8 1.95 ms, 256 x 4 7.9 ms (spills).
+# 128 x 4 warps 1.99 ms, 64 x 4 2.96 ms, 256 x 8 1.95 ms, 256 x 4 7.9 ms (register spills, by all signs).
 BLOCK_POINTS = 128
 NUM_WARPS = 4
 PROGRAMS_PER_SM = 4  # enough programs (genomes x point groups) to fill the device
