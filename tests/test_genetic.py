@@ -157,7 +157,8 @@ def test_fused_strategy_says_what_it_needs_and_auto_picks_it_only_where_it_fits(
     cuda = torch.device("cuda")
     monkeypatch.setattr(genetic_fused, "available", lambda device: torch.device(device).type == "cuda")
     assert _resolve("auto", cuda, net) == "fused"
-    assert _resolve("auto", torch.device("cpu"), net) == "loop"
+    assert _resolve("auto", torch.device("cpu"), net) == "loop" == net.evaluation_strategy()
+    assert net.evaluation_strategy("stacked") == "stacked"
     assert _resolve("auto", cuda, FrozenMLP([2, 200, 2])) == "chunked"
     assert _resolve("auto", cuda, FrozenMLP([2, 20, 2], dtype=torch.float64)) == "chunked"
     with pytest.raises(GeneticError, match="1 to 3 hidden layers"):

@@ -169,7 +169,8 @@ def _ga_unit(ctx: StrongContext, seed: int) -> dict[str, Any]:
     run.write_json(summary, unit, "summary.json")  # written last: marks the unit complete
     ckpt.unlink(missing_ok=True)
     ctx.log(f"  {unit}: test acc {test_acc:.4f}, train acc {summary['train_accuracy']:.4f}, density "
-            f"{mask.density:.4f}, {state.generation} generations ({state.stopped})")
+            f"{mask.density:.4f}, {state.generation} generations ({state.stopped}); population evaluated by "
+            f"'{dev_net.evaluation_strategy()}' on {ctx.device}")
     return summary
 
 

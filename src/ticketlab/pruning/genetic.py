@@ -254,6 +254,11 @@ class FrozenMLP:
                 return self._correct_stacked(genomes, x, y, budget)
             return self._correct_chunked(genomes, x, y, budget)
 
+    def evaluation_strategy(self, strategy: str = "auto") -> str:
+        """The strategy :meth:`correct` runs for ``strategy`` on this net's device (``"auto"`` made
+        concrete, after a fused-kernel failure too), e.g. for a run's log."""
+        return _resolve(strategy, self.weights[0].device, self)
+
     def default_budget(self, strategy: str = "auto", device: torch.device | str | None = None) -> int:
         """The activation budget ``correct`` uses by default: for ``"chunked"`` a quarter of the
         device's L2 cache shared by the ``CHUNK_STREAMS`` branches (the chunks in flight, two hidden
