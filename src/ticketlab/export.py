@@ -52,9 +52,9 @@ from torch import nn
 from .atomic import atomic_write_bytes, atomic_write_text, replace_folder
 from .integrity import CorruptFileError, open_json, seal_json, seal_safetensors, verify_safetensors
 from .masks import Mask
-from .sparse_inference import (CONV_FORMS, FORMS, SparseChain, SparseConv2d, SparseLinear, Timer, chain_plans,
-                               chain_steps, choose_form, choose_forms, convertible_conv, eliminate_dead_units,
-                               measure_group, measure_latency, time_group)
+from .sparse_inference import (CONV_FORMS, FORMS, SparseChain, SparseConv2d, SparseLinear, Timer, _layer_entry,
+                               chain_plans, chain_steps, choose_form, choose_forms, convertible_conv,
+                               eliminate_dead_units, measure_group, measure_latency, time_group)
 
 __all__ = ["ExportError", "FORMATS", "SparseChain", "SparseConv2d", "SparseLinear", "choose_form", "choose_forms",
            "completed_levels", "export_run", "load_ticket", "measure_group", "measure_latency", "SUPPORTED_EXPERIMENTS"]
@@ -613,14 +613,11 @@ def _describe_reduced_layers(layers: dict[str, dict[str, Any]], dead: Mapping[st
     for name, entry in layers.items():
         if name not in dead:
             continue
-        stored = _layer_shape_density(full.get_submodule(name).weight)
+        full_entry = _layer_entry(full.get_submodule(name).weight)
+        stored = (full_entry["shape"], full_entry["density"])
         if stored != (entry["shape"], entry["density"]):
             entry["computed_shape"], entry["computed_density"] = entry["shape"], entry["density"]
             entry["shape"], entry["density"] = stored
-
-
-def _layer_shape_density(weight: torch.Tensor) -> tuple[list[int], float]:
-    return list(weight.shape), int((weight != 0).sum()) / weight.numel() if weight.numel() else 0.0
 
 
 @torch.no_grad()

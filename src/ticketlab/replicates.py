@@ -52,6 +52,7 @@ import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -527,10 +528,17 @@ def _stacked_mask(st: Stack, models: Sequence[nn.Module], masks: Sequence[Mask |
                 mask.check_fits(model)
             except MaskError as exc:
                 raise MaskError(f"mask of replicate {k}: {exc}") from None
-        for name, shape, offset in st.layout:
-            n = math.prod(shape)
-            kept = mask[name] if mask is not None and name in mask else None
-            out[k, offset:offset + n] = 1 if kept is None else kept.reshape(-1).to(device=out.device, dtype=out.dtype)
+        _mask_row(st, mask, out[k])
+    return out
+
+
+def _mask_row(st: Stack, mask: Mask | None, out: torch.Tensor) -> torch.Tensor:
+    """One replicate's row of the stacked mask into ``out`` (zeros: its padding stays 0): 1 where
+    ``mask`` keeps an entry or does not cover the parameter, 0 where it prunes."""
+    for name, shape, offset in st.layout:
+        n = math.prod(shape)
+        kept = mask[name] if mask is not None and name in mask else None
+        out[offset:offset + n] = 1 if kept is None else kept.reshape(-1).to(device=out.device, dtype=out.dtype)
     return out
 
 
@@ -619,7 +627,6 @@ class _ReplicateTrainer:
     @property
     def optimizer(self) -> Any:
         self._build()
-        from types import SimpleNamespace
         return SimpleNamespace(state=self._state)
 
     @property
@@ -634,13 +641,11 @@ class _ReplicateTrainer:
         self._masks[self._k] = mask
         if self.step is not None:
             self.history.mask_events.append({"step": self.step, "kept": mask.kept_per_layer()})
-        if run.mask is None:  # no replicate had a mask: 1 everywhere but the padding, as _stacked_mask
-            run.mask = torch.ones_like(run.stack.flat)
-            _, shape, offset = run.stack.layout[-1]
-            run.mask[:, offset + math.prod(shape):] = 0
-        row = torch.zeros(run.stack.flat.shape[1], dtype=run.mask.dtype, device=run.mask.device)  # padding: 0
-        for name, shape, offset in run.stack.layout:  # as _stacked_mask: 1 where the mask does not reach
-            row[offset:offset + math.prod(shape)] = mask[name].reshape(-1).to(row) if name in mask else 1
+        if run.mask is None:  # no replicate had a mask: 1 everywhere but the padding
+            run.mask = torch.zeros_like(run.stack.flat)
+            for r in range(run.mask.shape[0]):
+                _mask_row(run.stack, None, run.mask[r])
+        row = _mask_row(run.stack, mask, torch.zeros_like(run.mask[pos]))
         run.mask[pos] = row
         with torch.no_grad():
             run.stack.flat[pos].mul_(row)

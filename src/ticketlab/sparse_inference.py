@@ -506,8 +506,7 @@ def eliminate_dead_units(model: nn.Module) -> dict[str, dict[str, Any]]:
             for i in range(len(layers) - 1, 0, -1):  # hidden units between layer i-1 and i, output side first
                 keep = (w[i] != 0).any(0)
                 if not bool(keep.all()):
-                    w[i], w[i - 1] = w[i][:, keep], w[i - 1][keep]
-                    b[i - 1] = None if b[i - 1] is None else b[i - 1][keep]
+                    _keep_units(w, b, i, keep)
                     changed = True
             for i in range(1, len(layers)):
                 const = ~(w[i - 1] != 0).any(1)
@@ -518,9 +517,7 @@ def eliminate_dead_units(model: nn.Module) -> dict[str, dict[str, Any]]:
                     shift = w[i][:, const] @ value
                     if bool((shift != 0).any()):
                         b[i] = shift if b[i] is None else b[i] + shift
-                keep = ~const
-                w[i], w[i - 1] = w[i][:, keep], w[i - 1][keep]
-                b[i - 1] = None if b[i - 1] is None else b[i - 1][keep]
+                _keep_units(w, b, i, ~const)
                 folded[i] += int(const.sum())
                 changed = True
         for i, (m, (name, _)) in enumerate(zip(layers, run)):
@@ -533,6 +530,13 @@ def eliminate_dead_units(model: nn.Module) -> dict[str, dict[str, Any]]:
                             "inputs": [int(w[i].shape[1]), out_total[i - 1] if i else int(w[i].shape[1])],
                             "weights": [int((w[i] != 0).sum()), nnz_before[i]], "folded": folded[i]}
     return report
+
+
+def _keep_units(w: list[torch.Tensor], b: list[torch.Tensor | None], i: int, keep: torch.Tensor) -> None:
+    """Keep only the hidden units ``keep`` between Linear ``i - 1`` and ``i``: their rows (and biases)
+    in the one before, their columns in the one after."""
+    w[i], w[i - 1] = w[i][:, keep], w[i - 1][keep]
+    b[i - 1] = None if b[i - 1] is None else b[i - 1][keep]
 
 
 # --- the choice of forms -----------------------------------------------------------------------------------

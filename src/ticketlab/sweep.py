@@ -350,6 +350,8 @@ def stacked_runs(procedure: str, runs: Sequence[SweepRun]) -> list[SweepRun]:
     ``--seeds`` then does); the runs that share data, model and training settings then train as one stack."""
     from dataclasses import replace
 
+    from .config import to_dict
+    from .data import load_dataset
     from .experiments.registry import EXPERIMENTS
     from .experiments.stacked import stacked_train
 
@@ -358,11 +360,16 @@ def stacked_runs(procedure: str, runs: Sequence[SweepRun]) -> list[SweepRun]:
         raise ConfigError(f"--stack: ticketlab {procedure} has no stacked runs (imp, prune and sparse have); drop "
                           "--stack")
     out = []
-    refusals: dict[str, str | None] = {}  # per setting (IMP's also reads its prune options; it loads the data)
+    refusals: dict[str, str | None] = {}  # per setting (IMP's also reads its prune options)
+    datasets: dict[str, Any] = {}  # each data set loaded once, for every setting's refusal
     for r in runs:
         key = config_hash(replace(r.config, seed=0))
         if key not in refusals:
-            refusals[key] = e.stack_refusal(r.config)
+            d = r.config.data
+            data_key = json.dumps(to_dict(d), sort_keys=True)
+            if data_key not in datasets:
+                datasets[data_key] = load_dataset(d.name, d.root, **d.options)
+            refusals[key] = e.stack_refusal(r.config, datasets[data_key])
         if refusals[key] is None:
             config = replace(r.config, train=stacked_train(r.config.train))
             out.append(SweepRun(r.values, r.argv, config, config_hash(config)))

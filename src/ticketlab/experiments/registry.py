@@ -46,7 +46,8 @@ class Experiment:
     # run_seeds(configs, store, *, device, progress, stack_limit): runs differing only in their seed,
     # trained as one stacked model (``--seeds``; experiments.stacked); None: --seeds runs them one by one
     run_seeds: Callable[..., Any] | None = None
-    stack_refusal: Callable[[Any], str | None] | None = None  # why a config's seeds are not stacked (None: they are)
+    # why a config's seeds are not stacked (None: they are); (config, its data set if loaded already)
+    stack_refusal: Callable[..., str | None] | None = None
 
 
 def _imp_finish(values: dict[str, Any], given: frozenset[str] = frozenset()) -> None:
