@@ -348,7 +348,7 @@ def test_stacked_sweep_runs_are_the_seeds_runs_and_train_together(tmp_path, caps
     # each run is the single command's --seeds run: same hash, same files
     first = runs[0].config
     argv = ["prune", *FIXED, "--method", first.method, "--density", str(first.density), "--seeds", "0", "1",
-            "--runs-dir", str(tmp_path / "b"), "--no-progress", "--threads", "1"]
+            "--runs-dir", str(tmp_path / "b"), "--no-progress", "--threads", "1", "--device", "cpu"]  # the sweep's device
     assert main(argv) == 0
     same_setting = [r for r in runs if (r.config.method, r.config.density) == (first.method, first.density)]
     assert len(same_setting) == 2
