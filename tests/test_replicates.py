@@ -227,6 +227,45 @@ def test_replicate_diverging_mid_run_is_dropped_and_others_unchanged(per_replica
         assert rec.diverged is None and states_equal(rec.model, ref.model)
 
 
+def _stop_at(step: int):
+    from ticketlab.training import Callback
+
+    return [Callback(lambda trainer, s: trainer.request_stop() if s == step else None, every=1)]
+
+
+def test_a_callback_stops_its_own_replicate_early_and_the_others_go_on():
+    """request_stop ends one replicate after that step, evaluated there (as the Trainer does: step 37
+    is no evaluation step, 50 is one, a stop asked at step 0 ends after one step); its numbers are its
+    own alone, the neighbours' are theirs without it, and all agree with the solo Trainer's."""
+    models = hosts([0, 1, 2, 3])
+    masks = [random_mask(m, s, 0.3) for s, m in enumerate(models)]
+    stops = {1: 37, 2: 50, 3: 0}
+    callbacks = [_stop_at(stops[k]) if k in stops else [] for k in range(4)]
+    records = train_stacked(models, masks, HELIX, ADAM, [0, 1, 2, 3], loss=F.mse_loss, device="cpu",
+                            callbacks=callbacks)
+    expected_steps = {0: [0, 50, 100, 120], 1: [0, 37], 2: [0, 50], 3: [0, 1]}
+    for k, rec in enumerate(records):
+        assert rec.diverged is None
+        assert [r["step"] for r in rec.history.records] == expected_steps[k]
+        assert rec.steps == expected_steps[k][-1]
+        alone = train_stacked(models[k:k + 1], masks[k:k + 1], HELIX, ADAM, [k], loss=F.mse_loss, device="cpu",
+                              callbacks=[callbacks[k]])[0]
+        assert states_equal(rec.model, alone.model) and rec.history.records == alone.history.records
+        solo = copy.deepcopy(models[k])
+        history = Trainer(solo, HELIX, ADAM, masks[k], seed=k, device="cpu", loss=F.mse_loss,
+                          callbacks=callbacks[k]).train()
+        assert [r["step"] for r in history.records] == expected_steps[k]
+        stacked = dict(rec.model.named_parameters())
+        for name, w in solo.named_parameters():
+            torch.testing.assert_close(stacked[name], w, atol=WEIGHT_ATOL, rtol=0)
+        for mine, theirs in zip(rec.history.records, history.records):
+            assert mine.keys() == theirs.keys()
+            for key in (key for key in mine if key.endswith("loss")):
+                assert mine[key] == pytest.approx(theirs[key], rel=LOSS_RTOL)
+        params = dict(rec.model.named_parameters())
+        assert all(not params[n][~keep].any() for n, keep in masks[k].items())
+
+
 def test_all_replicates_diverging_ends_the_run():
     models = hosts([0, 1])
     with torch.no_grad():

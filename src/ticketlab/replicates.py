@@ -596,6 +596,7 @@ class _ReplicateTrainer:
     def __init__(self, run: "_Run", k: int, record: "ReplicateRecord", masks: list[Mask | None]):
         self._run, self._k, self._masks = run, k, masks
         self.history, self.step = record.history, None
+        self.stop_requested = False
         self._built_for: object = None
 
     def _build(self) -> None:
@@ -651,7 +652,9 @@ class _ReplicateTrainer:
             run.stack.flat[pos].mul_(row)
 
     def request_stop(self) -> None:
-        raise StackError("a callback of a stacked training cannot stop one replicate early (train it alone)")
+        """End this replicate's training after the current step (as ``Trainer.request_stop``); the
+        others go on."""
+        self.stop_requested = True
 
 
 class _Run:
@@ -712,9 +715,10 @@ def train_stacked(
     Does for every replicate what ``Trainer(models[k], data, cfg, masks[k], seed=seeds[k], loss=loss,
     metrics=metrics, validation=validation, callbacks=callbacks[k]).train(start_step, end_step)`` does
     (same batches, same LR schedule, same evaluations, callbacks at the same points, each seeing its
-    own replicate through ``_ReplicateTrainer``), except regularizers, parameter selection (all
-    parameters are trained) and a callback's early stop. ``masks``: one per model, or one Mask (or
-    None) for all. ``data`` (and
+    own replicate through ``_ReplicateTrainer``), except regularizers and parameter selection (all
+    parameters are trained). A callback's ``trainer.request_stop()`` ends its own replicate after
+    that step, evaluated there as the Trainer does (``record.steps``); the others go on, with the
+    numbers they would have had without it. ``masks``: one per model, or one Mask (or None) for all. ``data`` (and
     ``validation``): one data set for all replicates, or one per replicate (same sizes, sample
     shapes and dtypes; e.g. the planted tasks, drawn per seed). The given
     models are not changed; the trained ones are in the records, in the order given.
@@ -783,26 +787,33 @@ def train_stacked(
     autocast = contextlib.nullcontext() if autocast_off else torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
     batches = BatchOrder(seeds, n_train, cfg.batch_size, dev)
 
-    def finish(positions: Sequence[int], reason: Callable[[int], str], step: int) -> None:
-        """Record and drop the replicates at ``positions`` of the active list."""
+    def finish(positions: Sequence[int], reason: Callable[[int], str | None], step: int) -> None:
+        """Record and drop the replicates at ``positions`` of the active list (``reason``: why it
+        diverged, None for a requested stop)."""
         dropped = run.stack.select(positions).unstack()
         for pos, model in zip(positions, dropped):
             rec = records[run.active[pos]]
             rec.model, rec.diverged, rec.steps = model, reason(pos), step
         run.drop(positions)
 
-    def evaluate_now(step: int, train_losses: list[float] | None, since: int) -> None:
-        rows = [{"step": step} for _ in run.active]
+    def evaluate_now(step: int, train_losses: list[float] | None, since: int,
+                     positions: Sequence[int] | None = None) -> list[int]:
+        """Evaluate the active replicates at ``positions`` (default: all) and drop those whose loss is
+        not finite; returns the positions that are left, in the active list after the drop."""
+        positions = list(range(len(run.active))) if positions is None else list(positions)
+        chosen = [run.active[pos] for pos in positions]
+        part = run.stack if len(chosen) == len(run.active) else run.stack.select(positions)
+        rows = [{"step": step} for _ in chosen]
         if train_losses is not None:
             for row, value in zip(rows, train_losses):
                 row["train_loss"] = value
         for split, split_data in (("val", val), ("test", test)):
             if split_data is not None:
-                subset = split_data.rows(run.active, n_models)
-                for row, values in zip(rows, _evaluate(run.stack, subset, loss, metrics)):
+                subset = split_data.rows(chosen, n_models)
+                for row, values in zip(rows, _evaluate(part, subset, loss, metrics)):
                     row.update({f"{split}_{key}": value for key, value in values.items()})
         bad = []
-        for pos, (k, row) in enumerate(zip(run.active, rows)):
+        for pos, k, row in zip(positions, chosen, rows):
             if masks[k] is not None:
                 row["density"] = masks[k].density
                 row["layer_density"] = masks[k].densities()
@@ -810,11 +821,13 @@ def train_stacked(
             if any(key.endswith("loss") and not _finite(v) for key, v in row.items()):
                 bad.append(pos)
         if bad:
+            rows_at = dict(zip(positions, rows))
             def reason(pos: int) -> str:
-                row = rows[pos]
+                row = rows_at[pos]
                 losses = ", ".join(f"{key} = {v}" for key, v in row.items() if key.endswith("loss") and not _finite(v))
                 return f"evaluation at step {step} (training since step {since}): {losses}"
             finish(bad, reason, step)
+        return [run.active.index(k) for pos, k in zip(positions, chosen) if pos not in bad]
 
     snapshots = frozenset(snapshot_steps)
 
@@ -882,6 +895,17 @@ def train_stacked(
         if views:
             run_callbacks(done)
         snapshot(done)
+        stopping = [k for k in run.active if k in views and views[k].stop_requested]
+        if stopping:  # as the Trainer: evaluated at this step (unless it just was), then ended
+            before = list(run.active)
+            pending = [before.index(k) for k in stopping if records[k].history.records[-1]["step"] != done]
+            if pending:
+                sums = loss_sum.tolist()
+                evaluate_now(done, [sums[pos] / max(1, loss_count) for pos in pending], since, pending)
+            ending = [run.active.index(k) for k in stopping if k in run.active]  # not dropped as diverged just now
+            if ending:
+                finish(ending, lambda pos: None, done)
+            loss_sum = loss_sum[[before.index(k) for k in run.active]]
     for model, k in zip(run.stack.unstack(), run.active):
         records[k].model, records[k].steps = model, end
     for record, mask in zip(records, masks):
