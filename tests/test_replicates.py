@@ -266,6 +266,67 @@ def test_a_callback_stops_its_own_replicate_early_and_the_others_go_on():
         assert all(not params[n][~keep].any() for n, keep in masks[k].items())
 
 
+def test_sub_stacks_in_threads_give_every_replicate_the_same_bits():
+    """sub_stacks=3: 7 replicates as sub-stacks of 3, 2 and 2 in three threads. Each replicate's weights,
+    history, mask and divergence equal the one-stack run's (callbacks, one diverging replicate, one
+    data set per replicate); records come back in the given order; the thread setting is restored."""
+    models = hosts(range(7))
+    with torch.no_grad():  # 5x larger weights: SGD blows replicate 4 up after a few steps
+        for p in models[4].parameters():
+            p.mul_(5)
+    masks = [random_mask(m, s, 0.3) for s, m in enumerate(models)]
+    callbacks = [_mask_callbacks("set", s) if s in (1, 5) else _stop_at(30) if s == 2 else [] for s in range(7)]
+    data = [HELIX] * 7
+    one = train_stacked(models, masks, data, SGD, list(range(7)), loss=F.mse_loss, device="cpu", callbacks=callbacks,
+                        sub_stacks=1)
+    before = torch.get_num_threads()
+    split = train_stacked(models, masks, data, SGD, list(range(7)), loss=F.mse_loss, device="cpu",
+                          callbacks=callbacks, sub_stacks=3)
+    assert torch.get_num_threads() == before
+    assert one[4].diverged is not None and split[4].diverged == one[4].diverged
+    assert one[2].steps == 30 and one[1].history.mask_events
+    for k, (a, b) in enumerate(zip(one, split)):
+        assert a.index == b.index == k and a.seed == b.seed == k and a.steps == b.steps
+        assert states_equal(a.model, b.model) and a.history.records == b.history.records
+        assert a.mask == b.mask and a.history.mask_events == b.history.mask_events
+
+
+def test_a_failing_sub_stack_stops_the_others_and_raises():
+    from ticketlab.training import Callback
+
+    def boom(trainer, step):
+        if step == 3:
+            raise RuntimeError("callback failed at step 3")
+
+    seen: list[int] = []
+    models = hosts([0, 1])
+    callbacks = [[Callback(boom, every=1)], [Callback(lambda t, step: seen.append(step), every=1)]]
+    long = TrainConfig(optimizer="adam", lr=1e-3, batch_size=32, steps="5000it", eval_every="1000it")
+    with pytest.raises(RuntimeError, match="callback failed at step 3"):
+        train_stacked(models, None, HELIX, long, [0, 1], loss=F.mse_loss, device="cpu", callbacks=callbacks,
+                      sub_stacks=2)
+    assert max(seen) < 5000  # the other sub-stack stopped at its next step instead of training to the end
+    with pytest.raises(ValueError, match="sub_stacks must be >= 1"):
+        train_stacked(models, None, HELIX, ADAM, [0, 1], loss=F.mse_loss, device="cpu", sub_stacks=0)
+
+
+def test_default_sub_stacks_follow_the_threads_and_the_work_per_step():
+    from ticketlab.replicates import SPLIT_MIN_WORK, _auto_sub_stacks
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        planted = sum(p.numel() for p in hosts([0])[0].parameters()) * 32  # 20,703 weights x batch 32
+        assert [_auto_sub_stacks(k, planted) for k in (1, 2, 8, 16, 30, 31, 64)] == [1, 1, 1, 1, 1, 2, 2]
+        lenet = 266_610 * 60
+        assert [_auto_sub_stacks(k, lenet) for k in (1, 2, 3, 4, 32)] == [1, 1, 1, 2, 2]
+        assert _auto_sub_stacks(4, SPLIT_MIN_WORK // 2) == 2 and _auto_sub_stacks(4, SPLIT_MIN_WORK // 2 - 1) == 1
+        torch.set_num_threads(1)
+        assert _auto_sub_stacks(64, lenet) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_all_replicates_diverging_ends_the_run():
     models = hosts([0, 1])
     with torch.no_grad():
