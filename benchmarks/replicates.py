@@ -15,7 +15,8 @@ once at the end of each run, on a 1,000-sample test split, in both variants). Mo
 for K = 1, 8, 32, 64, under 1 thread and under torch's default thread count (both in one run).
 "solo" runs ``Trainer(...).train()`` for the replicates one after another; its throughput does not
 depend on K, so it is measured over min(K, --solo-runs) replicates. "bmm" is ``train_stacked``
-with the baddbmm engine (the default for MLPs), "vmap" the torch.func engine. Variants are
+with the baddbmm engine (the default for MLPs; with more than one thread a large enough stack trains
+as sub-stacks, one per thread, as ``train_stacked`` does by default), "vmap" the torch.func engine. Variants are
 interleaved within each of --repeats repeats; the table shows the best throughput and the median
 over repeats of the per-repeat ratio. ``--device cuda`` runs both variants on the GPU.
 
