@@ -2,7 +2,8 @@
 """On a GPU: are stacked replicates independent of their neighbours there, and how close to the CPU?
 
 Trains the planted MLP (Helix, depth 5, width 100, ticket masks, Adam 1e-3, batch 32, 300 steps) as
-a stack of 1, 4 and 16 replicates on the device and once on the CPU, and prints, for replicate 0:
+a stack of 1, 4, 16, 128 and 512 replicates on the device (beyond 16, the 16 planted hosts and their
+data repeat as neighbours) and once on the CPU, and prints, for replicate 0:
 whether its weights are bit-identical across stack sizes on the device, and the largest weight
 difference device vs. CPU. Also the stacked edge-popup (10 steps x 4 replicates) device vs. CPU masks.
 
@@ -38,18 +39,20 @@ def main() -> int:
     data = [_splits(t, torch.device("cpu")) for t in tasks]
     cfg = TrainConfig(optimizer="adam", lr=1e-3, batch_size=32, steps="300it", eval_every="300it")
     runs = {}
-    for k in (1, 4, 16):
-        recs = train_stacked([pl.host for pl in planted[:k]], [pl.mask for pl in planted[:k]], data[:k], cfg,
-                             seeds[:k], loss=F.mse_loss, device=args.device)
+    sizes = (1, 4, 16, 128, 512)
+    for k in sizes:
+        idx = [i % len(seeds) for i in range(k)]
+        recs = train_stacked([planted[i].host for i in idx], [planted[i].mask for i in idx], [data[i] for i in idx],
+                             cfg, idx, loss=F.mse_loss, device=args.device)
         runs[k] = [t.detach().cpu() for t in recs[0].model.state_dict().values()]
     cpu = train_stacked([planted[0].host], [planted[0].mask], data[:1], cfg, [0], loss=F.mse_loss, device="cpu")[0]
     cpu_w = [t.detach() for t in cpu.model.state_dict().values()]
-    same = {k: all(torch.equal(a, b) for a, b in zip(runs[1], runs[k])) for k in (4, 16)}
-    diff = {k: max(float((a - b).abs().max()) for a, b in zip(runs[1], runs[k])) for k in (4, 16)}
+    same = {k: all(torch.equal(a, b) for a, b in zip(runs[1], runs[k])) for k in sizes[1:]}
+    diff = {k: max(float((a - b).abs().max()) for a, b in zip(runs[1], runs[k])) for k in sizes[1:]}
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'}), "
           f"torch {torch.__version__}")
-    print(f"train_stacked, replicate 0 after 300 Adam steps: bit-identical in stacks of 1 and 4: {same[4]}, "
-          f"1 and 16: {same[16]} (max |diff| {diff[4]:.3g}, {diff[16]:.3g})")
+    print("train_stacked, replicate 0 after 300 Adam steps, bit-identical to its stack of 1 in a stack of "
+          + ", ".join(f"{k}: {same[k]} (max |diff| {diff[k]:.3g})" for k in sizes[1:]))
     print(f"  device vs. CPU: max |weight diff| {max(float((a - b).abs().max()) for a, b in zip(runs[1], cpu_w)):.3g}")
     ep_dev = train_edge_popup_stacked([pl.host for pl in planted[:4]], data[:4], [0.1] * 4, seeds[:4], epochs=1,
                                       loss=F.mse_loss, device=args.device)
@@ -58,6 +61,9 @@ def main() -> int:
     differ = [sum(int((a.mask[n] != b.mask[n]).sum()) for n in a.mask) for a, b in zip(ep_dev, ep_cpu)]
     print(f"stacked edge-popup (1 epoch, 4 replicates): mask entries differing device vs. CPU per replicate: {differ} "
           f"of {ep_cpu[0].mask.num_total}")
+    if not all(same.values()):
+        print("FAIL: a replicate's weights depend on its stack's size on this device")
+        return 1
     return 0
 
 

@@ -151,6 +151,23 @@ def test_what_does_not_stack_says_why():
     assert data.shape  # the probe shape above is the models' input
 
 
+def test_stack_size_on_a_gpu_follows_its_free_memory(monkeypatch):
+    """On a GPU: up to MAX_STACK_CUDA runs, within a quarter of the free memory (probed by a stand-in
+    for torch.cuda.mem_get_info, so this runs without a GPU)."""
+    mlp = build_model("mlp", (1, 8, 8), 10, hidden=[16])
+    params = sum(p.numel() for p in mlp.parameters())  # 64*16+16 + 16*10+10 = 1,210
+    per_run = 4 * (4 * params + 3 * ADAM.batch_size * (16 + 10))
+    free = {"bytes": 80 << 30}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 << 30))
+    assert stack_size(mlp, ADAM, 10_000, device="cuda") == stacked.MAX_STACK_CUDA == 512
+    assert stack_size(mlp, ADAM, 100, device="cuda") == 100 and stack_size(mlp, ADAM, 100) == stacked.MAX_STACK
+    free["bytes"] = stacked.CUDA_MEMORY_SHARE * per_run * 7 + 1  # room for 7 runs
+    assert stack_size(mlp, ADAM, 100, device="cuda") == 7
+    assert stack_size(mlp, ADAM, 100, limit=3, device=torch.device("cuda:0")) == 3
+    free["bytes"] = 0
+    assert stack_size(mlp, ADAM, 100, device="cuda") == 1  # one run at a time, never none
+
+
 def test_cli_seeds_stack_mlps_and_run_conv_nets_one_by_one(tmp_path, capsys):
     common = ["--dataset", "digits", "--steps", "1ep", "--batch-size", "64", "--method", "magnitude",
               "--density", "0.5", "--runs-dir", str(tmp_path), "--no-progress", "--threads", "1"]

@@ -341,7 +341,7 @@ def run_imp_seeds(
             todo = [(i, j) for i in sorted(waiting) for j, got in enumerate(waiting[i][1]) if got is None]
             segment = _segment_of(setups, waiting[todo[0][0]][0][todo[0][1]], todo[0][0])
             group = [(i, j) for i, j in todo if _segment_of(setups, waiting[i][0][j], i) == segment]
-            size = stack_size(waiting[group[0][0]][0][group[0][1]].model, first.train, len(group), stack_limit)
+            size = stack_size(waiting[group[0][0]][0][group[0][1]].model, first.train, len(group), stack_limit, dev)
             for start in range(0, len(group), size):
                 chunk = [(i, j) for i, j in group[start:start + size] if i in waiting]  # not a diverged run's
                 units = [_stacked_unit(setups[i], waiting[i][0][j]) for i, j in chunk]
