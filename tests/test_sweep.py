@@ -210,6 +210,47 @@ def test_killed_worker_run_is_retried_and_resumes(reference, tmp_path, monkeypat
         assert contents(tmp_path / r.hash) == contents(reference.root / r.hash)
 
 
+def test_a_pool_broken_between_two_polls_is_made_anew_at_the_next_submit(monkeypatch):
+    """A worker may die after a poll returned another run's result and before the next submit: the
+    pool's submit then raises BrokenProcessPool (seen on a 16-core machine). The runs in flight are
+    collected (the dead one as Crashed, to be retried), a new pool takes the task, and the next poll
+    returns them all."""
+    import concurrent.futures
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from ticketlab.sweep import Crashed, _PoolBackend
+
+    class BrokenPool:
+        down = False
+
+        def submit(self, fn, task):
+            raise BrokenProcessPool("A child process terminated abruptly")
+
+        def shutdown(self, wait, cancel_futures):
+            BrokenPool.down = True
+
+    class FreshPool:
+        def submit(self, fn, task):
+            f = Future()
+            f.set_result({"hash": task["hash"], "status": "complete"})
+            return f
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", lambda *a, **k: FreshPool())
+    died, finished = Future(), Future()
+    died.set_exception(BrokenProcessPool("worker died"))
+    finished.set_result({"hash": "b", "status": "complete"})
+    backend = _PoolBackend(2)
+    backend.pool = BrokenPool()
+    backend.inflight = {died: {"hash": "a"}, finished: {"hash": "b"}}
+    backend.submit({"hash": "c"})
+    assert BrokenPool.down and isinstance(backend.pool, FreshPool)
+    assert [t["hash"] for t in backend.inflight.values()] == ["c"]
+    outcomes = {task["hash"]: result for task, result in backend.poll(0)}
+    assert isinstance(outcomes["a"], Crashed) and outcomes["b"]["status"] == outcomes["c"]["status"] == "complete"
+    assert backend.poll(0) == [] and not backend.inflight
+
+
 def test_user_error_is_reported_once_not_retried_and_exit_code_says_so(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="ticketlab")
     add_sweep_parser(parser.add_subparsers(dest="command"))

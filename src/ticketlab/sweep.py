@@ -627,6 +627,7 @@ class _PoolBackend:
         self.workers = workers
         self.pool = None
         self.inflight: dict[Any, dict[str, Any]] = {}
+        self._collected: list[tuple[dict[str, Any], dict[str, Any] | Crashed]] = []  # for the next poll
 
     def _context(self) -> Any:
         import multiprocessing as mp
@@ -640,18 +641,25 @@ class _PoolBackend:
     def submit(self, task: dict[str, Any]) -> None:
         from concurrent.futures import ProcessPoolExecutor
 
+        from concurrent.futures.process import BrokenProcessPool
+
         if self.pool is None:
             self.pool = ProcessPoolExecutor(self.workers, mp_context=self._context())
-        self.inflight[self.pool.submit(execute, task)] = task
+        try:
+            self.inflight[self.pool.submit(execute, task)] = task
+        except BrokenProcessPool:  # a worker died since the last poll, before its futures said so
+            self._collected.extend(self._collect_broken())
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=self._context())
+            self.inflight[self.pool.submit(execute, task)] = task
 
     def poll(self, timeout: float | None) -> list[tuple[dict[str, Any], dict[str, Any] | Crashed]]:
         from concurrent.futures import FIRST_COMPLETED, wait
         from concurrent.futures.process import BrokenProcessPool
 
+        out, self._collected = self._collected, []
         if not self.inflight:
-            return []
-        done, _ = wait(list(self.inflight), timeout=timeout, return_when=FIRST_COMPLETED)
-        out: list[tuple[dict[str, Any], dict[str, Any] | Crashed]] = []
+            return out
+        done, _ = wait(list(self.inflight), timeout=0 if out else timeout, return_when=FIRST_COMPLETED)
         broken = False
         for f in done:
             task = self.inflight.pop(f)
@@ -663,16 +671,25 @@ class _PoolBackend:
             except Exception as exc:  # noqa: BLE001 - e.g. a task that cannot be pickled
                 out.append((task, {"hash": task["hash"], "status": "failed", "error": type(exc).__name__,
                                    "message": str(exc), "seconds": 0.0}))
-        if broken:  # the others in flight fail too (or finished just before): collect them all
-            rest, _ = wait(list(self.inflight))
-            for f in rest:
-                task = self.inflight.pop(f)
-                try:
-                    out.append((task, f.result()))
-                except Exception as exc:  # noqa: BLE001
-                    out.append((task, Crashed(f"worker pool broken while this run was in flight ({exc})")))
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+        if broken:
+            out.extend(self._collect_broken())
+        return out
+
+    def _collect_broken(self) -> list[tuple[dict[str, Any], dict[str, Any] | Crashed]]:
+        """A broken pool's tasks in flight: they fail too (or finished just before), each with its
+        outcome; the pool is shut down (the next submit makes a new one)."""
+        from concurrent.futures import wait
+
+        out: list[tuple[dict[str, Any], dict[str, Any] | Crashed]] = []
+        rest, _ = wait(list(self.inflight))
+        for f in rest:
+            task = self.inflight.pop(f)
+            try:
+                out.append((task, f.result()))
+            except Exception as exc:  # noqa: BLE001
+                out.append((task, Crashed(f"worker pool broken while this run was in flight ({exc})")))
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = None
         return out
 
     def close(self) -> None:
