@@ -152,15 +152,23 @@ def test_what_does_not_stack_says_why():
 
 
 def test_stack_size_on_a_gpu_follows_its_free_memory(monkeypatch):
-    """On a GPU: up to MAX_STACK_CUDA runs, within a quarter of the free memory (probed by a stand-in
-    for torch.cuda.mem_get_info, so this runs without a GPU)."""
+    """On a GPU: up to MAX_STACK_CUDA = 16 runs (the largest stack checked to keep a replicate's bits
+    there), within a quarter of the free memory (probed by a stand-in for torch.cuda.mem_get_info, so
+    this runs without a GPU); a larger --stack-size is given, with a StackSizeWarning."""
+    import warnings
+
     mlp = build_model("mlp", (1, 8, 8), 10, hidden=[16])
     params = sum(p.numel() for p in mlp.parameters())  # 64*16+16 + 16*10+10 = 1,210
     per_run = 4 * (4 * params + 3 * ADAM.batch_size * (16 + 10))
     free = {"bytes": 80 << 30}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 << 30))
-    assert stack_size(mlp, ADAM, 10_000, device="cuda") == stacked.MAX_STACK_CUDA == 512
-    assert stack_size(mlp, ADAM, 100, device="cuda") == 100 and stack_size(mlp, ADAM, 100) == stacked.MAX_STACK
+    assert stack_size(mlp, ADAM, 10_000, device="cuda") == stacked.MAX_STACK_CUDA == 16
+    assert stack_size(mlp, ADAM, 10, device="cuda") == 10 and stack_size(mlp, ADAM, 100) == stacked.MAX_STACK
+    with pytest.warns(stacked.StackSizeWarning, match="stack of 64 on a GPU"):
+        assert stack_size(mlp, ADAM, 100, limit=64, device="cuda") == 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert stack_size(mlp, ADAM, 100, limit=64) == 64  # on a CPU a stack's size never changes the bits
     free["bytes"] = stacked.CUDA_MEMORY_SHARE * per_run * 7 + 1  # room for 7 runs
     assert stack_size(mlp, ADAM, 100, device="cuda") == 7
     assert stack_size(mlp, ADAM, 100, limit=3, device=torch.device("cuda:0")) == 3

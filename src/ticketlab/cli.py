@@ -275,7 +275,11 @@ def _plant_command(args: argparse.Namespace, protocol: Any) -> str:
 def cmd_plant(args: argparse.Namespace) -> int:
     """The Plant 'n' Seek benchmark: each cell a run in the store (a rerun computes only the missing
     ones), the tables and plots in --out, replaced as a whole."""
+    import torch
+
+    from .experiments.stacked import MAX_STACK_CUDA, warn_if_inexact_gpu_stack
     from .planting.benchmark import Protocol
+    from .planting.cells import STACK_SIZE
     from .planting.study import normalize_kept, run_study, write_report
     from .store import Store
 
@@ -294,8 +298,11 @@ def cmd_plant(args: argparse.Namespace) -> int:
         print(f"[{k}/{n}] {r['task']:>6} {r['method']:>19} kept {r['kept']!s:>6} seed {r['seed']}: "
               f"strong {r['strong']:.4g} weak {r['weak']:.4g} ({r['seconds']:.1f} s)", flush=True)
 
+    if args.stack_size is None:
+        args.stack_size = MAX_STACK_CUDA if torch.device(args.device).type == "cuda" else STACK_SIZE
     if args.stack_size < 1:
         raise ConfigError(f"--stack-size must be >= 1, got {args.stack_size}")
+    warn_if_inexact_gpu_stack(args.stack_size, args.device)
     rows = run_study(args.tasks, args.methods, kept, range(args.seeds), protocol, store, workers=args.workers,
                      device=args.device, progress=None if args.no_progress else progress,
                      log=lambda text: print(text, flush=True), stack_size=args.stack_size)
@@ -569,9 +576,10 @@ def build_parser() -> argparse.ArgumentParser:
             action.help += f" (default: {'on' if switches[action.dest] else 'off'})"
     g = p.add_argument_group("execution (not hashed)")
     g.add_argument("--workers", type=int, default=2, help="parallel single-threaded processes (default: 2)")
-    g.add_argument("--stack-size", type=int, default=32,
+    g.add_argument("--stack-size", type=int, default=None,
                    help="cells of one task trained together as one stacked model (ticketlab.replicates); 1 = one "
-                        "at a time; a cell's numbers do not depend on it (default: 32)")
+                        "at a time; a cell's numbers do not depend on it (on a GPU: up to 16, larger stacks may "
+                        "change the last bits) (default: 32 on a CPU, 16 on a GPU)")
     g.add_argument("--device", default="cpu", help="device the cells run on (default: cpu)")
     g.add_argument("--runs-dir", default="runs", help="store folder (default: ./runs)")
     g.add_argument("--out", help="folder for report.md, rows.json, weak.png and strong.png, replaced as a whole "

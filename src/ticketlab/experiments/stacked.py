@@ -45,10 +45,17 @@ from .common import Log, UnitContext, _flops, build_seeded_model, check_pruned_w
 STACKED = "stacked"
 MAX_STACK = 32  # the measured best stack size on one CPU core (docs/replicates.md)
 MEMORY_BUDGET = 2 << 30  # bytes of stacked parameters, gradients, optimiser state and activations
-# On a GPU a stack is one kernel per layer for all replicates: measured on an H200 (docs/replicates.md),
-# the planted MLP ran 27k replicate-steps/s at K = 32 and 100k at 512, LeNet-300-100 5.7k and 6.8-7.3k.
-MAX_STACK_CUDA = 512
+# On a GPU larger stacks run faster (H200: the planted MLP 27k replicate-steps/s at K = 32, 100k at 512),
+# but cuBLAS changes its kernels with the batch count: there a replicate's weights after 300 Adam steps
+# were bit-identical in stacks of 1, 4 and 16 and differed by 3e-8 in stacks of 128 and 512
+# (benchmarks/replicates_device_check.py, docs/replicates.md). So by default a GPU stack holds at most
+# the largest size checked exact; --stack-size may ask for more, trading that for speed.
+MAX_STACK_CUDA = 16
 CUDA_MEMORY_SHARE = 4  # a stack takes at most 1/this of the GPU memory free when it is sized
+
+
+class StackSizeWarning(UserWarning):
+    """A GPU stack larger than ``MAX_STACK_CUDA``: its replicates' last bits may depend on its size."""
 
 
 def stack_refusal(model: nn.Module, train: TrainConfig) -> str | None:
@@ -77,7 +84,18 @@ def stack_size(model: nn.Module, train: TrainConfig, runs: int, limit: int | Non
         cap, budget = MAX_STACK_CUDA, torch.cuda.mem_get_info(dev)[0] // CUDA_MEMORY_SHARE
     else:
         cap, budget = MAX_STACK, MEMORY_BUDGET
-    return max(1, min(runs, limit or cap, budget // max(1, per_run)))
+    size = max(1, min(runs, limit or cap, budget // max(1, per_run)))
+    warn_if_inexact_gpu_stack(size, dev)
+    return size
+
+
+def warn_if_inexact_gpu_stack(size: int, device: torch.device | str) -> None:
+    """Say so when a GPU stack is larger than the largest size checked to keep a replicate's bits."""
+    if torch.device(device).type == "cuda" and size > MAX_STACK_CUDA:
+        warnings.warn(f"a stack of {size} on a GPU: above {MAX_STACK_CUDA} replicates cuBLAS may compute the "
+                      "products with other kernels, so a run's last bits can depend on how many runs share its "
+                      f"stack (measured on an H200: up to 3e-8 after 300 steps). Give --stack-size {MAX_STACK_CUDA} "
+                      "or less for numbers that do not depend on the stack", StackSizeWarning, stacklevel=2)
 
 
 def stacked_train(train: TrainConfig) -> TrainConfig:
