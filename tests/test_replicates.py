@@ -81,6 +81,43 @@ def test_a_stack_of_one_equals_a_stack_of_two_for_vector_shaped_layers(opt):
     assert states_equal(alone.model, pair.model) and alone.history.records == pair.history.records
 
 
+@pytest.mark.parametrize("net", ["planted", "vector", "lenet_shaped"])
+def test_a_stack_of_one_equals_larger_stacks_with_two_threads(net):
+    """torch set to 2 threads: a replicate has the same bits alone, in a stack of 3 and of 8 (two
+    sub-stacks), and with 1 thread. (Stacks on 2 intra-op threads broke this: LeNet-shaped stacks of
+    2 and 3 differed; so every stack runs on one intra-op thread, and a stack of one doubles only its
+    one-column products.)"""
+    if net == "planted":
+        data, models, loss = HELIX, hosts(range(8)), F.mse_loss
+    elif net == "vector":
+        data, loss = task_splits("relu"), F.mse_loss
+        models = [host_network(1, 1, depth=4, width=24, seed=s) for s in range(8)]
+    else:  # LeNet-300-100's layer shapes on 784-feature inputs
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(700, 784, generator=g), torch.randint(0, 10, (700,), generator=g)
+        data = DataSplits("noise", ArrayData(x[:600], y[:600]), ArrayData(x[600:], y[600:]), 10, (784,))
+        loss = F.cross_entropy
+        models = []
+        for s in range(8):
+            torch.manual_seed(s)
+            models.append(build_model("mlp", (784,), 10, hidden=[300, 100]))
+    cfg = TrainConfig(optimizer="adam", lr=1e-3, batch_size=60 if net == "lenet_shaped" else 32, steps="25it",
+                      eval_every="10it")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        one = train_stacked(models[:1], None, data, cfg, [0], loss=loss, device="cpu")[0]
+        assert torch.get_num_threads() == 2  # restored
+        three = train_stacked(models[:3], None, data, cfg, [0, 1, 2], loss=loss, device="cpu")[0]
+        eight = train_stacked(models, None, data, cfg, list(range(8)), loss=loss, device="cpu")[0]
+        torch.set_num_threads(1)
+        eight_one_thread = train_stacked(models, None, data, cfg, list(range(8)), loss=loss, device="cpu")[0]
+    finally:
+        torch.set_num_threads(before)
+    for other in (three, eight, eight_one_thread):
+        assert states_equal(one.model, other.model) and one.history.records == other.history.records
+
+
 def test_engines_agree_bit_for_bit():
     models = hosts([0, 1])
     masks = [random_mask(m, s, 0.3) for s, m in enumerate(models)]

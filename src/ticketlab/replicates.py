@@ -104,11 +104,22 @@ def _mlp_layers(model: nn.Module) -> list[tuple[str, str | None]] | None:
 ALIGN = 64  # elements: every replicate's row of the flat buffer is a multiple of this long
 
 
-# A batch of one is not computed like one of a batch of many: for a (1, m, 1) or (1, 1, n) operand
-# PyTorch's CPU bmm takes a matrix-vector path that rounds differently from the batched gemm
-# (measured: a planted MLP's input layer, 1 -> 24, differs in the last bit between a stack of 1 and
-# of 2 or more; stacks of 2 and 32 agree). A stack of one therefore runs its products as a stack of
-# two copies and keeps the first, so a replicate's numbers do not depend on the stack's size.
+# A batch of one is not always computed like one of a batch of many. PyTorch's CPU bmm takes a
+# matrix-vector path for a product with one output column, which rounds differently from the batched
+# gemm (a planted MLP's 100 -> 1 layer differs in the last bit between a stack of 1 and of 2 or more),
+# and with more than one intra-op thread it splits a batch of one's product itself, which rounds
+# differently for many shapes. A one-off script compared a batch of 1 with the first of 2 for 10,800
+# products (every m, k, n in 1..784 up to LeNet's sizes, the four layouts the engine uses): on one
+# thread only those with n = 1 differed; on two, 840 others too. Batches of 2 and 5 agreed everywhere,
+# on one thread and on two. So a stack of one computes those products as a stack of two copies and
+# keeps the first (``_as_two``), and ``train_stacked`` trains a stack of one on one intra-op thread,
+# so that a replicate's numbers do not depend on the stack's size at the cost of a second copy only
+# where it is needed. On a GPU (not checked shape by shape) every product of a stack of one is doubled.
+def _as_two(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the product a @ b of a stack of one must run as a stack of two (see above)."""
+    return a.shape[0] == 1 and (a.device.type != "cpu" or b.shape[2] == 1 or torch.get_num_threads() > 1)
+
+
 def _twice(t: torch.Tensor) -> torch.Tensor:
     """(1, m, n) -> (2, m, n), each matrix laid out in memory as ``t``'s (a transposed view stays one)."""
     if t.stride(1) == 1 and t.stride(2) != 1:
@@ -118,14 +129,14 @@ def _twice(t: torch.Tensor) -> torch.Tensor:
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    if a.shape[0] == 1:
+    if _as_two(a, b):
         r = torch.bmm(_twice(a), _twice(b))[:1]
         return r if out is None else out.copy_(r)
     return torch.bmm(a, b) if out is None else torch.bmm(a, b, out=out)
 
 
 def _baddbmm(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.shape[0] == 1:
+    if _as_two(a, b):
         return torch.baddbmm(bias.expand(2, *bias.shape[1:]), _twice(a), _twice(b))[:1]
     return torch.baddbmm(bias, a, b)
 
@@ -736,13 +747,15 @@ def train_stacked(
     ``lr_override``: a constant LR instead of the schedule's (the Trainer's ``train(lr_override=)``).
     ``snapshot_steps``: after that many iterations each replicate's weights are kept in
     ``record.snapshots[step]`` (what a Trainer callback at that step sees, e.g. a rewind point).
-    ``sub_stacks`` (CPU only): train the replicates as this many sub-stacks at once, one thread each
-    with one intra-op thread. Default: as many as ``torch.get_num_threads()`` where each sub-stack
-    keeps at least 2 replicates and ``SPLIT_MIN_WORK`` weight x sample products per step, else one
-    stack. A replicate's numbers do not depend on its neighbours, so they are the same bits in any
-    split; PyTorch's intra-op threads spread a small stack's kernels over the cores less well
-    (planted MLP, K = 32, 2 threads: ~1.25x the replicate-steps per second), while small sub-stacks
-    lose more to the threads' turns at the interpreter than they gain (``docs/replicates.md``).
+    ``sub_stacks`` (CPU only): train the replicates as this many sub-stacks at once, one thread each.
+    Default: as many as ``torch.get_num_threads()`` where each sub-stack keeps at least 2 replicates
+    and ``SPLIT_MIN_WORK`` weight x sample products per step, else one stack. On a CPU every
+    (sub-)stack runs on one intra-op thread, whatever ``torch.get_num_threads()`` says: several
+    intra-op threads made a replicate's bits depend on its stack's size. A replicate's numbers do
+    not depend on its neighbours, so they are the same bits in any split; and the sub-stacks use
+    the cores better than intra-op threads did (planted MLP, K = 32, 2 threads: ~1.25x the
+    replicate-steps per second), while small sub-stacks lose more to the threads' turns at the
+    interpreter than they gain (``docs/replicates.md``).
     """
     models = list(models)
     seeds = [int(s) for s in seeds]
@@ -765,8 +778,9 @@ def train_stacked(
     args = dict(loss=loss, metrics=metrics, device=dev, engine=engine, start_step=start_step, end_step=end_step,
                 optimizer=optimizer, lr_override=lr_override, snapshot_steps=snapshot_steps)
     if parts <= 1:
-        return _train_stack(models, masks, data, cfg, seeds, validation=validation, train_rows=train_rows,
-                            callbacks=callbacks, **args)
+        with _one_intra_op_thread(dev):
+            return _train_stack(models, masks, data, cfg, seeds, validation=validation, train_rows=train_rows,
+                                callbacks=callbacks, **args)
     groups = [list(g) for g in _split(len(models), parts)]
     cancel = threading.Event()
 
@@ -819,6 +833,24 @@ def _auto_sub_stacks(k: int, work_per_replicate: int) -> int:
     """How many sub-stacks ``train_stacked`` trains at once by default (1: one stack)."""
     threads = torch.get_num_threads()
     return max(1, min(threads, k // 2, (k * work_per_replicate) // SPLIT_MIN_WORK))
+
+
+@contextlib.contextmanager
+def _one_intra_op_thread(device: torch.device):
+    """A stack on a CPU trains on one intra-op thread (several threads: as sub-stacks, one thread
+    each). With 2 intra-op threads, stacks of 2 and 3 LeNet-300-100-shaped MLPs gave other bits than
+    stacks of 1 and 8 and than 1 thread (some kernel of the step splits its work by the thread
+    count); on one thread every stack size gives the same bits, and a stack of one needs no second
+    copy of its products (``_as_two``)."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _split(n: int, parts: int) -> list[range]:
