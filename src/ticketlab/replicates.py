@@ -66,6 +66,7 @@ from .data import ArrayData, DataSplits
 from .masks import Mask, MaskError
 from .models.mlp import MLP
 from .steps import to_iterations
+from .threads import torch_threads
 from .training import (Callback, History, Loss, Metric, OptimizerFactory, _batch_generator, _finite,
                        default_device, default_metrics, lr_factor, make_optimizer)
 
@@ -777,8 +778,13 @@ def train_stacked(
         parts = _auto_sub_stacks(len(models), sum(p.numel() for p in models[0].parameters()) * cfg.batch_size)
     args = dict(loss=loss, metrics=metrics, device=dev, engine=engine, start_step=start_step, end_step=end_step,
                 optimizer=optimizer, lr_override=lr_override, snapshot_steps=snapshot_steps)
+    # A stack on a CPU trains on one intra-op thread (several threads: as sub-stacks, one thread each).
+    # With 2 intra-op threads, stacks of 2 and 3 LeNet-300-100-shaped MLPs gave other bits than stacks
+    # of 1 and 8 and than 1 thread (some kernel of the step splits its work by the thread count); on
+    # one thread every stack size gives the same bits, and a stack of one needs no second copy of its
+    # products (``_as_two``).
     if parts <= 1:
-        with _one_intra_op_thread(dev):
+        with torch_threads(1) if dev.type == "cpu" else contextlib.nullcontext():
             return _train_stack(models, masks, data, cfg, seeds, validation=validation, train_rows=train_rows,
                                 callbacks=callbacks, **args)
     groups = [list(g) for g in _split(len(models), parts)]
@@ -799,22 +805,18 @@ def train_stacked(
             rec.index = i
         return records
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=parts, thread_name_prefix="ticketlab-stack") as pool:
-            futures = [pool.submit(train_group, g) for g in groups]
-            try:
-                concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
-                failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
-                if failed:
-                    raise failed[0]
-                done = [f.result() for f in futures]
-            except BaseException:  # a group failed or the user interrupted: stop the others at their next step
-                cancel.set()
-                raise
-    finally:
-        torch.set_num_threads(before)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=parts, thread_name_prefix="ticketlab-stack")
+    with torch_threads(1), pool:
+        futures = [pool.submit(train_group, g) for g in groups]
+        try:
+            concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+            failed = [f.exception() for f in futures if f.done() and f.exception() is not None]
+            if failed:
+                raise failed[0]
+            done = [f.result() for f in futures]
+        except BaseException:  # a group failed or the user interrupted: stop the others at their next step
+            cancel.set()
+            raise
     records: list[ReplicateRecord] = [None] * len(models)  # type: ignore[list-item]
     for group, part in zip(groups, done):
         for i, rec in zip(group, part):
@@ -833,24 +835,6 @@ def _auto_sub_stacks(k: int, work_per_replicate: int) -> int:
     """How many sub-stacks ``train_stacked`` trains at once by default (1: one stack)."""
     threads = torch.get_num_threads()
     return max(1, min(threads, k // 2, (k * work_per_replicate) // SPLIT_MIN_WORK))
-
-
-@contextlib.contextmanager
-def _one_intra_op_thread(device: torch.device):
-    """A stack on a CPU trains on one intra-op thread (several threads: as sub-stacks, one thread
-    each). With 2 intra-op threads, stacks of 2 and 3 LeNet-300-100-shaped MLPs gave other bits than
-    stacks of 1 and 8 and than 1 thread (some kernel of the step splits its work by the thread
-    count); on one thread every stack size gives the same bits, and a stack of one needs no second
-    copy of its products (``_as_two``)."""
-    if device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _split(n: int, parts: int) -> list[range]:

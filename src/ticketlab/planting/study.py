@@ -44,6 +44,7 @@ from typing import Any
 from ..atomic import atomic_write_text, recover_folder, replace_folder
 from ..config import ConfigError, config_hash
 from ..store import Run, Store, StoreError, index_fields
+from ..threads import torch_threads
 from .benchmark import ALL_METHODS, REFERENCE_METHODS, Protocol, benchmark_table, plot_benchmark
 from .cells import STACK_SIZE, run_cells
 from .tasks import TASKS
@@ -380,18 +381,10 @@ def _main_without_missing_file() -> Iterator[None]:
         main.__file__ = path
 
 
-@contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
+def _single_thread() -> contextlib.AbstractContextManager[None]:
     """torch on one thread (as in the workers), restored after: a cell's numbers and environment
     record do not depend on the number of workers."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1)
 
 
 BATCH_CELLS = 5 * STACK_SIZE  # at most this many cells per batch: a killed study loses at most one batch per worker
