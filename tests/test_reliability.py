@@ -304,6 +304,18 @@ def test_bad_device_names():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda"])
+def test_plant_with_a_bad_or_absent_device_says_so_before_the_store_is_touched(device, capsys, tmp_path):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    argv = ["plant", "--tasks", "relu", "--methods", "magnitude", "--kept", "0.5", "--seeds", "1", "--device", device,
+            "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert ("not a device name" if device == "gpu" else "no CUDA GPU is visible") in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_zero_eval_period_is_a_config_error(capsys, tmp_path):
     with pytest.raises(ConfigError, match="eval_every '0it' is zero"):
         TrainConfig(eval_every="0it")

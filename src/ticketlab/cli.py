@@ -275,13 +275,12 @@ def _plant_command(args: argparse.Namespace, protocol: Any) -> str:
 def cmd_plant(args: argparse.Namespace) -> int:
     """The Plant 'n' Seek benchmark: each cell a run in the store (a rerun computes only the missing
     ones), the tables and plots in --out, replaced as a whole."""
-    import torch
-
     from .experiments.stacked import MAX_STACK_CUDA, warn_if_inexact_gpu_stack
     from .planting.benchmark import Protocol
     from .planting.cells import STACK_SIZE
     from .planting.study import normalize_kept, run_study, write_report
     from .store import Store
+    from .training import resolve_device
 
     opts = _plant_protocol_options()
     protocol = flags.build(Protocol, opts, flags.values(opts, args, {}))
@@ -290,6 +289,7 @@ def cmd_plant(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     kept = [normalize_kept(k) for k in args.kept]
+    on_gpu = resolve_device(args.device).type == "cuda"  # a bad or absent device: a message, before the store
     store = Store(args.runs_dir)
     out = Path(args.out) if args.out else store.root / "reports" / "plant"
     started = time.time()
@@ -299,7 +299,7 @@ def cmd_plant(args: argparse.Namespace) -> int:
               f"strong {r['strong']:.4g} weak {r['weak']:.4g} ({r['seconds']:.1f} s)", flush=True)
 
     if args.stack_size is None:
-        args.stack_size = MAX_STACK_CUDA if torch.device(args.device).type == "cuda" else STACK_SIZE
+        args.stack_size = MAX_STACK_CUDA if on_gpu else STACK_SIZE
     if args.stack_size < 1:
         raise ConfigError(f"--stack-size must be >= 1, got {args.stack_size}")
     warn_if_inexact_gpu_stack(args.stack_size, args.device)

@@ -113,7 +113,7 @@ ALIGN = 64  # elements: every replicate's row of the flat buffer is a multiple o
 # products (every m, k, n in 1..784 up to LeNet's sizes, the four layouts the engine uses): on one
 # thread only those with n = 1 differed; on two, 840 others too. Batches of 2 and 5 agreed everywhere,
 # on one thread and on two. So a stack of one computes those products as a stack of two copies and
-# keeps the first (``_as_two``), and ``train_stacked`` trains a stack of one on one intra-op thread,
+# keeps the first (``_as_two``), and ``train_stacked`` trains every stack on one intra-op thread,
 # so that a replicate's numbers do not depend on the stack's size at the cost of a second copy only
 # where it is needed. On a GPU (not checked shape by shape) every product of a stack of one is doubled.
 def _as_two(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -754,7 +754,7 @@ def train_stacked(
     (sub-)stack runs on one intra-op thread, whatever ``torch.get_num_threads()`` says: several
     intra-op threads made a replicate's bits depend on its stack's size. A replicate's numbers do
     not depend on its neighbours, so they are the same bits in any split; and the sub-stacks use
-    the cores better than intra-op threads did (planted MLP, K = 32, 2 threads: ~1.25x the
+    the cores better than intra-op threads did (planted MLP, K = 32, 2 threads: 1.22x the
     replicate-steps per second), while small sub-stacks lose more to the threads' turns at the
     interpreter than they gain (``docs/replicates.md``).
     """
@@ -791,8 +791,7 @@ def train_stacked(
     cancel = threading.Event()
 
     def pick(value: Any, group: list[int]) -> Any:  # a per-replicate argument's part for one group
-        return [value[i] for i in group] if isinstance(value, Sequence) and not isinstance(value, ArrayData) \
-            else value
+        return value if value is None or isinstance(value, (DataSplits, ArrayData)) else [value[i] for i in group]
 
     def train_group(group: list[int]) -> list[ReplicateRecord]:
         torch.set_num_threads(1)  # this thread's intra-op threads (OpenMP's setting is per thread)
@@ -825,9 +824,9 @@ def train_stacked(
 
 
 # Measured on this project's 2-core machine (planted MLP, ~660k weight x sample products per replicate
-# and step; LeNet-300-100 at batch 60, ~16M): two sub-stacks of 16 planted replicates train as fast
-# as one stack of 32 on 2 intra-op threads, of 4 or fewer 1.5-4x slower; LeNet gains from sub-stacks
-# of 2 up. Below this much work per step, a sub-stack's kernels are too short for two threads.
+# and step; LeNet-300-100 at batch 60, ~16M), two sub-stacks against one stack on 2 intra-op threads:
+# planted K = 8 0.57x, 16 0.98x, 32 1.22x, 64 1.39x; LeNet 1.0-1.4x from K = 4 on. Below this much
+# work per sub-stack and step, its kernels are too short for two threads to gain.
 SPLIT_MIN_WORK = 10_000_000
 
 
@@ -924,9 +923,9 @@ def _train_stack(
         run.drop(positions)
 
     def evaluate_now(step: int, train_losses: list[float] | None, since: int,
-                     positions: Sequence[int] | None = None) -> list[int]:
+                     positions: Sequence[int] | None = None) -> None:
         """Evaluate the active replicates at ``positions`` (default: all) and drop those whose loss is
-        not finite; returns the positions that are left, in the active list after the drop."""
+        not finite."""
         positions = list(range(len(run.active))) if positions is None else list(positions)
         chosen = [run.active[pos] for pos in positions]
         part = run.stack if len(chosen) == len(run.active) else run.stack.select(positions)
@@ -954,7 +953,6 @@ def _train_stack(
                 losses = ", ".join(f"{key} = {v}" for key, v in row.items() if key.endswith("loss") and not _finite(v))
                 return f"evaluation at step {step} (training since step {since}): {losses}"
             finish(bad, reason, step)
-        return [run.active.index(k) for pos, k in zip(positions, chosen) if pos not in bad]
 
     snapshots = frozenset(snapshot_steps)
 

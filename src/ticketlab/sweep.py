@@ -640,7 +640,6 @@ class _PoolBackend:
 
     def submit(self, task: dict[str, Any]) -> None:
         from concurrent.futures import ProcessPoolExecutor
-
         from concurrent.futures.process import BrokenProcessPool
 
         if self.pool is None:
