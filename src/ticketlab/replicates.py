@@ -776,7 +776,7 @@ def train_stacked(
         parts = min(len(models), sub_stacks)
     else:
         parts = _auto_sub_stacks(len(models), sum(p.numel() for p in models[0].parameters()) * cfg.batch_size)
-    args = dict(loss=loss, metrics=metrics, device=dev, engine=engine, start_step=start_step, end_step=end_step,
+    args = dict(loss=loss, metrics=metrics, dev=dev, engine=engine, start_step=start_step, end_step=end_step,
                 optimizer=optimizer, lr_override=lr_override, snapshot_steps=snapshot_steps)
     # A stack on a CPU trains on one intra-op thread (several threads: as sub-stacks, one thread each).
     # With 2 intra-op threads, stacks of 2 and 3 LeNet-300-100-shaped MLPs gave other bits than stacks
@@ -857,7 +857,7 @@ def _train_stack(
     loss: Loss,
     metrics: Mapping[str, Metric] | None,
     validation: ArrayData | Sequence[ArrayData] | None,
-    device: torch.device,
+    dev: torch.device,
     engine: str,
     start_step: int,
     end_step: int | None,
@@ -869,7 +869,6 @@ def _train_stack(
     cancel: threading.Event | None = None,
 ) -> list[ReplicateRecord]:
     """``train_stacked`` for one stack (in the calling thread)."""
-    dev = device
     st = stack(models, engine).to(dev)
     n_models = len(models)
     train, test, augment = _stack_data(data, n_models, dev)

@@ -381,12 +381,6 @@ def _main_without_missing_file() -> Iterator[None]:
         main.__file__ = path
 
 
-def _single_thread() -> contextlib.AbstractContextManager[None]:
-    """torch on one thread (as in the workers), restored after: a cell's numbers and environment
-    record do not depend on the number of workers."""
-    return torch_threads(1)
-
-
 BATCH_CELLS = 5 * STACK_SIZE  # at most this many cells per batch: a killed study loses at most one batch per worker
 
 
@@ -498,7 +492,9 @@ def run_study(tasks: Iterable[str], methods: Iterable[str], kept: Iterable[float
     study = PlantStudyConfig(tuple(tasks), tuple(methods), tuple(kept), tuple(seeds), protocol)
     cells = study.cells()
     rows: list[Row | None] = [None] * len(cells)
-    with _single_thread(), running(store, study, log) as record:
+    # torch on one thread here as in the workers: a cell's numbers and environment record do not
+    # depend on the number of workers
+    with torch_threads(1), running(store, study, log) as record:
         todo = []
         for i, cell in enumerate(cells):
             rows[i] = stored_row(store, cell)
